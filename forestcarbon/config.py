@@ -1,0 +1,203 @@
+"""The one configuration schema (pydantic), loaded from YAML.
+
+Relative paths in a configuration file are resolved against the folder the
+file lives in, so a scene folder with its ``config.yaml`` can be moved as a
+whole.  :func:`load_config` turns every validation problem into a one-line
+:class:`~forestcarbon.errors.ConfigError` naming the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, CRSError
+
+DEFAULT_SCL_MASK = (0, 1, 3, 8, 9, 10)
+"""SCL classes masked by default: no data, saturated/defective, cloud shadow,
+cloud medium/high probability, thin cirrus (Sentinel-2 L2A product spec)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridConfig(_Strict):
+    """The target grid every stage writes onto."""
+
+    crs: str = "EPSG:4549"
+    resolution_m: float = Field(10.0, gt=0)
+    bounds: tuple[float, float, float, float] | None = None
+    aoi: Path | None = None
+
+    @field_validator("crs")
+    @classmethod
+    def _crs_parses(cls, v: str) -> str:
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError as PyprojCRSError
+
+        try:
+            crs = CRS.from_user_input(v)
+        except PyprojCRSError:
+            raise CRSError(f"grid.crs: {v!r} is not a CRS that parses") from None
+        if not crs.is_projected:
+            raise CRSError(f"grid.crs: {v!r} is geographic; the target grid needs a projected CRS in metres (e.g. EPSG:4549)")
+        return v
+
+    @model_validator(mode="after")
+    def _extent_given(self) -> "GridConfig":
+        if self.bounds is None and self.aoi is None:
+            raise ValueError("give grid.bounds [xmin, ymin, xmax, ymax] or grid.aoi")
+        if self.bounds is not None:
+            x0, y0, x1, y1 = self.bounds
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError(f"grid.bounds {list(self.bounds)} must be [xmin, ymin, xmax, ymax] with xmax>xmin, ymax>ymin")
+        return self
+
+
+class InputsConfig(_Strict):
+    """Input files; each stage reads only its own."""
+
+    stac_items: Path
+    laz: Path | None = None
+    lidar_normalized: bool = False
+    lidar_crs: str | None = None
+    ground_classes: tuple[int, ...] = (2,)
+    plots: Path
+    plots_layer: str | None = None
+    plot_id: str = "plot_id"
+    trees: Path
+    parcels: Path
+    parcels_layer: str | None = None
+    parcel_id: str = "parcel_id"
+    projects: Path | None = None
+    projects_layer: str | None = None
+    project_id: str = "project_id"
+
+
+class MosaicConfig(_Strict):
+    start: dt.date | None = None
+    end: dt.date | None = None
+    bands: tuple[str, ...] = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
+    scl_mask: tuple[int, ...] = DEFAULT_SCL_MASK
+    min_valid_fraction: float = Field(0.02, ge=0, le=1)
+
+
+class LidarConfig(_Strict):
+    max_height_m: float = Field(80.0, gt=0)
+    min_height_m: float = -2.0
+    buffer_m: float = Field(20.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    kind: Literal["hist_gradient_boosting", "random_forest"] = "hist_gradient_boosting"
+    cv_block_m: float = Field(1000.0, gt=0)
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 0
+    use_lidar: bool = True
+
+
+class CarbonConfig(_Strict):
+    """Conversion of mapped AGB to carbon.
+
+    Defaults are IPCC 2006 / 2019 Refinement, Vol. 4, Ch. 4: carbon fraction
+    0.47 (Table 4.3) and root-to-shoot ratios for subtropical humid forest,
+    Asia (2019 Refinement, Table 4.4): 0.230 where AGB <= 125 t/ha, 0.246 above.
+    """
+
+    carbon_fraction: float = Field(0.47, gt=0, lt=1)
+    root_shoot_threshold_mg_ha: float = Field(125.0, gt=0)
+    root_shoot_low: float = Field(0.230, ge=0)
+    root_shoot_high: float = Field(0.246, ge=0)
+
+
+class ComputeConfig(_Strict):
+    chunk_px: int = Field(1024, ge=64)
+    dask_address: str | None = None
+    workers: int = Field(2, ge=1)
+
+
+class TruthConfig(_Strict):
+    """Truth of a synthetic scene, read only by the report stage."""
+
+    agb: Path
+    parcels: Path
+
+
+class Config(_Strict):
+    name: str = "forestcarbon"
+    grid: GridConfig
+    inputs: InputsConfig
+    allometry: Path | None = None
+    mosaic: MosaicConfig = MosaicConfig()
+    lidar: LidarConfig = LidarConfig()
+    model: ModelConfig = ModelConfig()
+    carbon: CarbonConfig = CarbonConfig()
+    compute: ComputeConfig = ComputeConfig()
+    output: Path = Path("output")
+    truth: TruthConfig | None = None
+
+    def with_output(self, out: Path | str) -> "Config":
+        return self.model_copy(update={"output": Path(out).resolve()})
+
+
+def default_allometry_path() -> Path:
+    return Path(__file__).parent / "configs" / "allometry.yaml"
+
+
+def _resolve_paths(node, base: Path):
+    """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
+    path_keys = {
+        "aoi", "stac_items", "laz", "plots", "trees", "parcels", "projects",
+        "allometry", "output", "agb",
+    }
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+                out[k] = str((base / v).resolve())
+            else:
+                out[k] = _resolve_paths(v, base) if isinstance(v, dict) else v
+        return out
+    return node
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"missing key {key!r}"
+    value = e.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"key {key!r}: {msg}{shown}{more}"
+
+
+def config_from_dict(raw: dict, base: Path | None = None, source: str = "<dict>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    if base is not None:
+        raw = _resolve_paths(raw, base)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_one_line(err)}") from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        from .errors import InputNotFoundError
+
+        raise InputNotFoundError(f"configuration file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return config_from_dict(raw, base=path.parent.resolve(), source=str(path))

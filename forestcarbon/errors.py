@@ -1,0 +1,54 @@
+"""Every error forestcarbon raises on purpose.
+
+One base class, :class:`ForestCarbonError`; each error also subclasses the
+builtin it resembles (as rasterio's ``errors.py`` does), so callers may catch
+either.  Messages are one line and name the file, layer, field or value.
+"""
+
+from __future__ import annotations
+
+
+class ForestCarbonError(Exception):
+    """Base class of all forestcarbon errors."""
+
+
+class ConfigError(ForestCarbonError, ValueError):
+    """A configuration key is missing or has a bad value."""
+
+
+class InputNotFoundError(ForestCarbonError, FileNotFoundError):
+    """An input file or folder named in the configuration does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError's default str is fine, keep one line
+        return " ".join(str(a) for a in self.args)
+
+
+class CRSError(ForestCarbonError, ValueError):
+    """A coordinate reference system does not parse or does not match."""
+
+
+class FieldError(ForestCarbonError, ValueError):
+    """A vector layer or table lacks a field, or a field holds bad values."""
+
+
+class SceneError(ForestCarbonError, ValueError):
+    """A satellite scene (STAC item, band asset, metadata) is unusable."""
+
+
+class LidarError(ForestCarbonError, ValueError):
+    """A LAS/LAZ file or folder is unusable."""
+
+
+class AllometryError(ForestCarbonError, ValueError):
+    """No equation applies to a tree, or an equation is malformed."""
+
+
+class ModelError(ForestCarbonError, ValueError):
+    """A biomass regressor cannot be fitted or applied."""
+
+
+class StageInputError(ForestCarbonError, FileNotFoundError):
+    """A stage needs an earlier stage's output that is not in the output folder."""
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args)

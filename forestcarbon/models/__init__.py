@@ -1,0 +1,1 @@
+"""Allometry (single-tree biomass), carbon conversion and fitted AGB regressors."""

@@ -1,0 +1,1 @@
+"""Rasters: target grid, COG I/O, Sentinel-2 scenes, composites, LiDAR gridding."""

@@ -1,0 +1,96 @@
+"""Cloud-optimised GeoTIFF writing and reading on the target grid.
+
+Writes are atomic: data go to a temporary name in the destination folder and
+are renamed into place only when complete, so a failed run never leaves a
+half-written raster under the final name.  Dask arrays are written block by
+block, so memory is bounded by the chunk size, not by the area.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from odc.geo.geobox import GeoBox
+
+from .grid import block_slices
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        for leftover in Path(tmp).parent.glob(Path(tmp).name + "*"):
+            leftover.unlink(missing_ok=True)
+
+
+def write_cog(
+    data,
+    gbox: GeoBox,
+    path: Path | str,
+    *,
+    nodata: float | int | None = np.nan,
+    descriptions: list[str] | None = None,
+    units: str | None = None,
+    tags: dict | None = None,
+    block: int = 1024,
+) -> Path:
+    """Write a (band, y, x) or (y, x) numpy or dask array on ``gbox`` as a COG.
+
+    DEFLATE compression with a predictor (3 for floats, 2 for integers), 512-px
+    internal tiles and overviews (GDAL COG driver).
+    """
+    if data.ndim == 2:
+        data = data[None]
+    nb = data.shape[0]
+    if tuple(data.shape[1:]) != tuple(gbox.shape):
+        raise ValueError(f"{path}: array shape {data.shape[1:]} differs from the grid {tuple(gbox.shape)}")
+    dtype = np.dtype(data.dtype)
+    predictor = 3 if dtype.kind == "f" else 2
+    profile = dict(
+        driver="GTiff", width=gbox.shape[1], height=gbox.shape[0], count=nb, dtype=dtype.name,
+        crs=gbox.crs.to_wkt(), transform=gbox.affine, nodata=nodata, tiled=True,
+        blockxsize=512, blockysize=512, compress="deflate", predictor=predictor, BIGTIFF="IF_SAFER",
+    )
+    path = Path(path)
+    with atomic_path(path) as final_tmp, atomic_path(path.with_suffix(".staging.tif")) as stage_tmp:
+        with rasterio.open(stage_tmp, "w", **profile) as dst:
+            for rows, cols in block_slices(gbox.shape, block):
+                win = rasterio.windows.Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+                blockdata = np.asarray(data[:, rows, cols])
+                dst.write(blockdata, window=win)
+            for i, d in enumerate(descriptions or [], start=1):
+                dst.set_band_description(i, d)
+            if units:
+                for i in range(1, nb + 1):
+                    dst.set_band_unit(i, units)
+            if tags:
+                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+        rasterio.shutil.copy(
+            stage_tmp, final_tmp, driver="COG", compress="DEFLATE", predictor=predictor,
+            blocksize=512, overviews="AUTO", resampling="average" if dtype.kind == "f" else "nearest",
+            bigtiff="IF_SAFER",
+        )
+    return path
+
+
+def read_band_stack(path: Path | str, masked_nan: bool = True):
+    """Read a raster into (bands, y, x) float array (nodata -> NaN) and band descriptions."""
+    with rasterio.open(path) as src:
+        arr = src.read().astype("float32")
+        if masked_nan and src.nodata is not None and not np.isnan(src.nodata):
+            arr[arr == src.nodata] = np.nan
+        return arr, list(src.descriptions)

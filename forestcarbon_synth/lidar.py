@@ -1,0 +1,71 @@
+"""Airborne LiDAR of the synthetic county: LAS 1.4 / LAZ tiles in EPSG:4549.
+
+Ground returns (class 2) lie on a hilly DEM; vegetation returns (classes 3-5)
+come from a canopy whose top height and cover follow the true AGB.  A flight
+block covers part of the county only; a few high outliers ("birds", class 1)
+are added per tile so that the pipeline's outlier filter has work to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import laspy
+import numpy as np
+from pyproj import CRS as PCRS
+from scipy import ndimage
+
+from .forest_types import FOREST_TYPES, canopy_cover, canopy_height_m
+from .landscape import CRS, Frame
+
+
+def lidar_block(frame: Frame) -> tuple[float, float, float, float]:
+    """Extent of the flight block, snapped to 1 km tiles (about 16% of the county)."""
+    s = frame.size_m
+    x0 = frame.x0 + round(0.45 * s / 1000) * 1000
+    y0 = frame.y0 + round(0.20 * s / 1000) * 1000
+    w = max(1000.0, round(0.4 * s / 1000) * 1000)
+    return (x0, y0, x0 + w, y0 + w)
+
+
+def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.ndarray, out: Path,
+                density_per_m2: float = 0.5, tile_m: float = 1000.0) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    h_coef = np.array([t.h_coef for t in FOREST_TYPES] + [1.0])
+    htop = canopy_height_m(agb, h_coef[tcode])
+    cover = canopy_cover(agb) * 0.9
+    bx0, by0, bx1, by1 = lidar_block(frame)
+    paths = []
+    top = frame.y0 + frame.size_m
+    for tx in np.arange(bx0, bx1, tile_m):
+        for ty in np.arange(by0, by1, tile_m):
+            n = int(density_per_m2 * tile_m * tile_m)
+            x = tx + rng.uniform(0, tile_m, n)
+            y = ty + rng.uniform(0, tile_m, n)
+            col = (x - frame.x0) / frame.res - 0.5
+            row = (top - y) / frame.res - 0.5
+            ground = ndimage.map_coordinates(dem, [row, col], order=1, mode="nearest")
+            ci = np.clip(row.round().astype(int), 0, frame.n - 1), np.clip(col.round().astype(int), 0, frame.n - 1)
+            hit = rng.random(n) < cover[ci]
+            zrel = np.where(hit, htop[ci] * rng.beta(4.0, 1.6, n), np.abs(rng.normal(0, 0.04, n)))
+            under = ~hit & (rng.random(n) < 0.15)
+            zrel = np.where(under, rng.uniform(0.2, 1.8, n), zrel)
+            cls = np.where(~hit & ~under, 2, np.where(zrel < 0.5, 3, np.where(zrel < 2, 4, 5))).astype("uint8")
+            z = ground + zrel
+            nb = 20  # birds and multipath outliers
+            z[:nb] = ground[:nb] + rng.uniform(150, 400, nb)
+            cls[:nb] = 1
+            header = laspy.LasHeader(point_format=6, version="1.4")
+            header.offsets = np.array([tx, ty, 0.0])
+            header.scales = np.array([0.01, 0.01, 0.01])
+            header.add_crs(PCRS.from_user_input(CRS))
+            las = laspy.LasData(header)
+            las.x, las.y, las.z = x, y, z
+            las.classification = cls
+            las.return_number = np.ones(n, dtype="uint8")
+            las.number_of_returns = np.ones(n, dtype="uint8")
+            las.intensity = np.clip(rng.normal(300, 60, n), 0, 65535).astype("uint16")
+            p = out / f"tile_{int(tx / 1000)}_{int(ty / 1000)}.laz"
+            las.write(p)
+            paths.append(p)
+    return paths
