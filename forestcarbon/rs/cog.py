@@ -8,9 +8,7 @@ block, so memory is bounded by the chunk size, not by the area.
 
 from __future__ import annotations
 
-import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +16,8 @@ import rasterio
 import rasterio.shutil
 from odc.geo.geobox import GeoBox
 
+from ..fileio import atomic_path
 from .grid import block_slices
-
-
-@contextmanager
-def atomic_path(path: Path | str, suffix: str | None = None):
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        for leftover in Path(tmp).parent.glob(Path(tmp).name + "*"):
-            leftover.unlink(missing_ok=True)
 
 
 def write_cog(
@@ -66,7 +49,9 @@ def write_cog(
         blockxsize=512, blockysize=512, compress="deflate", predictor=predictor, BIGTIFF="IF_SAFER",
     )
     path = Path(path)
-    with atomic_path(path) as final_tmp, atomic_path(path.with_suffix(".staging.tif")) as stage_tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as final_tmp, tempfile.TemporaryDirectory(dir=path.parent, prefix=".staging-") as sdir:
+        stage_tmp = Path(sdir) / "stage.tif"
         with rasterio.open(stage_tmp, "w", **profile) as dst:
             for rows, cols in block_slices(gbox.shape, block):
                 win = rasterio.windows.Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)

@@ -1,0 +1,71 @@
+"""Atomic writes and file fingerprints shared by every stage.
+
+Outputs are written to a temporary name in the destination folder and renamed
+into place when complete (``os.replace`` is atomic on one filesystem), so a
+failed run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        for leftover in Path(tmp).parent.glob(Path(tmp).name + "*"):
+            leftover.unlink(missing_ok=True)
+
+
+def write_json(obj, path: Path | str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return Path(path)
+
+
+def write_table(df, path: Path | str, **kw) -> Path:
+    """Write a (Geo)DataFrame atomically; the format follows the suffix (.csv, .parquet, .gpkg)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".csv":
+            df.to_csv(tmp, index=False, **kw)
+        elif path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False, **kw)
+        elif path.suffix == ".gpkg":
+            df.to_file(tmp, driver="GPKG", **kw)
+        else:
+            raise ValueError(f"{path}: unsupported table format")
+    return path
+
+
+def sha256(path: Path | str, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(paths) -> list[dict]:
+    """Path, size and SHA-256 of each file (folders expanded)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for q in files:
+            out.append({"path": str(q), "bytes": q.stat().st_size, "sha256": sha256(q)})
+    return out

@@ -1,0 +1,1 @@
+"""Prefect flows, the plain stage functions they wrap, and the Typer CLI."""

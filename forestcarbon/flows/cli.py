@@ -1,0 +1,104 @@
+"""``forestcarbon`` command line (Typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ForestCarbonError
+
+# Prefect's temporary server migrates its database on first start, which can take
+# longer than Prefect's default wait on a 2-core machine; no telemetry from here.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sky–air–ground forest carbon mapping.")
+
+
+def _setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("distributed", "rasterio", "fiona", "pyogrio", "httpx", "prefect.server"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(out: Path = typer.Option(..., help="folder to write the synthetic scene into"),
+          seed: int = typer.Option(0, help="random seed"),
+          size_km: float = typer.Option(10.0, help="side of the square county, km")):
+    """Write a synthetic scene and a ready DIR/config.yaml."""
+    _setup_logging()
+    from forestcarbon_synth import make_scene  # the generator; pipeline code never imports it
+
+    path = make_scene(out, seed=seed, size_km=size_km)
+    typer.echo(f"synthetic scene written; configuration: {path}")
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="configuration YAML"),
+        stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
+        out: Optional[Path] = typer.Option(None, help="output folder (overrides the configuration)")):
+    """Run the pipeline flow, or only the named stages."""
+    _setup_logging()
+    try:
+        result = _run(config, stage, out)
+    except ForestCarbonError as err:
+        _fail(err)
+    typer.echo(json.dumps(result, indent=1, default=str))
+
+
+def _run(config: Path, stages, out):
+    from ..config import load_config
+    from .pipeline import pipeline_flow, select_stages
+    from .stages import preflight
+
+    cfg = load_config(config)  # fail fast on bad configuration, before Prefect starts
+    if out is not None:
+        cfg = cfg.with_output(out)
+    select_stages(stages)
+    preflight(cfg)
+    return pipeline_flow(str(config.resolve()), stages or None, str(cfg.output))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo-output"), help="output folder"),
+         seed: int = typer.Option(0), size_km: float = typer.Option(10.0)):
+    """Synthetic scene + whole pipeline; prints where the outputs are and the accuracy against truth."""
+    _setup_logging()
+    from forestcarbon_synth import make_scene
+
+    out = out.resolve()
+    cfg_path = make_scene(out / "scene", seed=seed, size_km=size_km)
+    try:
+        _run(cfg_path, None, out / "output")
+    except ForestCarbonError as err:
+        _fail(err)
+    summary = json.loads((out / "output" / "report" / "summary.json").read_text())
+    t = summary.get("truth", {})
+    lines = [
+        "",
+        f"outputs: {out / 'output'}",
+        f"report:  {out / 'output' / 'report' / 'index.html'}",
+        f"forest parcels: {summary['forest_parcels']}  total carbon: {summary['total_carbon_t']:,.0f} t C  ({summary['total_co2e_t']:,.0f} t CO2e)",
+        f"model block-CV: R2 {summary['model']['cv_r2']:.3f}, RMSE {summary['model']['cv_rmse_mg_ha']:.1f} Mg/ha",
+    ]
+    if t:
+        lines += [
+            f"truth total carbon: {t['total_carbon_t']:,.0f} t C; relative error {t['total_relative_error']:+.2%}",
+            f"parcel carbon relative RMSE: {t['parcel_carbon_rrmse']:.1%} (R2 {t['parcel_carbon_r2']:.3f}); pixel AGB RMSE {t['pixel_agb_rmse_mg_ha']:.1f} Mg/ha",
+        ]
+    typer.echo("\n".join(lines))
+
+
+def main():  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,62 @@
+"""Where each stage writes in the output folder (the output contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    # 1 mosaic
+    @property
+    def reflectance(self) -> Path: return self.root / "mosaic" / "reflectance.tif"
+    @property
+    def indices(self) -> Path: return self.root / "mosaic" / "indices.tif"
+    @property
+    def valid_count(self) -> Path: return self.root / "mosaic" / "valid_count.tif"
+    @property
+    def scenes(self) -> Path: return self.root / "mosaic" / "scenes.csv"
+    # 2 lidar
+    @property
+    def lidar_metrics(self) -> Path: return self.root / "lidar" / "metrics.tif"
+    @property
+    def lidar_coverage(self) -> Path: return self.root / "lidar" / "coverage.tif"
+    @property
+    def lidar_tiles(self) -> Path: return self.root / "lidar" / "tiles.csv"
+    # 3 plots
+    @property
+    def plots(self) -> Path: return self.root / "plots" / "plots.gpkg"
+    @property
+    def trees(self) -> Path: return self.root / "plots" / "trees.csv"
+    # 4 model
+    @property
+    def model(self) -> Path: return self.root / "model" / "model.joblib"
+    @property
+    def model_card(self) -> Path: return self.root / "model" / "model_card.json"
+    @property
+    def training_table(self) -> Path: return self.root / "model" / "training_table.csv"
+    # 5 map
+    @property
+    def agb(self) -> Path: return self.root / "maps" / "agb.tif"
+    @property
+    def carbon(self) -> Path: return self.root / "maps" / "carbon.tif"
+    # 6 parcels
+    @property
+    def parcels_gpkg(self) -> Path: return self.root / "parcels" / "parcels_carbon.gpkg"
+    @property
+    def parcels_parquet(self) -> Path: return self.root / "parcels" / "parcels_carbon.parquet"
+    # 7 projects
+    @property
+    def projects_gpkg(self) -> Path: return self.root / "projects" / "projects_carbon.gpkg"
+    @property
+    def project_parcels(self) -> Path: return self.root / "projects" / "project_parcels.csv"
+    # 8 report
+    @property
+    def report_dir(self) -> Path: return self.root / "report"
+    @property
+    def summary(self) -> Path: return self.root / "report" / "summary.json"
+    @property
+    def report_html(self) -> Path: return self.root / "report" / "index.html"

@@ -1,0 +1,82 @@
+"""Prefect flow of the whole pipeline: preflight, then the stages in order.
+
+The flow only wires stages together: each stage is a Prefect task around a
+plain function of :mod:`forestcarbon.flows.stages`, and stages hand each
+other files in the output folder, not objects.  Caching is off: carbon
+figures must come from this run's inputs, never from a stored result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import dask
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ..config import Config, load_config
+from ..errors import ConfigError
+from .stages import STAGES, Context, preflight
+
+log = logging.getLogger("forestcarbon")
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_stage(name: str, ctx: Context) -> dict:
+    log.info("stage %s: start", name)
+    result = STAGES[name](ctx)
+    log.info("stage %s: done %s", name, result)
+    return result
+
+
+@contextlib.contextmanager
+def dask_scheduler(cfg: Config):
+    """Local threads by default; an existing Dask cluster when compute.dask_address is set."""
+    if cfg.compute.dask_address:
+        from distributed import Client
+
+        with Client(cfg.compute.dask_address) as client:
+            log.info("dask: using cluster %s", client.dashboard_link)
+            yield
+    else:
+        with dask.config.set(scheduler="threads", num_workers=cfg.compute.workers):
+            yield
+
+
+def select_stages(stages: list[str] | None) -> list[str]:
+    if not stages:
+        return list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def _plain(name: str, ctx: Context) -> dict:
+    return STAGES[name](ctx)
+
+
+def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain) -> dict:
+    """Run (some) stages in order.  The default runner is plain Python (no Prefect)."""
+    names = select_stages(stages)
+    ctx = preflight(cfg)
+    results = {}
+    with dask_scheduler(cfg):
+        for name in names:
+            results[name] = runner(name, ctx)
+    return results
+
+
+def _as_task(name: str, ctx: Context) -> dict:
+    return run_stage.with_options(name=f"stage-{name}")(name, ctx)
+
+
+@flow(name="forestcarbon-pipeline", persist_result=False, log_prints=True)
+def pipeline_flow(config_path: str, stages: list[str] | None = None, out: str | None = None) -> dict:
+    """Prefect flow: load the configuration at ``config_path`` and run the stages."""
+    cfg = load_config(config_path)
+    if out is not None:
+        cfg = cfg.with_output(Path(out))
+    return run_pipeline(cfg, stages, runner=_as_task)

@@ -1,0 +1,192 @@
+"""Report stage: summary.json, provenance, PNG quicklooks and an HTML page.
+
+For a synthetic scene (configuration with ``truth``) the estimate is compared
+with the truth: total carbon over forest parcels (relative error), parcel
+carbon relative RMSE (RMSE / mean true parcel carbon) and per-pixel AGB RMSE.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import importlib.metadata as md
+import json
+import subprocess
+from pathlib import Path
+
+import geopandas as gpd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import rasterio  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..fileio import atomic_path, fingerprint, sha256, write_json  # noqa: E402
+
+PACKAGES = ("numpy", "xarray", "dask", "rasterio", "odc-geo", "odc-stac", "geopandas", "shapely", "exactextract",
+            "laspy", "lazrs", "scikit-learn", "prefect", "pydantic")
+
+
+def _forest_mask(parcels: pd.DataFrame) -> np.ndarray:
+    if "land_class" in parcels:
+        return (parcels["land_class"] == "forest").to_numpy()
+    return np.ones(len(parcels), dtype=bool)
+
+
+def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_truth: Path) -> dict:
+    truth = pd.read_csv(truth_csv, dtype={"parcel_id": str})
+    m = parcels[["parcel_id", "carbon_t"]].merge(truth, on="parcel_id", how="inner")
+    forest = _forest_mask(m)
+    est, tru = m.loc[forest, "carbon_t"].to_numpy(), m.loc[forest, "true_carbon_t"].to_numpy()
+    ok = np.isfinite(est)
+    total_est, total_true = float(est[ok].sum()), float(tru.sum())
+    with rasterio.open(agb_est) as a, rasterio.open(agb_truth) as b:
+        e, t = a.read(1), b.read(1)
+    good = np.isfinite(e) & np.isfinite(t)
+    return {
+        "total_carbon_t": total_true,
+        "estimated_total_carbon_t": total_est,
+        "total_relative_error": (total_est - total_true) / total_true,
+        "parcel_carbon_rrmse": float(np.sqrt(np.mean((est[ok] - tru[ok]) ** 2)) / tru[ok].mean()),
+        "parcel_carbon_r2": float(1 - np.sum((est[ok] - tru[ok]) ** 2) / np.sum((tru[ok] - tru[ok].mean()) ** 2)),
+        "forest_parcels_compared": int(ok.sum()),
+        "pixel_agb_rmse_mg_ha": float(np.sqrt(np.mean((e[good] - t[good]) ** 2))),
+        "pixel_agb_bias_mg_ha": float(np.mean(e[good] - t[good])),
+        "scope": "forest parcels (land_class == 'forest')",
+    }
+
+
+def _quicklook(path: Path, draw) -> str:
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    draw(fig, ax)
+    ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path.name
+
+
+def _raster_png(src: Path, band: int, title: str, cmap: str, out: Path, vmax=None) -> str:
+    with rasterio.open(src) as r:
+        a = r.read(band, out_shape=(min(r.height, 800), min(r.width, 800)), masked=True).astype(float).filled(np.nan)
+
+    def draw(fig, ax):
+        im = ax.imshow(a, cmap=cmap, vmin=0, vmax=vmax or np.nanpercentile(a, 99))
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(title)
+    return _quicklook(out, draw)
+
+
+def _rgb_png(src: Path, out: Path) -> str:
+    with rasterio.open(src) as r:
+        names = list(r.descriptions)
+        idx = [names.index(b) + 1 for b in ("red", "green", "blue")]
+        a = r.read(idx, out_shape=(3, min(r.height, 800), min(r.width, 800))).astype(float)
+    rgb = np.clip(np.moveaxis(a, 0, -1) / 0.15, 0, 1)
+    rgb = np.nan_to_num(rgb)
+
+    def draw(fig, ax):
+        ax.imshow(rgb)
+        ax.set_title("Median composite (true colour)")
+    return _quicklook(out, draw)
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def build_report(ctx) -> dict:
+    cfg, out = ctx.cfg, ctx.out
+    ctx.need(out.parcels_gpkg, out.model_card, out.agb, out.carbon)
+    rep = out.report_dir
+    rep.mkdir(parents=True, exist_ok=True)
+    parcels = gpd.read_file(out.parcels_gpkg, layer="parcels_carbon")
+    card = json.loads(out.model_card.read_text())
+    forest = _forest_mask(parcels)
+    summary = {
+        "name": cfg.name,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "parcels": int(len(parcels)),
+        "forest_parcels": int(forest.sum()),
+        "total_carbon_t": float(np.nansum(parcels.loc[forest, "carbon_t"])),
+        "total_co2e_t": float(np.nansum(parcels.loc[forest, "co2e_t"])),
+        "total_carbon_t_all_parcels": float(np.nansum(parcels["carbon_t"])),
+        "scope": "totals over forest parcels (land_class == 'forest' where the field exists, else all parcels)",
+        "model": {"model_id": card["model_id"], "estimator": card["estimator"], "cv_r2": card["cv"]["r2"],
+                  "cv_rmse_mg_ha": card["cv"]["rmse"], "cv_rrmse": card["cv"]["rrmse"],
+                  "cv_bias_mg_ha": card["cv"]["bias"], "n_plots": card["cv"]["n"], "features": card["features"]},
+        "carbon_conversion": cfg.carbon.model_dump(),
+        "grid": {"crs": str(ctx.gbox.crs), "shape": list(ctx.gbox.shape), "resolution_m": cfg.grid.resolution_m,
+                 "bounds": list(ctx.gbox.extent.boundingbox)},
+    }
+    if out.projects_gpkg.exists():
+        pr = gpd.read_file(out.projects_gpkg, layer="projects_carbon")
+        summary["projects"] = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                               for r in pd.DataFrame(pr.drop(columns="geometry"))[["project_id", "area_ha", "n_parcels", "carbon_t", "carbon_t_direct", "co2e_t"]].to_dict("records")]
+    if cfg.truth is not None:
+        summary["truth"] = truth_comparison(parcels, cfg.truth.parcels, out.agb, cfg.truth.agb)
+    inputs = [cfg.inputs.stac_items, cfg.inputs.plots, cfg.inputs.trees, cfg.inputs.parcels]
+    inputs += [p for p in (cfg.inputs.laz, cfg.inputs.projects, cfg.allometry) if p is not None]
+    provenance = {
+        "forestcarbon": __version__, "git_commit": _git_commit(),
+        "packages": {p: _version(p) for p in PACKAGES},
+        "config": json.loads(cfg.model_dump_json()),
+        "model_card_sha256": sha256(out.model_card),
+        "inputs": fingerprint(inputs),
+        "outputs": fingerprint([out.reflectance, out.indices, out.agb, out.carbon, out.parcels_gpkg, out.model]),
+    }
+    write_json(provenance, rep / "provenance.json")
+    summary["provenance"] = "provenance.json"
+    pngs = [_rgb_png(out.reflectance, rep / "composite.png"),
+            _raster_png(out.agb, 1, "Estimated AGB (Mg/ha)", "YlGn", rep / "agb.png", 250),
+            _raster_png(out.carbon, 1, "Carbon density (Mg C/ha)", "YlGn", rep / "carbon.png", 150)]
+    if out.lidar_metrics.exists():
+        pngs.append(_raster_png(out.lidar_metrics, 5, "LiDAR zq95 (m)", "viridis", rep / "lidar_zq95.png", 35))
+    pngs.append(_quicklook(rep / "parcels.png", lambda fig, ax: (
+        parcels.plot(column="carbon_t_ha", cmap="YlGn", legend=True, ax=ax, vmin=0,
+                     legend_kwds={"label": "carbon t/ha", "shrink": 0.8}),
+        ax.set_title("Parcel carbon density (t C/ha)"))))
+    tt = pd.read_csv(out.training_table)
+
+    def scatter(fig, ax):
+        ax.set_axis_on()
+        ax.scatter(tt.agb_mg_ha, tt.agb_cv_pred_mg_ha, s=8)
+        lim = float(np.nanmax([tt.agb_mg_ha.max(), tt.agb_cv_pred_mg_ha.max()]))
+        ax.plot([0, lim], [0, lim], "k--", lw=1)
+        ax.set_xlabel("plot AGB from allometry (Mg/ha)")
+        ax.set_ylabel("block-CV prediction (Mg/ha)")
+        ax.set_title(f"Block CV: R² {card['cv']['r2']:.2f}, RMSE {card['cv']['rmse']:.1f} Mg/ha")
+    pngs.append(_quicklook(rep / "cv_scatter.png", scatter))
+    write_json(summary, out.summary)
+    _write_html(out.report_html, summary, pngs)
+    return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
+        {"truth": summary["truth"]} if "truth" in summary else {})
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _write_html(path: Path, summary: dict, pngs: list[str]) -> None:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td><pre>{html.escape(json.dumps(v, indent=1, ensure_ascii=False, default=str))}</pre></td></tr>"
+                   for k, v in summary.items())
+    imgs = "".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>' for p in pngs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forestcarbon report: {html.escape(summary['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}
+table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}}pre{{margin:0}}</style></head>
+<body><h1>forestcarbon report: {html.escape(summary['name'])}</h1>
+<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels.</p>
+{imgs}<h2>Summary</h2><table>{rows}</table></body></html>"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")

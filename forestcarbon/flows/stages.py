@@ -1,0 +1,302 @@
+"""The pipeline's stages as plain functions: read inputs, compute, write outputs.
+
+Each stage takes a :class:`Context` (configuration, the one target GeoBox,
+the output layout), reads its inputs or earlier stages' outputs, calls the
+computation in ``rs``, ``vector`` and ``models`` and writes atomically.  No
+Prefect here: the flows in :mod:`forestcarbon.flows.pipeline` only wire
+these together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import joblib
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor used by open_rasterio)
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from ..config import Config, default_allometry_path
+from ..errors import ConfigError, InputNotFoundError, SceneError, StageInputError
+from ..fileio import sha256, write_json, write_table
+from ..models import carbon as carbon_model
+from ..models.allometry import load_registry
+from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
+from ..rs import composite, lidar
+from ..rs.cog import write_cog
+from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
+from ..rs.scenes import read_scenes
+from ..vector.layers import check_layer, read_layer
+from ..vector.overlay import project_parcel_shares, project_totals
+from ..vector.plots import plot_biomass, read_plots, read_trees
+from ..vector.zonal import zonal_table
+from .layout import Layout
+
+log = logging.getLogger("forestcarbon")
+
+LIDAR_FEATURES = ("zmax", "zmean", "zsd", "zq50", "zq95", "pzabove2")
+
+
+@dataclass(frozen=True)
+class Context:
+    cfg: Config
+    gbox: GeoBox
+
+    @property
+    def out(self) -> Layout:
+        return Layout(Path(self.cfg.output))
+
+    def need(self, *paths: Path) -> None:
+        for p in paths:
+            if not p.exists():
+                raise StageInputError(f"{p} is missing; run the stage that writes it first")
+
+
+def preflight(cfg: Config) -> Context:
+    """Check every input before any computation; return the run context.
+
+    Missing files, layers without their id field and unparsable CRSs fail
+    here with one line naming the file, field or value.
+    """
+    i = cfg.inputs
+    must = [("inputs.stac_items", i.stac_items), ("inputs.plots", i.plots), ("inputs.trees", i.trees),
+            ("inputs.parcels", i.parcels)]
+    if i.laz is not None:
+        must.append(("inputs.laz", i.laz))
+    if i.projects is not None:
+        must.append(("inputs.projects", i.projects))
+    if cfg.allometry is not None:
+        must.append(("allometry", cfg.allometry))
+    if cfg.truth is not None:
+        must += [("truth.agb", cfg.truth.agb), ("truth.parcels", cfg.truth.parcels)]
+    for key, p in must:
+        if not Path(p).exists():
+            raise InputNotFoundError(f"{key}: file not found: {p}")
+    check_layer(i.parcels, i.parcels_layer, (i.parcel_id,))
+    check_layer(i.plots, i.plots_layer, (i.plot_id,))
+    if i.projects is not None:
+        check_layer(i.projects, i.projects_layer, (i.project_id,))
+    if i.lidar_crs is not None:
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError as PyprojCRSError
+
+        from ..errors import CRSError
+
+        try:
+            CRS.from_user_input(i.lidar_crs)
+        except PyprojCRSError:
+            raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
+    missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
+    if missing_bands:
+        raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
+    load_registry(cfg.allometry or default_allometry_path())
+    return Context(cfg, geobox_from_config(cfg.grid))
+
+
+# 1 ------------------------------------------------------------------ mosaic
+def stage_mosaic(ctx: Context) -> dict:
+    cfg, m = ctx.cfg, ctx.cfg.mosaic
+    scenes = read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end)
+    refl, valid = composite.load_reflectance(scenes, ctx.gbox, m.bands, m.scl_mask, cfg.compute.chunk_px)
+    frac = composite.scene_valid_fractions(valid)
+    keep = frac >= m.min_valid_fraction
+    for s, f, k in zip(scenes, frac, keep):
+        if not k:
+            log.info("mosaic: skip %s, valid fraction %.3f < %.3f", s.id, f, m.min_valid_fraction)
+    if not keep.any():
+        raise SceneError(f"{cfg.inputs.stac_items}: no scene has a valid fraction >= {m.min_valid_fraction} over the grid")
+    refl, valid = refl.isel(time=np.flatnonzero(keep)), valid.isel(time=np.flatnonzero(keep))
+    comp, count = composite.median_composite(refl, valid)
+    tags = {"scenes": ",".join(s.id for s, k in zip(scenes, keep) if k), "method": "median of valid observations"}
+    write_cog(comp.to_array("band").data, ctx.gbox, ctx.out.reflectance, descriptions=list(m.bands),
+              units="surface reflectance", tags=tags, block=cfg.compute.chunk_px)
+    write_cog(count.data, ctx.gbox, ctx.out.valid_count, nodata=None, descriptions=["valid_count"], block=cfg.compute.chunk_px)
+    written = open_stack(ctx.out.reflectance, cfg.compute.chunk_px)
+    idx = composite.spectral_indices(written.to_dataset("band"))
+    write_cog(idx.to_array("band").data, ctx.gbox, ctx.out.indices, descriptions=list(idx.data_vars), block=cfg.compute.chunk_px)
+    table = pd.DataFrame({
+        "scene_id": [s.id for s in scenes], "datetime": [s.datetime.isoformat() for s in scenes],
+        "processing_baseline": [s.item.properties.get("s2:processing_baseline") for s in scenes],
+        "boa_add_offset": [s.boa_add_offset for s in scenes], "valid_fraction": frac.round(4), "used": keep,
+    })
+    write_table(table, ctx.out.scenes)
+    return {"scenes": int(keep.sum()), "scenes_skipped": int((~keep).sum())}
+
+
+def open_stack(path: Path, chunk_px: int) -> xr.DataArray:
+    """A multi-band COG as a lazy (band, y, x) DataArray with band names as coordinates."""
+    da = rioxarray.open_rasterio(path, chunks={"band": -1, "x": chunk_px, "y": chunk_px}, masked=True)
+    names = list(da.attrs.get("long_name", [])) if isinstance(da.attrs.get("long_name"), (list, tuple)) else [da.attrs.get("long_name")]
+    return da.assign_coords(band=names)
+
+
+# 2 ------------------------------------------------------------------- lidar
+def stage_lidar(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    if cfg.inputs.laz is None:
+        log.info("lidar: no inputs.laz configured; the model will use optical features only")
+        return {"tiles": 0}
+    tiles = lidar.index_tiles(lidar.find_tiles(cfg.inputs.laz), cfg.inputs.lidar_crs)
+    metrics = lidar.grid_metrics(
+        tiles, ctx.gbox, normalized=cfg.inputs.lidar_normalized, ground_classes=cfg.inputs.ground_classes,
+        buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m, max_height_m=cfg.lidar.max_height_m,
+    )
+    stack = np.stack([metrics[k] for k in lidar.METRICS])
+    write_cog(stack, ctx.gbox, ctx.out.lidar_metrics, descriptions=list(lidar.METRICS),
+              tags={"definitions": "lidR stdmetrics_z over all returns after height normalisation"})
+    cover = (np.nan_to_num(metrics["n_points"]) > 0).astype("uint8")
+    write_cog(cover, ctx.gbox, ctx.out.lidar_coverage, nodata=None, descriptions=["lidar_coverage"])
+    write_table(pd.DataFrame([{"path": str(t.path), "points": t.point_count, "crs": t.crs.to_string(),
+                               "xmin": t.bounds[0], "ymin": t.bounds[1], "xmax": t.bounds[2], "ymax": t.bounds[3]}
+                              for t in tiles]), ctx.out.lidar_tiles)
+    return {"tiles": len(tiles), "points": int(sum(t.point_count for t in tiles)),
+            "covered_fraction": float(cover.mean())}
+
+
+# 3 ------------------------------------------------------------------- plots
+def stage_plots(ctx: Context) -> dict:
+    cfg, i = ctx.cfg, ctx.cfg.inputs
+    registry = load_registry(cfg.allometry or default_allometry_path())
+    plots = read_plots(i.plots, i.plots_layer, i.plot_id, ctx.gbox.crs.to_wkt())
+    trees = read_trees(i.trees)
+    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees))
+    write_table(plot_out, ctx.out.plots, layer="plots")
+    write_table(tree_out, ctx.out.trees)
+    return {"plots": len(plot_out), "trees": len(tree_out), "allometry_version": registry.version,
+            "unverified_tree_share": float(1 - tree_out["equation_verified"].mean())}
+
+
+# 4 ------------------------------------------------------------------- model
+def feature_rasters(ctx: Context) -> list[tuple[Path, list[str]]]:
+    """(raster, band names used as features) in feature order."""
+    ctx.need(ctx.out.reflectance, ctx.out.indices)
+    out = [(ctx.out.reflectance, list(ctx.cfg.mosaic.bands)), (ctx.out.indices, ["ndvi", "evi", "ndmi", "nbr"])]
+    if ctx.cfg.model.use_lidar and ctx.out.lidar_metrics.exists():
+        out.append((ctx.out.lidar_metrics, list(LIDAR_FEATURES)))
+    for path, _ in out:
+        check_on_grid(path, ctx.gbox)
+    return out
+
+
+def stage_model(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    ctx.need(ctx.out.plots)
+    plots = gpd.read_file(ctx.out.plots, layer="plots")
+    table = pd.DataFrame({"plot_id": plots["plot_id"]})
+    features: list[str] = []
+    for path, names in feature_rasters(ctx):
+        z = zonal_table(path, plots, "plot_id", ("mean",))
+        for n in names:
+            table[n] = z[f"{n}_mean"].to_numpy()
+        features += names
+    table["agb_mg_ha"] = plots["agb_mg_ha"].to_numpy()
+    c = plots.geometry.centroid
+    table["x"], table["y"] = c.x.to_numpy(), c.y.to_numpy()
+    table["cv_block"] = spatial_blocks(table.x, table.y, cfg.model.cv_block_m)
+    fm = fit_agb_model(table, features, "agb_mg_ha", table["cv_block"].to_numpy(), kind=cfg.model.kind,
+                       folds=cfg.model.cv_folds, seed=cfg.model.seed)
+    table["agb_cv_pred_mg_ha"] = fm.oof_pred
+    write_table(table, ctx.out.training_table)
+    card = model_card(fm, name=cfg.name, training_sha256=sha256(ctx.out.training_table),
+                      config=cfg.model.model_dump(), lidar_features=[f for f in features if f in LIDAR_FEATURES])
+    from ..fileio import atomic_path
+
+    with atomic_path(ctx.out.model) as tmp:
+        joblib.dump({"estimator": fm.estimator, "features": list(fm.features), "model_id": card["model_id"]}, tmp)
+    card["model_file_sha256"] = sha256(ctx.out.model)
+    write_json(card, ctx.out.model_card)
+    return {"model_id": card["model_id"], **{f"cv_{k}": v for k, v in fm.cv.items()}}
+
+
+# 5 --------------------------------------------------------------------- map
+def stage_map(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    ctx.need(ctx.out.model)
+    bundle = joblib.load(ctx.out.model)
+    layers = [open_stack(p, cfg.compute.chunk_px).sel(band=names) for p, names in feature_rasters(ctx)]
+    stack = xr.concat(layers, dim="band")
+    names = [str(b) for b in stack.band.values]
+    if names != bundle["features"]:
+        raise ConfigError(f"{ctx.out.model}: model features {bundle['features']} differ from the rasters' {names}; rerun the model stage")
+    data = stack.data.rechunk({0: -1})
+    required = np.array([n not in LIDAR_FEATURES for n in names])
+    agb = data.map_blocks(predict_block, bundle["estimator"], required, drop_axis=0, dtype="float32")
+    tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
+    write_cog(agb, ctx.gbox, ctx.out.agb, descriptions=["agb_mg_ha"], units="Mg/ha", tags=tags, block=cfg.compute.chunk_px)
+    agb_w = open_stack(ctx.out.agb, cfg.compute.chunk_px).data[0]
+    carbon = agb_w.map_blocks(carbon_model.carbon_mg_ha, cfg.carbon, dtype="float32")
+    ctags = tags | {"units": "Mg C/ha", "carbon": "AGB*(1+R)*CF, above+below ground", **cfg.carbon.model_dump()}
+    write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=["carbon_mg_ha"], units="Mg C/ha", tags=ctags, block=cfg.compute.chunk_px)
+    return {"model_id": bundle["model_id"]}
+
+
+# 6 ----------------------------------------------------------------- parcels
+def parcel_carbon(ctx: Context, polygons: gpd.GeoDataFrame, id_field: str) -> pd.DataFrame:
+    """Exact (exactextract) carbon and AGB per polygon from the mapped rasters.
+
+    ``carbon_t`` = coverage-weighted mean carbon density × polygon area: where
+    a polygon has unmapped pixels (``valid_fraction`` < 1) they take the
+    polygon's mean.  ``carbon_t_mapped`` is the exact sum over mapped pixels.
+    """
+    ctx.need(ctx.out.carbon, ctx.out.agb)
+    zc = zonal_table(ctx.out.carbon, polygons, id_field, ("mean", "sum", "count"), band_names=["c"])
+    za = zonal_table(ctx.out.agb, polygons, id_field, ("mean",), band_names=["agb"])
+    px_ha = pixel_area_ha(ctx.gbox)
+    area_ha = polygons.geometry.area.to_numpy() / 10_000
+    df = pd.DataFrame({id_field: polygons[id_field].to_numpy(), "area_ha": area_ha})
+    df["valid_fraction"] = np.clip(zc["c_count"].to_numpy() * px_ha / area_ha, 0, 1)
+    df["agb_mg_ha"] = za["agb_mean"].to_numpy()
+    df["carbon_t_ha"] = zc["c_mean"].to_numpy()
+    df["carbon_t"] = df["carbon_t_ha"] * df["area_ha"]
+    df["carbon_t_mapped"] = zc["c_sum"].to_numpy() * px_ha
+    df["co2e_t"] = carbon_model.co2e(df["carbon_t"].to_numpy())
+    return df
+
+
+def stage_parcels(ctx: Context) -> dict:
+    i = ctx.cfg.inputs
+    parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
+    stats = parcel_carbon(ctx, parcels, i.parcel_id)
+    model_id = joblib.load(ctx.out.model)["model_id"] if ctx.out.model.exists() else ""
+    keep = [c for c in parcels.columns if c not in stats.columns or c in (i.parcel_id,)]
+    out = parcels[keep].merge(stats, on=i.parcel_id).rename(columns={i.parcel_id: "parcel_id"})
+    out["model_id"] = model_id
+    write_table(out, ctx.out.parcels_gpkg, layer="parcels_carbon")
+    write_table(pd.DataFrame(out.drop(columns="geometry")).assign(geometry_wkb=out.geometry.to_wkb()), ctx.out.parcels_parquet)
+    return {"parcels": len(out), "total_carbon_t": float(np.nansum(out["carbon_t"]))}
+
+
+# 7 ---------------------------------------------------------------- projects
+def stage_projects(ctx: Context) -> dict:
+    i = ctx.cfg.inputs
+    if i.projects is None:
+        return {"projects": 0}
+    ctx.need(ctx.out.parcels_gpkg)
+    projects = read_layer(i.projects, i.projects_layer, i.project_id, ctx.gbox.crs.to_wkt())
+    parcels = gpd.read_file(ctx.out.parcels_gpkg, layer="parcels_carbon")
+    shares = project_parcel_shares(projects, parcels, i.project_id, "parcel_id")
+    totals = project_totals(shares, parcels, i.project_id, "parcel_id")
+    direct = parcel_carbon(ctx, projects, i.project_id)[[i.project_id, "carbon_t"]].rename(columns={"carbon_t": "carbon_t_direct"})
+    out = projects.merge(totals, on=i.project_id, how="left").merge(direct, on=i.project_id, how="left")
+    out = out.rename(columns={i.project_id: "project_id"})
+    write_table(out, ctx.out.projects_gpkg, layer="projects_carbon")
+    write_table(shares.rename(columns={i.project_id: "project_id"}), ctx.out.project_parcels)
+    return {"projects": len(out), "project_carbon_t": float(out["carbon_t"].sum())}
+
+
+# 8 ------------------------------------------------------------------ report
+def stage_report(ctx: Context) -> dict:
+    from .report import build_report
+
+    return build_report(ctx)
+
+
+STAGES = {
+    "mosaic": stage_mosaic, "lidar": stage_lidar, "plots": stage_plots, "model": stage_model,
+    "map": stage_map, "parcels": stage_parcels, "projects": stage_projects, "report": stage_report,
+}

@@ -1,0 +1,1 @@
+"""Vectors: plots, parcels, projects, zonal statistics and overlays."""

@@ -1,0 +1,61 @@
+"""Reading vector layers with checks that name the file, layer and field.
+
+:func:`check_layer` reads only the schema (pyogrio ``read_info``), so it can
+run before any heavy work; :func:`read_layer` reads the features and
+reprojects them to the target CRS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import pyogrio
+from pyproj import CRS
+
+from ..errors import CRSError, FieldError, InputNotFoundError
+
+
+def _where(path, layer) -> str:
+    return f"{path}" + (f" (layer {layer!r})" if layer else "")
+
+
+def check_layer(path: Path | str, layer: str | None = None, fields: tuple[str, ...] = ()) -> dict:
+    """Check a vector layer exists, has a CRS and holds ``fields``; return its info."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"vector file not found: {path}")
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except Exception as err:
+        raise FieldError(f"{_where(path, layer)}: cannot read layer ({str(err).splitlines()[0]})") from None
+    have = list(info["fields"])
+    for f in fields:
+        if f not in have:
+            raise FieldError(f"{_where(path, layer)}: no field {f!r} (fields: {have})")
+    if info.get("crs") is None:
+        raise CRSError(f"{_where(path, layer)}: layer has no CRS")
+    return info
+
+
+def read_layer(path: Path | str, layer: str | None, id_field: str, to_crs) -> gpd.GeoDataFrame:
+    """Features of a layer in ``to_crs``, with a unique, non-null ``id_field``."""
+    check_layer(path, layer, (id_field,))
+    gdf = gpd.read_file(path, layer=layer)
+    where = _where(path, layer)
+    ids = gdf[id_field]
+    if ids.isna().any():
+        raise FieldError(f"{where}: field {id_field!r} is empty in {int(ids.isna().sum())} features")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise FieldError(f"{where}: field {id_field!r} has duplicated values {list(dup.astype(str).unique()[:5])}")
+    bad = gdf.geometry.isna() | gdf.geometry.is_empty
+    if bad.any():
+        raise FieldError(f"{where}: features {list(ids[bad].astype(str)[:5])} have no geometry")
+    target = CRS.from_user_input(to_crs)
+    if not CRS.from_user_input(gdf.crs).equals(target):
+        gdf = gdf.to_crs(target)
+    invalid = ~gdf.geometry.is_valid
+    if invalid.any():
+        gdf.loc[invalid, "geometry"] = gdf.geometry[invalid].make_valid()
+    return gdf
