@@ -90,7 +90,7 @@ class MosaicConfig(_Strict):
 class LidarConfig(_Strict):
     max_height_m: float = Field(80.0, gt=0)
     min_height_m: float = -2.0
-    buffer_m: float = Field(20.0, ge=0)
+    buffer_m: float = Field(30.0, ge=0)
 
 
 class ModelConfig(_Strict):

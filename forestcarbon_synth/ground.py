@@ -46,7 +46,10 @@ def footprint_mean(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> 
     return float(field[row, col].mean())
 
 
-def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, plots_per_km2: float = 2.2):
+def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, plots_per_km2: float = 2.2,
+               min_plots: int = 60):
+    area_km2 = (frame.size_m / 1000) ** 2
+    plots_per_km2 = max(plots_per_km2, 1.4 * min_plots / area_km2)  # small test scenes still get a trainable sample
     spacing = 1000 / np.sqrt(plots_per_km2)
     x0, y0, x1, y1 = frame.bounds
     off = rng.uniform(0, spacing, 2)

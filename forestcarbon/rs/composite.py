@@ -44,12 +44,12 @@ def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], 
     offsets = xr.DataArray(np.array([s.boa_add_offset for s in scenes], dtype="float32"), dims="time")
     scl = ds["scl"]
     valid = (scl > 0) & ~scl.isin(list(scl_mask))
+    for b in bands:  # an observation is used only where every band has data
+        valid = valid & (ds[b] > 0)
     out = xr.Dataset(coords=ds.coords)
     for b in bands:
-        dn = ds[b]
-        refl = (dn + offsets) / L2A_QUANTIFICATION
-        out[b] = refl.where(valid & (dn > 0)).astype("float32")
-        valid = valid & (dn > 0)
+        refl = (ds[b] + offsets) / L2A_QUANTIFICATION
+        out[b] = refl.where(valid).astype("float32")
     out = out.assign_coords(scene_id=("time", [s.id for s in scenes]))
     return out, valid
 

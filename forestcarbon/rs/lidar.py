@@ -175,11 +175,21 @@ def cell_metrics(cell: np.ndarray, h: np.ndarray, n_cells: int) -> dict[str, np.
 def _cells_of(x, y, gbox: GeoBox):
     """Row/col of the target-grid cell holding each point (-1 outside)."""
     inv = ~gbox.affine
-    col, row = inv * (x, y)
+    col, row = inv @ (x, y)
     col, row = np.floor(col).astype(int), np.floor(row).astype(int)
     ny, nx = gbox.shape
     inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
     return row, col, inside
+
+
+def _owner(cx, cy, bounds: list) -> np.ndarray:
+    """Index of the tile each cell centre belongs to: the one holding it, else the
+    nearest (cells at the outer edge of a block); ties go to the lower index."""
+    d = np.stack([np.hypot(np.maximum(np.maximum(b[0] - cx, cx - b[2]), 0),
+                           np.maximum(np.maximum(b[1] - cy, cy - b[3]), 0)) for b in bounds])
+    inside = np.stack([(cx >= b[0]) & (cx < b[2]) & (cy >= b[1]) & (cy < b[3]) for b in bounds])
+    d = np.where(inside, -1.0, d)  # half-open containment decides shared edges
+    return np.argmin(d, axis=0)
 
 
 def _intersects(a, b) -> bool:
@@ -199,10 +209,12 @@ def grid_metrics(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = Fals
         else:
             tb.append(Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds))
     dropped = 0
+    buffer_m = max(buffer_m, float(abs(gbox.affine.a)) * 1.5)  # every point of an owned cell must be read
     for i, t in enumerate(tiles):
         own = tb[i]
         buf = (own[0] - buffer_m, own[1] - buffer_m, own[2] + buffer_m, own[3] + buffer_m)
-        parts = [read_points(o.path, buf, to_crs=grid_crs, src_crs=o.crs) for j, o in enumerate(tiles) if _intersects(tb[j], buf)]
+        near = [j for j in range(len(tiles)) if _intersects(tb[j], buf)]
+        parts = [read_points(tiles[j].path, buf, to_crs=grid_crs, src_crs=tiles[j].crs) for j in near]
         x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
         if x.size == 0:
             continue
@@ -215,10 +227,9 @@ def grid_metrics(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = Fals
                 raise LidarError(f"{t.path}: {err} (ground classes {list(ground_classes)})") from None
         ok = (h >= min_height_m) & (h <= max_height_m)
         row, col, inside = _cells_of(x, y, gbox)
-        # a cell belongs to the tile that holds its centre
         cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
         cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
-        mine = inside & (cx >= own[0]) & (cx < own[2]) & (cy >= own[1]) & (cy < own[3])
+        mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
         dropped += int((mine & ~ok).sum())
         sel = mine & ok
         flat = row[sel] * nx + col[sel]

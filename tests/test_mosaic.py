@@ -1,0 +1,143 @@
+"""Mosaic stage: L2A scaling, SCL masking and median composite against numpy references."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from affine import Affine
+from odc.geo.geobox import GeoBox
+
+from forestcarbon.errors import SceneError
+from forestcarbon.rs.composite import load_reflectance, median_composite, spectral_indices
+from forestcarbon.rs.scenes import boa_add_offset, read_scenes
+
+from .conftest import shared
+
+MASK = (0, 1, 3, 8, 9, 10)
+
+
+def _tif(path, arr, transform, crs="EPSG:32650"):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
+                       dtype="uint16", crs=crs, transform=transform, nodata=0) as d:
+        d.write(arr.astype("uint16"), 1)
+
+
+def _write_item(folder: Path, name: str, date: str, baseline: str, bands: dict, scl: np.ndarray, tr10, tr20):
+    folder.mkdir(parents=True)
+    assets = {}
+    for b, arr in bands.items():
+        _tif(folder / f"{b}.tif", arr, tr10)
+        assets[b] = {"href": f"./{b}.tif", "type": "image/tiff", "roles": ["data"], "proj:shape": list(arr.shape),
+                     "proj:transform": list(tr10)[:6], "eo:bands": [{"name": b, "common_name": b}]}
+    _tif(folder / "SCL.tif", scl, tr20)
+    assets["scl"] = {"href": "./SCL.tif", "type": "image/tiff", "roles": ["data"], "proj:shape": list(scl.shape),
+                     "proj:transform": list(tr20)[:6]}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": name,
+            "stac_extensions": ["https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+                                "https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
+            "geometry": {"type": "Polygon", "coordinates": [[[117, 29], [117.1, 29], [117.1, 29.1], [117, 29.1], [117, 29]]]},
+            "bbox": [117, 29, 117.1, 29.1],
+            "properties": {"datetime": f"{date}T03:00:00Z", "proj:epsg": 32650, "s2:processing_baseline": baseline},
+            "links": [], "assets": assets}
+    (folder / f"{name}.json").write_text(json.dumps(item))
+
+
+def test_composite_equals_numpy_nanmedian(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 24
+    tr10 = Affine(10, 0, 600_000, 0, -10, 3_200_000)
+    tr20 = tr10 * Affine.scale(2)
+    baselines = ["05.10", "03.01", "04.00", "05.11", "02.14"]
+    offsets = [-1000, 0, -1000, -1000, 0]
+    dns, scls = [], []
+    for t, bl in enumerate(baselines):
+        bands = {b: rng.integers(1200, 5000, (n, n)) for b in ("blue", "red", "nir")}
+        bands["red"][0, t] = 0  # a nodata pixel per scene
+        scl = rng.choice([4, 5, 3, 8, 9, 10, 0, 6], size=(n // 2, n // 2), p=[.45, .15, .08, .08, .08, .06, .04, .06])
+        _write_item(tmp_path / f"s{t}", f"S{t}", f"2024-10-{10 + t:02d}", bl, bands, scl, tr10, tr20)
+        dns.append(bands)
+        scls.append(scl)
+    scenes = read_scenes(tmp_path, ("blue", "red", "nir"))
+    assert [s.boa_add_offset for s in scenes] == offsets
+    gbox = GeoBox((n, n), tr10, "EPSG:32650")
+    refl, valid = load_reflectance(scenes, gbox, ("blue", "red", "nir"), MASK, chunk_px=16)
+    comp, count = median_composite(refl, valid)
+    # numpy reference: decode, upsample SCL 20 m -> 10 m by repetition, mask, nanmedian
+    ok = np.stack([
+        ~np.isin(np.kron(s, np.ones((2, 2), int)), MASK) & (d["blue"] > 0) & (d["red"] > 0) & (d["nir"] > 0)
+        for s, d in zip(scls, dns)
+    ])
+    for b in ("blue", "red", "nir"):
+        stack = np.stack([(d[b] + off) / 10_000.0 for d, off in zip(dns, offsets)]).astype("float32")
+        ref = np.nanmedian(np.where(ok, stack, np.nan), axis=0)
+        np.testing.assert_allclose(comp[b].values, ref, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(count.values, ok.sum(axis=0))
+    idx = spectral_indices(comp.assign(nir08=comp["nir"], swir16=comp["red"], swir22=comp["blue"]))
+    r, nir = comp["red"].values, comp["nir"].values
+    np.testing.assert_allclose(idx["ndvi"].values, (nir - r) / (nir + r), rtol=1e-5, equal_nan=True)
+
+
+def _localise(item_path: Path, folder: Path) -> pystac.Item:
+    """The real item with hrefs rewritten to the local, downsampled COGs (and their grids)."""
+    d = json.loads(item_path.read_text())
+    assets = {}
+    for key, a in d["assets"].items():
+        fname = Path(a["href"]).name
+        if key.endswith("-jp2") or not (folder / fname).exists():
+            continue
+        a = copy.deepcopy(a)
+        a["href"] = str(folder / fname)
+        with rasterio.open(folder / fname) as src:
+            a["proj:shape"] = [src.height, src.width]
+            a["proj:transform"] = list(src.transform)[:6]
+        assets[key] = a
+    d["assets"] = assets
+    d["links"] = []  # the self link points to the cloud bucket
+    return pystac.Item.from_dict(d)
+
+
+def test_real_sentinel2_item_baseline_and_scl_alignment():
+    """Real data: S2A 29RKH 2020-02-19 L2A, its STAC item (baseline 02.14), SCL at 200 m over 100 m bands."""
+    folder = shared("satellite/sentinel2-l2a-29RKH-20200219")
+    item = _localise(folder / "S2A_29RKH_20200219_0_L2A.json", folder)
+    assert item.properties["s2:processing_baseline"] == "02.14"
+    assert boa_add_offset(item) == 0  # before baseline 04.00: no offset, whatever the date
+    later = item.clone()
+    later.properties["s2:processing_baseline"] = "04.00"
+    assert boa_add_offset(later) == -1000
+    del later.properties["s2:processing_baseline"]
+    with pytest.raises(SceneError, match="unknown processing baseline"):
+        boa_add_offset(later)
+
+    from forestcarbon.rs.scenes import Scene
+
+    with rasterio.open(folder / "B04.tif") as src:
+        dn = src.read(1).astype("float64")
+        gbox = GeoBox(src.shape, src.transform, src.crs.to_wkt())
+    with rasterio.open(folder / "SCL.tif") as src:
+        scl = src.read(1)
+    scene = Scene(item, folder, boa_add_offset(item))
+    refl, valid = load_reflectance([scene], gbox, ("red",), MASK, chunk_px=512)
+    scl10 = np.kron(scl, np.ones((2, 2), dtype=scl.dtype))[: dn.shape[0], : dn.shape[1]]
+    ok_ref = (~np.isin(scl10, MASK)) & (dn > 0)
+    got_valid = valid.isel(time=0).values
+    np.testing.assert_array_equal(got_valid, ok_ref)
+    red = refl["red"].isel(time=0).values
+    np.testing.assert_allclose(red[ok_ref], dn[ok_ref] / 10_000, rtol=1e-6)
+    assert np.isnan(red[~ok_ref]).all()
+    assert 0.01 < np.nanmedian(red) < 0.5  # plausible surface reflectance over the Moroccan scene
+
+
+def test_missing_band_asset_is_named(tmp_path):
+    n = 4
+    tr10 = Affine(10, 0, 600_000, 0, -10, 3_200_000)
+    _write_item(tmp_path / "s0", "S0", "2024-10-10", "05.10", {"red": np.ones((n, n), int) * 2000},
+                np.full((2, 2), 4), tr10, tr10 * Affine.scale(2))
+    with pytest.raises(SceneError, match=r"S0 has no asset 'nir'"):
+        read_scenes(tmp_path, ("red", "nir"))
