@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, CRSError
+from .errors import ConfigError, CRSError, ForestCarbonError
 
 DEFAULT_SCL_MASK = (0, 1, 3, 8, 9, 10)
 """SCL classes masked by default: no data, saturated/defective, cloud shadow,
@@ -186,6 +186,9 @@ def config_from_dict(raw: dict, base: Path | None = None, source: str = "<dict>"
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
+        cause = (err.errors()[0].get("ctx") or {}).get("error")
+        if isinstance(cause, ForestCarbonError):  # keep the specific type (e.g. CRSError)
+            raise type(cause)(f"{source}: {cause}") from None
         raise ConfigError(f"{source}: {_one_line(err)}") from None
 
 
