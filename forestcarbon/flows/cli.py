@@ -22,6 +22,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sky–air–
 
 
 def _setup_logging():
+    import warnings
+
+    # pixels never observed clear give NaN medians by design (reported as valid_count 0)
+    warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "rasterio", "fiona", "pyogrio", "httpx", "prefect.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
