@@ -38,7 +38,8 @@ def _forest_mask(parcels: pd.DataFrame) -> np.ndarray:
 
 def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_truth: Path) -> dict:
     truth = pd.read_csv(truth_csv, dtype={"parcel_id": str})
-    m = parcels[["parcel_id", "carbon_t"]].merge(truth, on="parcel_id", how="inner")
+    cols = ["parcel_id", "carbon_t"] + (["land_class"] if "land_class" in parcels else [])
+    m = parcels[cols].merge(truth.drop(columns=["land_class"], errors="ignore"), on="parcel_id", how="inner")
     forest = _forest_mask(m)
     est, tru = m.loc[forest, "carbon_t"].to_numpy(), m.loc[forest, "true_carbon_t"].to_numpy()
     ok = np.isfinite(est)

@@ -267,7 +267,7 @@ def stage_parcels(ctx: Context) -> dict:
     out = parcels[keep].merge(stats, on=i.parcel_id).rename(columns={i.parcel_id: "parcel_id"})
     out["model_id"] = model_id
     write_table(out, ctx.out.parcels_gpkg, layer="parcels_carbon")
-    write_table(pd.DataFrame(out.drop(columns="geometry")).assign(geometry_wkb=out.geometry.to_wkb()), ctx.out.parcels_parquet)
+    write_table(out, ctx.out.parcels_parquet)  # GeoParquet
     return {"parcels": len(out), "total_carbon_t": float(np.nansum(out["carbon_t"]))}
 
 
