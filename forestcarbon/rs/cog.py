@@ -70,12 +70,3 @@ def write_cog(
             bigtiff="IF_SAFER",
         )
     return path
-
-
-def read_band_stack(path: Path | str, masked_nan: bool = True):
-    """Read a raster into (bands, y, x) float array (nodata -> NaN) and band descriptions."""
-    with rasterio.open(path) as src:
-        arr = src.read().astype("float32")
-        if masked_nan and src.nodata is not None and not np.isnan(src.nodata):
-            arr[arr == src.nodata] = np.nan
-        return arr, list(src.descriptions)

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import laspy
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -182,6 +183,37 @@ def _cells_of(x, y, gbox: GeoBox):
     return row, col, inside
 
 
+def _tile_metrics(i, tiles, tb, gbox, grid_crs, *, normalized, ground_classes, buffer_m, min_height_m, max_height_m):
+    """Metrics of the cells owned by tile ``i``: (rows, cols, metrics, dropped outliers)."""
+    nx = gbox.shape[1]
+    own = tb[i]
+    buf = (own[0] - buffer_m, own[1] - buffer_m, own[2] + buffer_m, own[3] + buffer_m)
+    near = [j for j in range(len(tiles)) if _intersects(tb[j], buf)]
+    parts = [read_points(tiles[j].path, buf, to_crs=grid_crs, src_crs=tiles[j].crs) for j in near]
+    x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
+    empty = (np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in METRICS}, 0)
+    if x.size == 0:
+        return empty
+    if normalized:
+        h = z
+    else:
+        try:
+            h = normalize_heights(x, y, z, cls, ground_classes)
+        except LidarError as err:
+            raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(ground_classes)})") from None
+    ok = (h >= min_height_m) & (h <= max_height_m)
+    row, col, inside = _cells_of(x, y, gbox)
+    cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
+    cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
+    mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
+    sel = mine & ok
+    flat = row[sel] * nx + col[sel]
+    uniq, inv = np.unique(flat, return_inverse=True)
+    m = cell_metrics(inv, h[sel], uniq.size)
+    rr, cc = np.divmod(uniq, nx)
+    return rr, cc, m, int((mine & ~ok).sum())
+
+
 def _owner(cx, cy, bounds: list) -> np.ndarray:
     """Index of the tile each cell centre belongs to: the one holding it, else the
     nearest (cells at the outer edge of a block); ties go to the lower index."""
@@ -208,34 +240,14 @@ def grid_metrics(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = Fals
             tb.append(t.bounds)
         else:
             tb.append(Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds))
-    dropped = 0
     buffer_m = max(buffer_m, float(abs(gbox.affine.a)) * 1.5)  # every point of an owned cell must be read
-    for i, t in enumerate(tiles):
-        own = tb[i]
-        buf = (own[0] - buffer_m, own[1] - buffer_m, own[2] + buffer_m, own[3] + buffer_m)
-        near = [j for j in range(len(tiles)) if _intersects(tb[j], buf)]
-        parts = [read_points(tiles[j].path, buf, to_crs=grid_crs, src_crs=tiles[j].crs) for j in near]
-        x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
-        if x.size == 0:
-            continue
-        if normalized:
-            h = z
-        else:
-            try:
-                h = normalize_heights(x, y, z, cls, ground_classes)
-            except LidarError as err:
-                raise LidarError(f"{t.path}: {err} (ground classes {list(ground_classes)})") from None
-        ok = (h >= min_height_m) & (h <= max_height_m)
-        row, col, inside = _cells_of(x, y, gbox)
-        cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
-        cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
-        mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
-        dropped += int((mine & ~ok).sum())
-        sel = mine & ok
-        flat = row[sel] * nx + col[sel]
-        uniq, inv = np.unique(flat, return_inverse=True)
-        m = cell_metrics(inv, h[sel], uniq.size)
-        rr, cc = np.divmod(uniq, nx)
+    opts = dict(normalized=normalized, ground_classes=tuple(ground_classes), buffer_m=buffer_m,
+                min_height_m=min_height_m, max_height_m=max_height_m)
+    # one task per tile on the current Dask scheduler; each task opens its own files
+    tasks = [dask.delayed(_tile_metrics)(i, tiles, tb, gbox, grid_crs, **opts) for i in range(len(tiles))]
+    dropped = 0
+    for rr, cc, m, d in dask.compute(*tasks):
+        dropped += d
         for k in METRICS:
             out[k][rr, cc] = m[k]
     if dropped:
