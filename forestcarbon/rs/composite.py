@@ -59,12 +59,32 @@ def scene_valid_fractions(valid: xr.DataArray) -> np.ndarray:
     return valid.mean(("y", "x")).compute().to_numpy()
 
 
+def nanmedian_last_axis(a: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN; NaN where nothing is valid.
+
+    Same definition as ``numpy.nanmedian`` (mean of the two middle values for an
+    even count) but by one sort: NaNs sort to the end, so the valid values of
+    each pixel are its first ``n`` sorted entries.  Several times faster than
+    ``numpy.nanmedian``, which goes through masked arrays for short axes.
+    """
+    s = np.sort(a, axis=-1)
+    n = np.count_nonzero(~np.isnan(a), axis=-1)
+    lo = np.maximum((n - 1) // 2, 0)[..., None]
+    hi = np.maximum(n // 2, 0)[..., None]
+    lo_v = np.take_along_axis(s, lo, axis=-1)[..., 0]
+    hi_v = np.take_along_axis(s, hi, axis=-1)[..., 0]
+    med = (lo_v + hi_v) / np.asarray(2, dtype=a.dtype)
+    return np.where(n > 0, med, np.asarray(np.nan, dtype=a.dtype))
+
+
 def median_composite(refl: xr.Dataset, valid: xr.DataArray) -> tuple[xr.Dataset, xr.DataArray]:
-    """Per-band median over time of valid observations, and the valid count."""
+    """Per-band median over time of valid observations, and the valid count.
+
+    The time axis is made one chunk (the spatial chunks bound memory).
+    """
     refl = refl.chunk({"time": -1})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN slices -> NaN
-        comp = refl.median("time", skipna=True)
+    comp = xr.apply_ufunc(nanmedian_last_axis, refl, input_core_dims=[["time"]], dask="parallelized",
+                          output_dtypes=["float32"], keep_attrs=True)
     count = valid.sum("time").astype("uint16")
     return comp, count
 
