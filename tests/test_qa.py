@@ -1,0 +1,57 @@
+"""Quality masks against independent bit decoding on the real Landsat 8 C2 L2 scene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from forestcarbon.rs.qa import dilate, qa_pixel_flags, qa_pixel_invalid, radsat_invalid, scl_invalid
+
+from .conftest import shared
+
+L8 = "satellite/landsat8-c2l2-001062-20201031/LC08_L2SP_001062_20201031_20201106_02_T2"
+
+
+def test_qa_pixel_class_counts_equal_independent_decoding():
+    with rasterio.open(shared(L8 + "_QA_PIXEL.TIF")) as src:
+        qa = src.read(1)
+    flags = qa_pixel_flags(qa)
+    # independent decoding: Python integers, string formatting of the bits
+    values, counts = np.unique(qa, return_counts=True)
+    names = ["fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow", "clear", "water"]
+    ref = {n: 0 for n in names}
+    for v, c in zip(values.tolist(), counts.tolist()):
+        bits = format(v, "016b")[::-1]
+        for i, n in enumerate(names):
+            ref[n] += c if bits[i] == "1" else 0
+    assert {n: int(flags[n].sum()) for n in names} == ref
+    assert ref["cloud"] > 0.5 * qa.size  # the scene is 99.94 % cloud
+    inval = qa_pixel_invalid(qa)
+    assert int(inval.sum()) == int((flags["fill"] | flags["dilated_cloud"] | flags["cirrus"] | flags["cloud"]
+                                   | flags["cloud_shadow"] | flags["snow"]).sum())
+
+
+def test_landsat_reflectance_scale_and_nodata():
+    """SR = DN x 0.0000275 - 0.2 (C2 L2); DN 0 is nodata and stays nodata."""
+    with rasterio.open(shared(L8 + "_SR_B4.TIF")) as src:
+        dn = src.read(1)
+        nodata = src.nodata
+    from forestcarbon.rs.sensors import LANDSAT_C2_L2, to_reflectance
+
+    refl = to_reflectance(dn, LANDSAT_C2_L2.scale, LANDSAT_C2_L2.offset, nodata=nodata)
+    ok = dn != 0
+    np.testing.assert_allclose(refl[ok], dn[ok].astype("float64") * 0.0000275 - 0.2, rtol=1e-6)
+    assert np.isnan(refl[~ok]).all() and (~ok).any()
+    assert -0.2 <= np.nanmin(refl) and np.nanmax(refl) <= 1.61
+
+
+def test_radsat_and_scl_and_dilation():
+    radsat = np.array([0, 1 << 3, 1 << 11, 1 << 8], dtype=np.uint16)
+    np.testing.assert_array_equal(radsat_invalid(radsat, bands=(2, 3, 4, 5)), [False, True, True, False])
+    np.testing.assert_array_equal(scl_invalid(np.array([0, 4, 9, 11]), (8, 9, 10)), [True, False, True, False])
+    m = np.zeros((5, 5), bool)
+    m[2, 2] = True
+    assert dilate(m, 1).sum() == 9 and dilate(m, 2).sum() == 25
+    with pytest.raises(ValueError, match="unknown QA_PIXEL flags"):
+        qa_pixel_invalid(np.zeros(2, np.uint16), ("clouds",))
