@@ -84,6 +84,8 @@ class MosaicConfig(_Strict):
     end: dt.date | None = None
     bands: tuple[str, ...] = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
     scl_mask: tuple[int, ...] = DEFAULT_SCL_MASK
+    landsat_qa_mask: tuple[Literal["fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow", "water"], ...] = (
+        "fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
     min_valid_fraction: float = Field(0.02, ge=0, le=1)
 
 

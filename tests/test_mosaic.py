@@ -115,14 +115,15 @@ def test_real_sentinel2_item_baseline_and_scl_alignment():
     with pytest.raises(SceneError, match="unknown processing baseline"):
         boa_add_offset(later)
 
-    from forestcarbon.rs.scenes import Scene
+    from forestcarbon.rs.scenes import scene_from_item
 
     with rasterio.open(folder / "B04.tif") as src:
         dn = src.read(1).astype("float64")
         gbox = GeoBox(src.shape, src.transform, src.crs.to_wkt())
     with rasterio.open(folder / "SCL.tif") as src:
         scl = src.read(1)
-    scene = Scene(item, folder, boa_add_offset(item))
+    scene = scene_from_item(item, folder / item.id)
+    assert scene.offset == 0 and scene.scale == 1e-4
     refl, valid = load_reflectance([scene], gbox, ("red",), MASK, chunk_px=512)
     scl10 = np.kron(scl, np.ones((2, 2), dtype=scl.dtype))[: dn.shape[0], : dn.shape[1]]
     ok_ref = (~np.isin(scl10, MASK)) & (dn > 0)

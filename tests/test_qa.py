@@ -55,3 +55,36 @@ def test_radsat_and_scl_and_dilation():
     assert dilate(m, 1).sum() == 9 and dilate(m, 2).sum() == 25
     with pytest.raises(ValueError, match="unknown QA_PIXEL flags"):
         qa_pixel_invalid(np.zeros(2, np.uint16), ("clouds",))
+
+
+def test_landsat_product_folder_loads_scaled_and_masked():
+    """Real data: the Landsat 8 C2 L2 product folder (MTL.json + per-band GeoTIFFs) through the mosaic loader."""
+    from odc.geo.geobox import GeoBox
+
+    from forestcarbon.rs.composite import load_reflectance
+    from forestcarbon.rs.scenes import read_scenes
+
+    folder = shared(L8 + "_MTL.json").parent
+    scenes = read_scenes(folder, ("red", "nir", "swir16"))
+    assert len(scenes) == 1 and scenes[0].sensor.name == "landsat-c2-l2"
+    assert scenes[0].datetime.date().isoformat() == "2020-10-31"
+    with rasterio.open(folder / "LC08_L2SP_001062_20201031_20201106_02_T2_SR_B4.TIF") as src:
+        red = src.read(1)
+        gbox = GeoBox(src.shape, src.transform, src.crs.to_wkt())
+    bands = {}
+    for b in ("SR_B5", "SR_B6", "QA_PIXEL", "QA_RADSAT"):
+        with rasterio.open(folder / f"LC08_L2SP_001062_20201031_20201106_02_T2_{b}.TIF") as src:
+            bands[b] = src.read(1)
+    # the scene is 99.94 % cloud: with the default flags nearly nothing survives ...
+    _, valid_default = load_reflectance(scenes, gbox, ("red", "nir", "swir16"), (), chunk_px=128)
+    ref_default = ~qa_pixel_invalid(bands["QA_PIXEL"]) & ~radsat_invalid(bands["QA_RADSAT"], (4, 5, 6)) & (red > 0)
+    np.testing.assert_array_equal(valid_default.isel(time=0).values, ref_default & (bands["SR_B5"] > 0) & (bands["SR_B6"] > 0))
+    # ... so check scaling with only fill masked
+    refl, valid = load_reflectance(scenes, gbox, ("red", "nir", "swir16"), (), chunk_px=128, qa_flags=("fill",))
+    ok = (~qa_pixel_invalid(bands["QA_PIXEL"], ("fill",)) & ~radsat_invalid(bands["QA_RADSAT"], (4, 5, 6))
+          & (red > 0) & (bands["SR_B5"] > 0) & (bands["SR_B6"] > 0))
+    np.testing.assert_array_equal(valid.isel(time=0).values, ok)
+    got = refl["red"].isel(time=0).values
+    np.testing.assert_allclose(got[ok], red[ok] * 0.0000275 - 0.2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(refl["nir"].isel(time=0).values[ok], bands["SR_B5"][ok] * 0.0000275 - 0.2, rtol=1e-5, atol=1e-7)
+    assert ok.sum() > 0.5 * ok.size

@@ -102,7 +102,7 @@ def preflight(cfg: Config) -> Context:
 def stage_mosaic(ctx: Context) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.mosaic
     scenes = read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end)
-    refl, valid = composite.load_reflectance(scenes, ctx.gbox, m.bands, m.scl_mask, cfg.compute.chunk_px)
+    refl, valid = composite.load_reflectance(scenes, ctx.gbox, m.bands, m.scl_mask, cfg.compute.chunk_px, m.landsat_qa_mask)
     frac = composite.scene_valid_fractions(valid)
     keep = frac >= m.min_valid_fraction
     for s, f, k in zip(scenes, frac, keep):
@@ -120,9 +120,11 @@ def stage_mosaic(ctx: Context) -> dict:
     idx = composite.spectral_indices(written.to_dataset("band"))
     write_cog(idx.to_array("band").data, ctx.gbox, ctx.out.indices, descriptions=list(idx.data_vars), block=cfg.compute.chunk_px)
     table = pd.DataFrame({
-        "scene_id": [s.id for s in scenes], "datetime": [s.datetime.isoformat() for s in scenes],
+        "scene_id": [s.id for s in scenes], "sensor": [s.sensor.name for s in scenes],
+        "datetime": [s.datetime.isoformat() for s in scenes],
         "processing_baseline": [s.item.properties.get("s2:processing_baseline") for s in scenes],
-        "boa_add_offset": [s.boa_add_offset for s in scenes], "valid_fraction": frac.round(4), "used": keep,
+        "boa_add_offset": [s.boa_add_offset for s in scenes], "scale": [s.scale for s in scenes],
+        "offset": [s.offset for s in scenes], "valid_fraction": frac.round(4), "used": keep,
     })
     write_table(table, ctx.out.scenes)
     return {"scenes": int(keep.sum()), "scenes_skipped": int((~keep).sum())}

@@ -17,41 +17,72 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..errors import SceneError
-from .scenes import L2A_QUANTIFICATION, Scene
+from . import qa
+from .scenes import Scene
+from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A
 
 log = logging.getLogger(__name__)
 
 _STAC_CFG = {"*": {"assets": {"*": {"nodata": 0, "data_type": "uint16"}}}}
 
 
-def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], scl_mask: tuple[int, ...],
-                     chunk_px: int = 1024) -> tuple[xr.Dataset, xr.DataArray]:
-    """Masked surface reflectance (time, y, x) per band, and the validity mask.
+def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_mask, qa_flags) -> xr.DataArray:
+    """Per-pixel 'do not use' mask from the sensor's quality band(s)."""
+    sensor = scenes[0].sensor
+    mask = ds[scenes[0].mask_band].fillna(0)  # nodata (0) may arrive as NaN from the float load
+    if sensor is SENTINEL2_L2A:
+        return xr.apply_ufunc(qa.scl_invalid, mask, kwargs={"classes": tuple(scl_mask)}, dask="parallelized",
+                              output_dtypes=[bool])
+    bad = xr.apply_ufunc(lambda m: qa.qa_pixel_invalid(m.astype("uint16"), tuple(qa_flags)) | (m == 0), mask,
+                         dask="parallelized", output_dtypes=[bool])
+    if "qa_radsat" in ds:
+        nums = tuple(int(LANDSAT_C2_L2.bands["nir08" if b == "nir" else b].removeprefix("SR_B")) for b in bands)
+        bad = bad | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
+                                   dask="parallelized", output_dtypes=[bool])
+    return bad
 
-    Returns the dataset of float32 reflectances (NaN where nodata or masked)
-    and the boolean ``valid`` DataArray.
-    """
-    items = [s.item for s in scenes]
+
+def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px):
+    mask_band = scenes[0].mask_band
+    extra = ["qa_radsat"] if all("qa_radsat" in s.item.assets for s in scenes) and mask_band == "qa_pixel" else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         ds = odc.stac.load(
-            items, bands=[*bands, "scl"], geobox=gbox, chunks={"x": chunk_px, "y": chunk_px},
-            resampling={"*": "bilinear", "scl": "nearest"}, dtype="float32", stac_cfg=_STAC_CFG,
-            groupby="id", preserve_original_order=True,
+            [s.item for s in scenes], bands=[*bands, mask_band, *extra], geobox=gbox,
+            chunks={"x": chunk_px, "y": chunk_px},
+            resampling={"*": "bilinear", mask_band: "nearest", "qa_radsat": "nearest"}, dtype="float32",
+            stac_cfg=_STAC_CFG, groupby="id", preserve_original_order=True,
         )
     if ds.sizes["time"] != len(scenes):
         raise SceneError(f"loaded {ds.sizes['time']} time steps from {len(scenes)} scenes; items must have distinct ids")
-    offsets = xr.DataArray(np.array([s.boa_add_offset for s in scenes], dtype="float32"), dims="time")
-    scl = ds["scl"]
-    valid = (scl > 0) & ~scl.isin(list(scl_mask))
+    valid = ~_invalid(scenes, ds, bands, scl_mask, qa_flags)
     for b in bands:  # an observation is used only where every band has data
         valid = valid & (ds[b] > 0)
+    scale = xr.DataArray(np.array([s.scale for s in scenes], dtype="float64"), dims="time")
+    offset = xr.DataArray(np.array([s.offset for s in scenes], dtype="float64"), dims="time")
     out = xr.Dataset(coords=ds.coords)
     for b in bands:
-        refl = (ds[b] + offsets) / L2A_QUANTIFICATION
-        out[b] = refl.where(valid).astype("float32")
-    out = out.assign_coords(scene_id=("time", [s.id for s in scenes]))
+        out[b] = (ds[b] * scale + offset).where(valid).astype("float32")
     return out, valid
+
+
+def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], scl_mask: tuple[int, ...],
+                     chunk_px: int = 1024, qa_flags: tuple[str, ...] = qa.DEFAULT_QA_MASK) -> tuple[xr.Dataset, xr.DataArray]:
+    """Masked surface reflectance (time, y, x) per band, and the validity mask.
+
+    Scenes of different sensors are loaded per sensor and put back in the
+    order given.  Returns float32 reflectances (NaN where nodata or masked)
+    and the boolean ``valid`` DataArray.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(scenes):
+        groups.setdefault(s.sensor.name, []).append(i)
+    parts = [_load_group([scenes[i] for i in idx], gbox, bands, scl_mask, qa_flags, chunk_px) for idx in groups.values()]
+    order = np.argsort(np.concatenate([np.asarray(idx) for idx in groups.values()]), kind="stable")
+    refl = xr.concat([p[0] for p in parts], dim="time", coords="minimal", compat="override").isel(time=order)
+    valid = xr.concat([p[1] for p in parts], dim="time", coords="minimal", compat="override").isel(time=order)
+    refl = refl.assign_coords(scene_id=("time", [s.id for s in scenes]))
+    return refl, valid
 
 
 def scene_valid_fractions(valid: xr.DataArray) -> np.ndarray:

@@ -1,29 +1,38 @@
-"""Sentinel-2 L2A scenes described by STAC items.
+"""Satellite scenes: Sentinel-2 L2A and Landsat 8/9 Collection 2 Level-2.
 
-Band names are STAC ``eo`` common names (blue, green, red, rededge1-3, nir,
-nir08, swir16, swir22) plus ``scl``.  Surface reflectance of L2A products is
-``(DN + BOA_ADD_OFFSET) / 10000``; BOA_ADD_OFFSET is -1000 from processing
-baseline 04.00 on (ESA, Sentinel-2 L2A product format change of 25 Jan 2022)
-and 0 before.  The offset is decided from each item's
-``s2:processing_baseline``, never from its date.  DN 0 is nodata.
+A :class:`Scene` is a STAC item whose asset keys are harmonised band names
+(:mod:`forestcarbon.rs.sensors`) plus its mask band (``scl`` or
+``qa_pixel``), with the scale and offset that turn its DNs into surface
+reflectance.  Scenes come from STAC item JSON files or from plain Landsat
+product folders (per-band GeoTIFFs with the ``*_MTL.json``), which are
+described as STAC items on the fly so that one loader serves both.
+
+Sentinel-2: reflectance = (DN + BOA_ADD_OFFSET) / 10000, BOA_ADD_OFFSET = −1000
+from processing baseline 04.00 (ESA product format change of 25 Jan 2022),
+decided from each item's ``s2:processing_baseline``, never from its date.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pystac
+import rasterio
+from rasterio.warp import transform_bounds
 
 from ..errors import InputNotFoundError, SceneError
+from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A, Sensor
 
 log = logging.getLogger(__name__)
 
 BOA_ADD_OFFSET_FROM_BASELINE_04 = -1000
 L2A_QUANTIFICATION = 10_000.0
+MASK_BAND = {SENTINEL2_L2A.name: "scl", LANDSAT_C2_L2.name: "qa_pixel"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,10 @@ class Scene:
 
     item: pystac.Item
     path: Path
-    boa_add_offset: int
+    sensor: Sensor
+    scale: float
+    offset: float
+    boa_add_offset: int | None = None  # Sentinel-2 only, for the record
 
     @property
     def datetime(self) -> dt.datetime:
@@ -41,6 +53,10 @@ class Scene:
     @property
     def id(self) -> str:
         return self.item.id
+
+    @property
+    def mask_band(self) -> str:
+        return MASK_BAND[self.sensor.name]
 
 
 def parse_baseline(value, where: str) -> tuple[int, int]:
@@ -59,35 +75,105 @@ def boa_add_offset(item: pystac.Item, where: str = "") -> int:
     return BOA_ADD_OFFSET_FROM_BASELINE_04 if major >= 4 else 0
 
 
-def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None) -> list[Scene]:
-    """All STAC items (``*.json``) below ``folder`` within [start, end], sorted by time.
+def sensor_of(item: pystac.Item) -> Sensor:
+    p = item.properties
+    platform = str(p.get("platform", p.get("eo:platform", ""))).lower()
+    if "s2:processing_baseline" in p or platform.startswith("sentinel-2") or p.get("constellation") == "sentinel-2":
+        return SENTINEL2_L2A
+    if platform.startswith("landsat") or "qa_pixel" in item.assets:
+        return LANDSAT_C2_L2
+    raise SceneError(f"item {item.id}: cannot tell the sensor (platform {platform!r}); Sentinel-2 L2A and Landsat C2 L2 are supported")
 
-    Every requested band and ``scl`` must be an asset of every item; hrefs
-    are made absolute and must exist when local.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise InputNotFoundError(f"STAC items folder not found: {folder}")
-    scenes = []
+
+def scene_from_item(item: pystac.Item, path: Path) -> Scene:
+    sensor = sensor_of(item)
+    if sensor is SENTINEL2_L2A:
+        boa = boa_add_offset(item, str(path))
+        return Scene(item, path, sensor, 1.0 / L2A_QUANTIFICATION, boa / L2A_QUANTIFICATION, boa)
+    return Scene(item, path, sensor, sensor.scale, sensor.offset)
+
+
+def _asset_from_file(path: Path, title: str) -> tuple[pystac.Asset, int | None, tuple]:
+    with rasterio.open(path) as src:
+        epsg = src.crs.to_epsg() if src.crs else None
+        asset = pystac.Asset(str(path.resolve()), media_type="image/tiff; application=geotiff", roles=["data"], title=title,
+                             extra_fields={"proj:shape": [src.height, src.width], "proj:transform": list(src.transform)[:6],
+                                           "proj:epsg": epsg})
+        ll = transform_bounds(src.crs, "EPSG:4326", *src.bounds) if src.crs else None
+    return asset, epsg, ll
+
+
+def landsat_item_from_folder(folder: Path) -> pystac.Item:
+    """A STAC item for a Landsat C2 L2 product folder (``*_MTL.json`` + ``*_SR_B*.TIF``)."""
+    mtls = sorted(folder.glob("*_MTL.json"))
+    meta = json.loads(mtls[0].read_text())["LANDSAT_METADATA_FILE"]
+    pid = meta["PRODUCT_CONTENTS"]["LANDSAT_PRODUCT_ID"]
+    attrs = meta["IMAGE_ATTRIBUTES"]
+    if meta["PRODUCT_CONTENTS"].get("PROCESSING_LEVEL", "L2SP") not in ("L2SP", "L2SR"):
+        raise SceneError(f"{mtls[0]}: processing level {meta['PRODUCT_CONTENTS'].get('PROCESSING_LEVEL')!r} is not Level-2")
+    when = dt.datetime.fromisoformat(f"{attrs['DATE_ACQUIRED']}T{attrs['SCENE_CENTER_TIME'][:15]}").replace(tzinfo=dt.timezone.utc)
+    assets, ll, epsg = {}, None, None
+    for name, band in (*LANDSAT_C2_L2.bands.items(), ("qa_pixel", "QA_PIXEL"), ("qa_radsat", "QA_RADSAT")):
+        f = folder / f"{pid}_{band}.TIF"
+        if not f.exists():
+            raise SceneError(f"{folder}: Landsat product {pid} lacks band file {f.name}")
+        assets[name], epsg, ll = _asset_from_file(f, band)
+    x0, y0, x1, y1 = ll
+    item = pystac.Item(
+        id=pid, geometry={"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+        bbox=[x0, y0, x1, y1], datetime=when,
+        properties={"platform": attrs["SPACECRAFT_ID"].lower().replace("_", "-"), "proj:epsg": epsg,
+                    "eo:cloud_cover": float(attrs.get("CLOUD_COVER", "nan")), "forestcarbon:source": str(mtls[0])},
+    )
+    for k, a in assets.items():
+        item.add_asset(k, a)
+    return item
+
+
+def _candidates(folder: Path):
+    """(path, item) for STAC item files and Landsat product folders below ``folder``."""
+    product_dirs = {p.parent for p in folder.rglob("*_MTL.json")}
+    for d in sorted(product_dirs):
+        yield d, landsat_item_from_folder(d)
     for p in sorted(folder.rglob("*.json")):
+        if p.parent in product_dirs or p.name.endswith("_MTL.json"):
+            continue
         try:
             item = pystac.Item.from_file(str(p))
         except Exception as err:  # pystac raises several types for bad JSON
             raise SceneError(f"{p}: not a STAC item ({type(err).__name__}: {err})") from None
         item.make_asset_hrefs_absolute()
-        for band in (*bands, "scl"):
-            if band not in item.assets:
-                raise SceneError(f"{p}: item {item.id} has no asset {band!r} (has {sorted(item.assets)})")
-            href = item.assets[band].href
-            if "://" not in href and not Path(href).exists():
-                raise SceneError(f"{p}: asset {band!r} file not found: {href}")
+        yield p, item
+
+
+def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None) -> list[Scene]:
+    """All scenes below ``folder`` within [start, end], sorted by time.
+
+    Every requested band and the sensor's mask band must be an asset of every
+    item (Landsat has no broad ``nir`` band: its ``nir08`` serves for it);
+    local hrefs must exist.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputNotFoundError(f"scenes folder not found: {folder}")
+    scenes = []
+    for p, item in _candidates(folder):
         if item.datetime is None:
             raise SceneError(f"{p}: item {item.id} has no datetime")
         d = item.datetime.date()
         if (start and d < start) or (end and d > end):
             log.info("skip %s: %s outside the window %s..%s", item.id, d, start, end)
             continue
-        scenes.append(Scene(item, p, boa_add_offset(item, str(p))))
+        scene = scene_from_item(item, p)
+        if scene.sensor is LANDSAT_C2_L2 and "nir" not in item.assets and "nir08" in item.assets:
+            item.add_asset("nir", item.assets["nir08"].clone())
+        for band in (*bands, scene.mask_band):
+            if band not in item.assets:
+                raise SceneError(f"{p}: item {item.id} has no asset {band!r} (has {sorted(item.assets)})")
+            href = item.assets[band].href
+            if "://" not in href and not Path(href).exists():
+                raise SceneError(f"{p}: asset {band!r} file not found: {href}")
+        scenes.append(scene)
     if not scenes:
-        raise SceneError(f"{folder}: no STAC item within {start}..{end}")
+        raise SceneError(f"{folder}: no scene within {start}..{end}")
     return sorted(scenes, key=lambda s: s.datetime)
