@@ -192,3 +192,17 @@ def test_real_landsat_series_median_and_counts():
         np.testing.assert_array_equal(comp[b].values, ref)
     np.testing.assert_array_equal(count.values, clear.sum(axis=0))
     assert count.values.min() > 5  # a decade of Landsat: every pixel has clear looks
+
+
+def test_four_real_pieces_merge_to_the_whole():
+    """Real data: rasterio's rgb1..rgb4.tif reprojected onto RGB.byte.tif's grid and merged reproduce it exactly."""
+    from forestcarbon.rs.rasters import load_on_grid, merge_first
+
+    folder = shared("satellite/rasterio-rgb")
+    with rasterio.open(folder / "RGB.byte.tif") as src:
+        whole = src.read()
+        gbox = GeoBox(src.shape, src.transform, src.crs.to_wkt())
+    pieces = [load_on_grid(folder / f"rgb{i}.tif", gbox, chunk_px=256) for i in range(1, 5)]
+    merged = merge_first(pieces, 0).compute().values
+    assert merged.dtype == whole.dtype
+    np.testing.assert_array_equal(merged, whole)
