@@ -80,6 +80,7 @@ class InputsConfig(_Strict):
 
 
 class MosaicConfig(_Strict):
+    method: Literal["median", "nearest_to_median"] = "median"
     start: dt.date | None = None
     end: dt.date | None = None
     bands: tuple[str, ...] = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")

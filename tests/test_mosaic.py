@@ -206,3 +206,34 @@ def test_four_real_pieces_merge_to_the_whole():
     merged = merge_first(pieces, 0).compute().values
     assert merged.dtype == whole.dtype
     np.testing.assert_array_equal(merged, whole)
+
+
+def test_nearest_to_median_is_pixel_consistent_and_matches_loops():
+    import pandas as pd
+    import xarray as xr
+
+    from forestcarbon.rs.composite import nearest_to_median_composite
+
+    rng = np.random.default_rng(4)
+    nb, nt, ny, nx = 3, 7, 9, 11
+    a = rng.random((nb, nt, ny, nx)).astype("float32")
+    invalid = rng.random((nt, ny, nx)) < 0.35
+    invalid[:, 0, 0] = True
+    a[:, invalid] = np.nan
+    times = pd.date_range("2024-10-01", periods=nt, freq="5D")
+    ds = xr.Dataset({f"b{i}": (("time", "y", "x"), a[i]) for i in range(nb)}, coords={"time": times}).chunk({"y": 4, "x": 5})
+    comp, date = nearest_to_median_composite(ds)
+    comp = comp.compute()
+    date = date.compute().values
+    for y in range(ny):
+        for x in range(nx):
+            ok = [t for t in range(nt) if not invalid[t, y, x]]
+            if not ok:
+                assert date[y, x] == -1 and np.isnan(comp["b0"].values[y, x])
+                continue
+            med = [np.median([float(a[b, t, y, x]) for t in ok]) for b in range(nb)]
+            dist = [sum((float(a[b, t, y, x]) - float(med[b])) ** 2 for b in range(nb)) for t in ok]
+            best = ok[int(np.argmin(dist))]
+            assert date[y, x] == (times[best] - pd.Timestamp("1970-01-01")).days
+            for b in range(nb):  # every band from the same acquisition
+                assert comp[f"b{b}"].values[y, x] == a[b, best, y, x]

@@ -157,3 +157,22 @@ def test_prefect_flow_runs_stages(small_scene, tmp_path):
     assert res["plots"]["plots"] > 10
     trees = pd.read_csv(tmp_path / "out/plots/trees.csv")
     assert {"agb_kg", "bgb_kg", "carbon_kg", "co2e_kg", "equation_id"} <= set(trees.columns)
+
+
+def test_pixel_consistent_mosaic_stage(small_scene, tmp_path):
+    """The mosaic stage with the pixel-consistent method: every pixel's reflectance is one scene's."""
+    from forestcarbon.config import MosaicConfig
+    from forestcarbon.flows.stages import stage_mosaic
+
+    cfg = load_config(small_scene).with_output(tmp_path)
+    cfg = cfg.model_copy(update={"mosaic": MosaicConfig(**(cfg.mosaic.model_dump() | {"method": "nearest_to_median"}))})
+    ctx = preflight(cfg)
+    stage_mosaic(ctx)
+    with rasterio.open(tmp_path / "mosaic/source_date.tif") as src:
+        days = src.read(1)
+    scenes = pd.read_csv(tmp_path / "mosaic/scenes.csv")
+    used = set((pd.to_datetime(scenes.datetime[scenes.used]).dt.tz_localize(None).values.astype("datetime64[D]").astype(int)).tolist())
+    assert set(np.unique(days[days >= 0]).tolist()) <= used
+    with rasterio.open(tmp_path / "mosaic/valid_count.tif") as src:
+        count = src.read(1)
+    np.testing.assert_array_equal(days >= 0, count > 0)

@@ -18,6 +18,8 @@ class Layout:
     @property
     def valid_count(self) -> Path: return self.root / "mosaic" / "valid_count.tif"
     @property
+    def source_date(self) -> Path: return self.root / "mosaic" / "source_date.tif"
+    @property
     def scenes(self) -> Path: return self.root / "mosaic" / "scenes.csv"
     # 2 lidar
     @property

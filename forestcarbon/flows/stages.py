@@ -113,6 +113,11 @@ def stage_mosaic(ctx: Context) -> dict:
     refl, valid = refl.isel(time=np.flatnonzero(keep)), valid.isel(time=np.flatnonzero(keep))
     comp, count = composite.median_composite(refl, valid)
     tags = {"scenes": ",".join(s.id for s, k in zip(scenes, keep) if k), "method": "median of valid observations"}
+    if m.method == "nearest_to_median":
+        comp, date = composite.nearest_to_median_composite(refl)
+        tags["method"] = "pixel-consistent: the acquisition nearest to the per-band median"
+        write_cog(date.data, ctx.gbox, ctx.out.source_date, nodata=-1, descriptions=["source_date_days_since_1970"],
+                  block=cfg.compute.chunk_px)
     write_cog(comp.to_array("band").data, ctx.gbox, ctx.out.reflectance, descriptions=list(m.bands),
               units="surface reflectance", tags=tags, block=cfg.compute.chunk_px)
     write_cog(count.data, ctx.gbox, ctx.out.valid_count, nodata=None, descriptions=["valid_count"], block=cfg.compute.chunk_px)

@@ -129,3 +129,46 @@ def spectral_indices(comp: xr.Dataset) -> xr.Dataset:
     out["ndmi"] = (comp["nir08"] - comp["swir16"]) / (comp["nir08"] + comp["swir16"])
     out["nbr"] = (n - comp["swir22"]) / (n + comp["swir22"])
     return out.astype("float32")
+
+
+def nearest_to_median_block(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-consistent choice over a (band, time, y, x) block.
+
+    For every pixel, the valid acquisition (all bands finite) whose band vector
+    is closest (Euclidean) to the per-band median vector of the valid
+    acquisitions; ties go to the earlier one.  Returns the chosen reflectances
+    (band, y, x) and the chosen time index (y, x), −1 where nothing is valid.
+    """
+    s64 = stack.astype("float64")
+    med = nanmedian_last_axis(np.moveaxis(s64, 1, -1))  # (band, y, x)
+    d2 = np.sum((s64 - med[:, None]) ** 2, axis=0)  # (time, y, x); NaN where invalid
+    d2 = np.where(np.isfinite(d2), d2, np.inf)
+    idx = np.argmin(d2, axis=0)
+    none = ~np.isfinite(np.min(d2, axis=0))
+    chosen = np.take_along_axis(stack, idx[None, None], axis=1)[:, 0]
+    chosen[:, none] = np.nan
+    return chosen.astype(stack.dtype), np.where(none, -1, idx).astype("int16")
+
+
+def nearest_to_median_composite(refl: xr.Dataset) -> tuple[xr.Dataset, xr.DataArray]:
+    """Pixel-consistent composite (all bands from one acquisition) and the source date.
+
+    The source date is returned as days since 1970-01-01 (int32, −1 where no
+    valid observation).
+    """
+    bands = list(refl.data_vars)
+    arr = refl.to_array("band").chunk({"band": -1, "time": -1}).data  # (band, time, y, x)
+    days = (refl.time.values.astype("datetime64[D]").astype("int64")).astype("int32")
+
+    def block(a):
+        c, i = nearest_to_median_block(a)
+        d = np.where(i >= 0, days[np.maximum(i, 0)], -1).astype("float32")
+        return np.concatenate([c, d[None]], axis=0)[:, None]
+
+    import dask.array as dsa
+
+    out = dsa.map_blocks(block, arr, dtype="float32", chunks=((len(bands) + 1,), (1,), *arr.chunks[2:]))[:, 0]
+    coords = {k: v for k, v in refl.coords.items() if "time" not in v.dims}
+    comp = xr.Dataset({b: (("y", "x"), out[i]) for i, b in enumerate(bands)}, coords=coords)
+    date = xr.DataArray(out[len(bands)].astype("int32"), dims=("y", "x"), coords=coords, name="source_date")
+    return comp, date
