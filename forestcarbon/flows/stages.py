@@ -22,7 +22,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import ConfigError, InputNotFoundError, SceneError, StageInputError
+from ..errors import ConfigError, InputNotFoundError, StageInputError
 from ..fileio import sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import load_registry
@@ -102,37 +102,37 @@ def preflight(cfg: Config) -> Context:
 def stage_mosaic(ctx: Context) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.mosaic
     scenes = read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end)
-    refl, valid = composite.load_reflectance(scenes, ctx.gbox, m.bands, m.scl_mask, cfg.compute.chunk_px, m.landsat_qa_mask)
-    frac = composite.scene_valid_fractions(valid)
-    keep = frac >= m.min_valid_fraction
-    for s, f, k in zip(scenes, frac, keep):
-        if not k:
-            log.info("mosaic: skip %s, valid fraction %.3f < %.3f", s.id, f, m.min_valid_fraction)
-    if not keep.any():
-        raise SceneError(f"{cfg.inputs.stac_items}: no scene has a valid fraction >= {m.min_valid_fraction} over the grid")
-    refl, valid = refl.isel(time=np.flatnonzero(keep)), valid.isel(time=np.flatnonzero(keep))
-    comp, count = composite.median_composite(refl, valid)
-    tags = {"scenes": ",".join(s.id for s, k in zip(scenes, keep) if k), "method": "median of valid observations"}
-    if m.method == "nearest_to_median":
-        comp, date = composite.nearest_to_median_composite(refl)
-        tags["method"] = "pixel-consistent: the acquisition nearest to the per-band median"
-        write_cog(date.data, ctx.gbox, ctx.out.source_date, nodata=-1, descriptions=["source_date_days_since_1970"],
-                  block=cfg.compute.chunk_px)
-    write_cog(comp.to_array("band").data, ctx.gbox, ctx.out.reflectance, descriptions=list(m.bands),
-              units="surface reflectance", tags=tags, block=cfg.compute.chunk_px)
-    write_cog(count.data, ctx.gbox, ctx.out.valid_count, nodata=None, descriptions=["valid_count"], block=cfg.compute.chunk_px)
+    comp = composite.build_composite(scenes, ctx.gbox, bands=m.bands, scl_mask=m.scl_mask, qa_flags=m.landsat_qa_mask,
+                                     method=m.method, min_valid_fraction=m.min_valid_fraction, chunk_px=cfg.compute.chunk_px)
+    write_composite(comp, ctx.gbox, ctx.out.root / "mosaic", list(m.bands), cfg.compute.chunk_px)
     written = open_stack(ctx.out.reflectance, cfg.compute.chunk_px)
     idx = composite.spectral_indices(written.to_dataset("band"))
     write_cog(idx.to_array("band").data, ctx.gbox, ctx.out.indices, descriptions=list(idx.data_vars), block=cfg.compute.chunk_px)
-    table = pd.DataFrame({
+    write_table(scene_table(scenes, comp), ctx.out.scenes)
+    return {"scenes": len(comp.scenes_used), "scenes_skipped": len(scenes) - len(comp.scenes_used)}
+
+
+def write_composite(comp: "composite.Composite", gbox: GeoBox, folder: Path, bands: list[str], chunk_px: int) -> None:
+    """reflectance.tif, valid_count.tif (and source_date.tif) of a composite into ``folder``."""
+    tags = {"scenes": ",".join(comp.scenes_used), "method": comp.method}
+    write_cog(comp.reflectance[bands].to_array("band").data, gbox, folder / "reflectance.tif", descriptions=bands,
+              units="surface reflectance", tags=tags, block=chunk_px)
+    write_cog(comp.valid_count.data, gbox, folder / "valid_count.tif", nodata=None, descriptions=["valid_count"], block=chunk_px)
+    if comp.source_date is not None:
+        write_cog(comp.source_date.data, gbox, folder / "source_date.tif", nodata=-1,
+                  descriptions=["source_date_days_since_1970"], block=chunk_px)
+
+
+def scene_table(scenes, comp: "composite.Composite") -> pd.DataFrame:
+    used = set(comp.scenes_used)
+    return pd.DataFrame({
         "scene_id": [s.id for s in scenes], "sensor": [s.sensor.name for s in scenes],
         "datetime": [s.datetime.isoformat() for s in scenes],
         "processing_baseline": [s.item.properties.get("s2:processing_baseline") for s in scenes],
         "boa_add_offset": [s.boa_add_offset for s in scenes], "scale": [s.scale for s in scenes],
-        "offset": [s.offset for s in scenes], "valid_fraction": frac.round(4), "used": keep,
+        "offset": [s.offset for s in scenes], "valid_fraction": np.round(comp.valid_fraction, 4),
+        "used": [s.id in used for s in scenes],
     })
-    write_table(table, ctx.out.scenes)
-    return {"scenes": int(keep.sum()), "scenes_skipped": int((~keep).sum())}
 
 
 def open_stack(path: Path, chunk_px: int) -> xr.DataArray:

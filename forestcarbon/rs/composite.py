@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import odc.stac
@@ -172,3 +173,37 @@ def nearest_to_median_composite(refl: xr.Dataset) -> tuple[xr.Dataset, xr.DataAr
     comp = xr.Dataset({b: (("y", "x"), out[i]) for i, b in enumerate(bands)}, coords=coords)
     date = xr.DataArray(out[len(bands)].astype("int32"), dims=("y", "x"), coords=coords, name="source_date")
     return comp, date
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A composite on one GeoBox, lazy until written."""
+
+    reflectance: xr.Dataset
+    valid_count: xr.DataArray
+    source_date: xr.DataArray | None
+    scenes_used: tuple[str, ...]
+    valid_fraction: tuple[float, ...]  # per input scene, over the GeoBox
+    method: str
+
+
+def build_composite(scenes: list[Scene], gbox: GeoBox, *, bands, scl_mask, qa_flags, method: str = "median",
+                    min_valid_fraction: float = 0.0, chunk_px: int = 1024) -> Composite:
+    """Load, mask and composite ``scenes`` on ``gbox``; scenes with too little valid area are skipped."""
+    refl, valid = load_reflectance(scenes, gbox, tuple(bands), tuple(scl_mask), chunk_px, tuple(qa_flags))
+    frac = scene_valid_fractions(valid)
+    keep = frac >= min_valid_fraction
+    for s, f, k in zip(scenes, frac, keep):
+        if not k:
+            log.info("mosaic: skip %s, valid fraction %.3f < %.3f", s.id, f, min_valid_fraction)
+    if not keep.any():
+        raise SceneError(f"no scene has a valid fraction >= {min_valid_fraction} over the grid {tuple(gbox.shape)}")
+    sel = np.flatnonzero(keep)
+    refl, valid = refl.isel(time=sel), valid.isel(time=sel)
+    comp, count = median_composite(refl, valid)
+    date = None
+    if method == "nearest_to_median":
+        comp, date = nearest_to_median_composite(refl)
+    elif method != "median":
+        raise ValueError(f"unknown compositing method {method!r}")
+    return Composite(comp, count, date, tuple(scenes[i].id for i in sel), tuple(float(f) for f in frac), method)
