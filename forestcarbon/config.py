@@ -88,6 +88,10 @@ class MosaicConfig(_Strict):
     landsat_qa_mask: tuple[Literal["fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow", "water"], ...] = (
         "fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
     min_valid_fraction: float = Field(0.02, ge=0, le=1)
+    tile_m: float = Field(10_000.0, gt=0)
+    window_days: int = Field(120, ge=1)
+    nightly_cron: str = "0 2 * * *"
+    nightly_timezone: str = "Asia/Shanghai"
 
 
 class LidarConfig(_Strict):

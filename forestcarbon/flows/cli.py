@@ -75,6 +75,46 @@ def _run(config: Path, stages, out):
 
 
 @app.command()
+def nightly(config: Path = typer.Argument(..., help="configuration YAML"),
+            date: Optional[str] = typer.Option(None, help="last day of the compositing window, YYYY-MM-DD (default today)")):
+    """Update the tiled mosaic: only tiles touched by new (or expired) scenes are recomputed."""
+    _setup_logging()
+    import datetime as dt
+
+    from ..config import load_config
+    from .nightly import nightly_update
+    from .pipeline import dask_scheduler
+
+    try:
+        cfg = load_config(config)
+        day = dt.date.fromisoformat(date) if date else None
+        with dask_scheduler(cfg):
+            report = nightly_update(cfg, day)
+    except ValueError as err:
+        _fail(err)
+    typer.echo(json.dumps(report, indent=1))
+    if report["failed"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(config: Path = typer.Argument(..., help="configuration YAML")):
+    """Serve the nightly mosaic deployment on its cron schedule; needs PREFECT_API_URL of a running `prefect server start`."""
+    _setup_logging()
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(RuntimeError("PREFECT_API_URL is not set: start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api; a temporary server cannot hold schedules"))
+    from prefect import serve as prefect_serve
+
+    from .pipeline import nightly_deployment
+
+    try:
+        dep = nightly_deployment(str(config))
+    except ForestCarbonError as err:
+        _fail(err)
+    prefect_serve(dep)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("demo-output"), help="output folder"),
          seed: int = typer.Option(0), size_km: float = typer.Option(10.0)):
     """Synthetic scene + whole pipeline; prints where the outputs are and the accuracy against truth."""

@@ -80,3 +80,32 @@ def pipeline_flow(config_path: str, stages: list[str] | None = None, out: str | 
     if out is not None:
         cfg = cfg.with_output(Path(out))
     return run_pipeline(cfg, stages, runner=_as_task)
+
+
+@flow(name="forestcarbon-nightly-mosaic", persist_result=False, log_prints=True)
+def nightly_flow(config_path: str, date: str | None = None) -> dict:
+    """Prefect flow: update the tiled mosaic for the window ending at ``date`` (YYYY-MM-DD, default today)."""
+    import datetime as dt
+
+    from .nightly import nightly_update
+
+    cfg = load_config(config_path)
+    day = dt.date.fromisoformat(date) if date else None
+    with dask_scheduler(cfg):
+        report = nightly_update(cfg, day)
+    log.info("nightly: %d tiles updated, %d unchanged, %d failed", len(report["updated"]), len(report["unchanged"]), len(report["failed"]))
+    return report
+
+
+def nightly_deployment(config_path: str):
+    """The nightly flow as a deployment with the configured cron schedule (default 02:00 Asia/Shanghai)."""
+    from prefect.schedules import Cron
+
+    cfg = load_config(config_path)
+    return nightly_flow.to_deployment(
+        name=f"{cfg.name}-nightly",
+        schedule=Cron(cfg.mosaic.nightly_cron, timezone=cfg.mosaic.nightly_timezone),
+        parameters={"config_path": str(Path(config_path).resolve())},
+        description="Nightly cloud-free mosaic update (only tiles with new scenes are recomputed)",
+        tags=["forestcarbon", "mosaic", "nightly"],
+    )

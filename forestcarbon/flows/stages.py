@@ -98,6 +98,13 @@ def preflight(cfg: Config) -> Context:
     return Context(cfg, geobox_from_config(cfg.grid))
 
 
+def preflight_mosaic(cfg: Config) -> Context:
+    """The checks the mosaic alone needs (used by the nightly update)."""
+    if not Path(cfg.inputs.stac_items).exists():
+        raise InputNotFoundError(f"inputs.stac_items: file not found: {cfg.inputs.stac_items}")
+    return Context(cfg, geobox_from_config(cfg.grid))
+
+
 # 1 ------------------------------------------------------------------ mosaic
 def stage_mosaic(ctx: Context) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.mosaic
