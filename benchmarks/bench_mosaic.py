@@ -110,10 +110,10 @@ def run_isolated(folder, size, chunk, out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--dates", type=int, default=12)
     ap.add_argument("--chunk", type=int, default=512)
-    ap.add_argument("--base", type=int, default=512, help="side of the base area for the memory-by-area runs")
+    ap.add_argument("--base", type=int, default=1024, help="side of the base area for the memory-by-area runs")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import SceneError
 from ..fileio import write_json
 from ..rs import composite
-from ..rs.scenes import read_scenes
+from ..rs.scenes import check_scene_files, read_scenes
 from ..rs.tiles import item_touches, iter_tiles, lonlat_footprint, tile_grid, write_vrt
 from .stages import Context, preflight_mosaic, write_composite
 
@@ -92,6 +92,7 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
         tiles_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=tiles_dir))
         try:
+            check_scene_files(touching, m.bands)
             comp = composite.build_composite(touching, tgbox, bands=m.bands, scl_mask=m.scl_mask, qa_flags=m.landsat_qa_mask,
                                              method=m.method, min_valid_fraction=m.min_valid_fraction,
                                              chunk_px=cfg.compute.chunk_px)

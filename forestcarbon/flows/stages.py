@@ -22,7 +22,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import ConfigError, InputNotFoundError, StageInputError
+from ..errors import ConfigError, InputNotFoundError, SceneError, StageInputError
 from ..fileio import sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import load_registry
@@ -30,7 +30,8 @@ from ..models.regressor import fit_agb_model, model_card, predict_block, spatial
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
-from ..rs.scenes import read_scenes
+from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
+from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
 from ..vector.plots import plot_biomass, read_plots, read_trees
@@ -108,7 +109,10 @@ def preflight_mosaic(cfg: Config) -> Context:
 # 1 ------------------------------------------------------------------ mosaic
 def stage_mosaic(ctx: Context) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.mosaic
-    scenes = read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end)
+    scenes = select_overlapping(read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end), lonlat_footprint(ctx.gbox))
+    if not scenes:
+        raise SceneError(f"{cfg.inputs.stac_items}: no scene within {m.start}..{m.end} intersects the area of interest")
+    check_scene_files(scenes, m.bands)
     comp = composite.build_composite(scenes, ctx.gbox, bands=m.bands, scl_mask=m.scl_mask, qa_flags=m.landsat_qa_mask,
                                      method=m.method, min_valid_fraction=m.min_valid_fraction, chunk_px=cfg.compute.chunk_px)
     write_composite(comp, ctx.gbox, ctx.out.root / "mosaic", list(m.bands), cfg.compute.chunk_px)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pystac
 import rasterio
+import rasterio.errors
 from rasterio.warp import transform_bounds
 
 from ..errors import InputNotFoundError, SceneError
@@ -177,3 +178,49 @@ def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | Non
     if not scenes:
         raise SceneError(f"{folder}: no scene within {start}..{end}")
     return sorted(scenes, key=lambda s: s.datetime)
+
+
+def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
+    """Open every local band and mask file and check its tiles lie inside the file.
+
+    Catches missing, unreadable and truncated GeoTIFF/COG files before any
+    heavy work, with a one-line error naming the file (GDAL's TIFF block
+    offsets and sizes; no pixel is decoded).
+    """
+    for sc in scenes:
+        for band in (*bands, sc.mask_band):
+            href = sc.item.assets[band].href
+            if "://" in href:
+                continue
+            path = Path(href)
+            try:
+                size = path.stat().st_size
+                with rasterio.open(path) as src:
+                    if src.driver != "GTiff":
+                        continue
+                    h, w = src.block_shapes[0]
+                    end = 0
+                    for r in range((src.height + h - 1) // h):
+                        for c in range((src.width + w - 1) // w):
+                            off = src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1)
+                            n = src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1)
+                            if off and n:
+                                end = max(end, int(off) + int(n))
+            except (OSError, rasterio.errors.RasterioError) as err:
+                raise SceneError(f"{path}: unreadable band file of scene {sc.id} ({err})") from None
+            if end > size:
+                raise SceneError(f"{path}: truncated file of scene {sc.id} ({size} bytes, its tiles need {end})")
+
+
+def select_overlapping(scenes: list[Scene], footprint) -> list[Scene]:
+    """Scenes whose footprint (item geometry, lon/lat) intersects ``footprint``; the others are logged and skipped."""
+    import shapely.geometry
+
+    keep = []
+    for sc in scenes:
+        geom = sc.item.geometry
+        if geom and not shapely.geometry.shape(geom).intersects(footprint):
+            log.info("skip %s: outside the area of interest", sc.id)
+            continue
+        keep.append(sc)
+    return keep
