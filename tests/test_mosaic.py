@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import json
 from pathlib import Path
 
@@ -237,3 +238,60 @@ def test_nearest_to_median_is_pixel_consistent_and_matches_loops():
             assert date[y, x] == (times[best] - pd.Timestamp("1970-01-01")).days
             for b in range(nb):  # every band from the same acquisition
                 assert comp[f"b{b}"].values[y, x] == a[b, best, y, x]
+
+
+@pytest.mark.parametrize("ext", ["tif", "jp2"])
+def test_sentinel2_product_folder_equals_stac_item(small_scene, tmp_path, ext):
+    """A SAFE-style L2A folder (MTD_MSIL2A.xml, IMG_DATA/R10m|R20m, GeoTIFF or JP2) loads like the scene's STAC item."""
+    from forestcarbon.rs.composite import load_reflectance
+    from forestcarbon.rs.grid import geobox_from_config
+    from forestcarbon.config import load_config
+
+    cfg = load_config(small_scene)
+    src_dir = sorted((small_scene.parent / "sentinel2").iterdir())[0]
+    item = json.loads(next(src_dir.glob("*.json")).read_text())
+    safe = tmp_path / "safe" / "S2B_MSIL2A_TEST.SAFE"
+    img = safe / "GRANULE" / "L2A_T50RPQ" / "IMG_DATA"
+    for res in ("R10m", "R20m"):
+        (img / res).mkdir(parents=True)
+    for fname, res in (("B02", 10), ("B03", 10), ("B04", 10), ("B08", 10), ("B8A", 20), ("B11", 20), ("B12", 20), ("SCL", 20)):
+        with rasterio.open(src_dir / f"{fname}.tif") as src:
+            prof = src.profile
+            if ext == "jp2":  # lossless JPEG 2000, as ESA delivers
+                prof = prof | {"driver": "JP2OpenJPEG", "QUALITY": "100", "REVERSIBLE": "YES"}
+                for k in ("blockxsize", "blockysize", "tiled", "compress", "predictor", "interleave"):
+                    prof.pop(k, None)
+            with rasterio.open(img / f"R{res}m" / f"T50RPQ_20240908T025541_{fname}_{res}m.{ext}", "w", **prof) as dst:
+                dst.write(src.read())
+    baseline = item["properties"]["s2:processing_baseline"]
+    offset = -1000 if baseline >= "04.00" else 0
+    (safe / "MTD_MSIL2A.xml").write_text(
+        f"<n1:Level-2A_User_Product xmlns:n1='https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd'>"
+        f"<n1:General_Info><Product_Info><PRODUCT_START_TIME>{item['properties']['datetime']}</PRODUCT_START_TIME>"
+        f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE><Datatake><SPACECRAFT_NAME>Sentinel-2B</SPACECRAFT_NAME></Datatake>"
+        f"</Product_Info><Product_Image_Characteristics><BOA_ADD_OFFSET_VALUES_LIST>"
+        f"<BOA_ADD_OFFSET band_id='0'>{offset}</BOA_ADD_OFFSET></BOA_ADD_OFFSET_VALUES_LIST></Product_Image_Characteristics>"
+        f"</n1:General_Info></n1:Level-2A_User_Product>")
+    bands = cfg.mosaic.bands
+    from_safe = read_scenes(tmp_path / "safe", bands)
+    stac_dir = tmp_path / "stac"
+    shutil.copytree(src_dir, stac_dir / src_dir.name)
+    from_stac = read_scenes(stac_dir, bands)
+    assert from_safe[0].offset == from_stac[0].offset == offset / 10_000
+    assert from_safe[0].datetime == from_stac[0].datetime
+    gbox = geobox_from_config(cfg.grid)
+    a, va = load_reflectance(from_safe, gbox, bands, MASK, chunk_px=1024)
+    b, vb = load_reflectance(from_stac, gbox, bands, MASK, chunk_px=1024)
+    if ext == "tif":
+        np.testing.assert_array_equal(va.values, vb.values)
+        for band in bands:
+            np.testing.assert_allclose(a[band].values, b[band].values, rtol=1e-6, equal_nan=True)
+        return
+    # Known gap: read through GDAL's JPEG 2000 driver (lossless file, identical pixels on
+    # disk) odc-loader's reprojection differs from the GeoTIFF path on a small share of
+    # pixels, mostly on the outer ring of the destination grid.  Bounded here, open for a fix.
+    assert (va.values != vb.values).mean() < 0.01
+    both = va.values & vb.values
+    for band in bands:
+        diff = np.abs(a[band].values[both] - b[band].values[both])
+        assert np.mean(diff > 1e-6) < 0.01 and np.median(diff) == 0

@@ -131,13 +131,67 @@ def landsat_item_from_folder(folder: Path) -> pystac.Item:
     return item
 
 
+_S2_FILE = re.compile(r"_(B0[1-9]|B1[0-2]|B8A|SCL)_(10|20|60)m\.(jp2|tif|tiff)$", re.IGNORECASE)
+
+
+def _xml_text(root, tag: str) -> str | None:
+    el = next((e for e in root.iter() if e.tag.split("}")[-1] == tag), None)
+    return el.text.strip() if el is not None and el.text else None
+
+
+def sentinel2_item_from_safe(folder: Path) -> pystac.Item:
+    """A STAC item for a Sentinel-2 L2A product folder (``MTD_MSIL2A.xml`` + ``IMG_DATA/R10m|R20m|R60m``).
+
+    Band files may be JP2 or GeoTIFF; each band is taken at its finest
+    resolution.  The processing baseline and, when present, BOA_ADD_OFFSET
+    come from the product metadata.
+    """
+    import xml.etree.ElementTree as ET
+
+    mtd = folder / "MTD_MSIL2A.xml"
+    root = ET.parse(mtd).getroot()
+    baseline = _xml_text(root, "PROCESSING_BASELINE")
+    start = _xml_text(root, "PRODUCT_START_TIME") or _xml_text(root, "DATATAKE_SENSING_START")
+    if start is None:
+        raise SceneError(f"{mtd}: no PRODUCT_START_TIME")
+    when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    offsets = [e for e in root.iter() if e.tag.split("}")[-1] == "BOA_ADD_OFFSET"]
+    best: dict[str, tuple[int, Path]] = {}
+    for f in folder.rglob("*"):
+        m = _S2_FILE.search(f.name)
+        if m:
+            band, res = m.group(1).upper(), int(m.group(2))
+            if band not in best or res < best[band][0]:
+                best[band] = (res, f)
+    by_band = {v: k for k, v in SENTINEL2_L2A.bands.items()} | {"SCL": "scl"}
+    assets, ll, epsg = {}, None, None
+    for band, (_, f) in sorted(best.items()):
+        if band in by_band:
+            assets[by_band[band]], epsg, ll = _asset_from_file(f, band)
+    if not assets:
+        raise SceneError(f"{folder}: Sentinel-2 product without band files (*_B02_10m.jp2 ...)")
+    x0, y0, x1, y1 = ll
+    props = {"platform": (_xml_text(root, "SPACECRAFT_NAME") or "sentinel-2").lower(), "constellation": "sentinel-2",
+             "proj:epsg": epsg, "s2:processing_baseline": baseline, "forestcarbon:source": str(mtd)}
+    if offsets:
+        props["s2:boa_add_offset"] = int(float(offsets[0].text))
+    item = pystac.Item(id=folder.name.removesuffix(".SAFE"), bbox=[x0, y0, x1, y1], datetime=when, properties=props,
+                       geometry={"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]})
+    for k, a in assets.items():
+        item.add_asset(k, a)
+    return item
+
+
 def _candidates(folder: Path):
-    """(path, item) for STAC item files and Landsat product folders below ``folder``."""
+    """(path, item) for STAC item files and Landsat / Sentinel-2 product folders below ``folder``."""
     product_dirs = {p.parent for p in folder.rglob("*_MTL.json")}
+    safe_dirs = {p.parent for p in folder.rglob("MTD_MSIL2A.xml")}
     for d in sorted(product_dirs):
         yield d, landsat_item_from_folder(d)
+    for d in sorted(safe_dirs):
+        yield d, sentinel2_item_from_safe(d)
     for p in sorted(folder.rglob("*.json")):
-        if p.parent in product_dirs or p.name.endswith("_MTL.json"):
+        if p.parent in product_dirs or any(d in p.parents for d in safe_dirs) or p.name.endswith("_MTL.json"):
             continue
         try:
             item = pystac.Item.from_file(str(p))
