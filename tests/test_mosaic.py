@@ -295,3 +295,18 @@ def test_sentinel2_product_folder_equals_stac_item(small_scene, tmp_path, ext):
     for band in bands:
         diff = np.abs(a[band].values[both] - b[band].values[both])
         assert np.mean(diff > 1e-6) < 0.01 and np.median(diff) == 0
+
+
+def test_mask_dilation_crosses_chunk_edges(tmp_path):
+    """A one-pixel cloud next to a chunk edge grows by 2 px into the neighbouring chunk."""
+    n = 16
+    tr10 = Affine(10, 0, 600_000, 0, -10, 3_200_000)
+    scl = np.full((n // 2, n // 2), 4)
+    scl[3, 3] = 9  # covers 10 m pixels rows/cols 6-7: next to the chunk edge at 8
+    _write_item(tmp_path / "s0", "S0", "2024-10-10", "05.10", {"red": np.full((n, n), 3000)}, scl, tr10, tr10 * Affine.scale(2))
+    scenes = read_scenes(tmp_path, ("red",))
+    gbox = GeoBox((n, n), tr10, "EPSG:32650")
+    _, valid = load_reflectance(scenes, gbox, ("red",), MASK, chunk_px=8, dilation_px=2)
+    ref = np.ones((n, n), bool)
+    ref[4:10, 4:10] = False
+    np.testing.assert_array_equal(valid.isel(time=0).values, ref)

@@ -102,3 +102,14 @@ def test_nightly_deployment_schedule(small_scene):
     sched = dep.schedules[0].schedule
     assert sched.cron == "0 2 * * *" and sched.timezone == "Asia/Shanghai"
     assert dep.parameters["config_path"] == str(small_scene.resolve())
+
+
+def test_serve_needs_a_real_server(small_scene, monkeypatch):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"}
+    exe = Path(sys.executable).parent / "forestcarbon"
+    res = subprocess.run([str(exe), "serve", str(small_scene)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2
+    assert "PREFECT_API_URL is not set" in res.stderr and "Traceback" not in res.stderr

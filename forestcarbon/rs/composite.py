@@ -43,7 +43,16 @@ def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_ma
     return bad
 
 
-def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px):
+def _dilated(invalid: xr.DataArray, px: int) -> xr.DataArray:
+    """Grow the (time, y, x) invalid mask by ``px`` pixels in y and x, across chunk edges."""
+    if px <= 0:
+        return invalid
+    data = invalid.data.map_overlap(lambda b: qa.dilate(b, px), depth={0: 0, 1: px, 2: px}, boundary=False,
+                                    dtype=bool)
+    return invalid.copy(data=data)
+
+
+def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px, dilation_px=0):
     mask_band = scenes[0].mask_band
     extra = ["qa_radsat"] if all("qa_radsat" in s.item.assets for s in scenes) and mask_band == "qa_pixel" else []
     with warnings.catch_warnings():
@@ -56,7 +65,7 @@ def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, ch
         )
     if ds.sizes["time"] != len(scenes):
         raise SceneError(f"loaded {ds.sizes['time']} time steps from {len(scenes)} scenes; items must have distinct ids")
-    valid = ~_invalid(scenes, ds, bands, scl_mask, qa_flags)
+    valid = ~_dilated(_invalid(scenes, ds, bands, scl_mask, qa_flags), dilation_px)
     for b in bands:  # an observation is used only where every band has data
         valid = valid & (ds[b] > 0)
     scale = xr.DataArray(np.array([s.scale for s in scenes], dtype="float64"), dims="time")
@@ -68,7 +77,8 @@ def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, ch
 
 
 def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], scl_mask: tuple[int, ...],
-                     chunk_px: int = 1024, qa_flags: tuple[str, ...] = qa.DEFAULT_QA_MASK) -> tuple[xr.Dataset, xr.DataArray]:
+                     chunk_px: int = 1024, qa_flags: tuple[str, ...] = qa.DEFAULT_QA_MASK,
+                     dilation_px: int = 0) -> tuple[xr.Dataset, xr.DataArray]:
     """Masked surface reflectance (time, y, x) per band, and the validity mask.
 
     Scenes of different sensors are loaded per sensor and put back in the
@@ -78,7 +88,8 @@ def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(scenes):
         groups.setdefault(s.sensor.name, []).append(i)
-    parts = [_load_group([scenes[i] for i in idx], gbox, bands, scl_mask, qa_flags, chunk_px) for idx in groups.values()]
+    parts = [_load_group([scenes[i] for i in idx], gbox, bands, scl_mask, qa_flags, chunk_px, dilation_px)
+             for idx in groups.values()]
     order = np.argsort(np.concatenate([np.asarray(idx) for idx in groups.values()]), kind="stable")
     refl = xr.concat([p[0] for p in parts], dim="time", coords="minimal", compat="override").isel(time=order)
     valid = xr.concat([p[1] for p in parts], dim="time", coords="minimal", compat="override").isel(time=order)
@@ -188,9 +199,9 @@ class Composite:
 
 
 def build_composite(scenes: list[Scene], gbox: GeoBox, *, bands, scl_mask, qa_flags, method: str = "median",
-                    min_valid_fraction: float = 0.0, chunk_px: int = 1024) -> Composite:
+                    min_valid_fraction: float = 0.0, chunk_px: int = 1024, dilation_px: int = 0) -> Composite:
     """Load, mask and composite ``scenes`` on ``gbox``; scenes with too little valid area are skipped."""
-    refl, valid = load_reflectance(scenes, gbox, tuple(bands), tuple(scl_mask), chunk_px, tuple(qa_flags))
+    refl, valid = load_reflectance(scenes, gbox, tuple(bands), tuple(scl_mask), chunk_px, tuple(qa_flags), dilation_px)
     frac = scene_valid_fractions(valid)
     keep = frac >= min_valid_fraction
     for s, f, k in zip(scenes, frac, keep):
