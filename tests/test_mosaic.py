@@ -310,3 +310,20 @@ def test_mask_dilation_crosses_chunk_edges(tmp_path):
     ref = np.ones((n, n), bool)
     ref[4:10, 4:10] = False
     np.testing.assert_array_equal(valid.isel(time=0).values, ref)
+
+
+def test_item_collection_file_equals_item_files(small_scene, tmp_path):
+    """The scenes of a STAC ItemCollection (one JSON) are the scenes of the item files."""
+    src = small_scene.parent / "sentinel2"
+    feats = []
+    for p in sorted(src.glob("*/*.json")):
+        d = json.loads(p.read_text())
+        for a in d["assets"].values():
+            a["href"] = str((p.parent / a["href"]).resolve())
+        feats.append(d)
+    coll = tmp_path / "ic"
+    coll.mkdir()
+    (coll / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    a = read_scenes(coll, ("red", "nir"))
+    b = read_scenes(src, ("red", "nir"))
+    assert [(s.id, s.offset, s.item.assets["red"].href) for s in a] == [(s.id, s.offset, s.item.assets["red"].href) for s in b]

@@ -194,11 +194,18 @@ def _candidates(folder: Path):
         if p.parent in product_dirs or any(d in p.parents for d in safe_dirs) or p.name.endswith("_MTL.json"):
             continue
         try:
-            item = pystac.Item.from_file(str(p))
+            d = json.loads(p.read_text(encoding="utf-8"))
+            if d.get("type") == "FeatureCollection":  # a STAC ItemCollection
+                items = list(pystac.ItemCollection.from_dict(d))
+                for it in items:
+                    it.set_self_href(str(p))
+            else:
+                items = [pystac.Item.from_file(str(p))]
         except Exception as err:  # pystac raises several types for bad JSON
-            raise SceneError(f"{p}: not a STAC item ({type(err).__name__}: {err})") from None
-        item.make_asset_hrefs_absolute()
-        yield p, item
+            raise SceneError(f"{p}: not a STAC item or ItemCollection ({type(err).__name__}: {err})") from None
+        for item in items:
+            item.make_asset_hrefs_absolute()
+            yield p, item
 
 
 def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None) -> list[Scene]:
