@@ -88,3 +88,39 @@ def test_landsat_product_folder_loads_scaled_and_masked():
     np.testing.assert_allclose(got[ok], red[ok] * 0.0000275 - 0.2, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(refl["nir"].isel(time=0).values[ok], bands["SR_B5"][ok] * 0.0000275 - 0.2, rtol=1e-5, atol=1e-7)
     assert ok.sum() > 0.5 * ok.size
+
+
+def test_landsat_stac_item_loads_like_the_product_folder(tmp_path):
+    """Real data: the Landsat 8 scene described by a STAC item with common-name asset keys
+    (as USGS / Planetary Computer publish) gives the same scene as the MTL product folder."""
+    import json
+
+    from odc.geo.geobox import GeoBox
+
+    from forestcarbon.rs.composite import load_reflectance
+    from forestcarbon.rs.scenes import read_scenes
+
+    folder = shared(L8 + "_MTL.json").parent
+    real = json.loads((folder / "LC08_L2SP_001062_20201031_20201106_02_T2_SR_stac.json").read_text())
+    pid = "LC08_L2SP_001062_20201031_20201106_02_T2"
+    keys = {"blue": "SR_B2", "green": "SR_B3", "red": "SR_B4", "nir08": "SR_B5", "swir16": "SR_B6", "swir22": "SR_B7",
+            "qa_pixel": "QA_PIXEL", "qa_radsat": "QA_RADSAT"}
+    assets = {}
+    for k, b in keys.items():
+        with rasterio.open(folder / f"{pid}_{b}.TIF") as src:
+            assets[k] = {"href": str(folder / f"{pid}_{b}.TIF"), "roles": ["data"], "proj:shape": [src.height, src.width],
+                         "proj:transform": list(src.transform)[:6]}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": pid,
+            "stac_extensions": ["https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
+            "geometry": real["geometry"], "bbox": real["bbox"], "links": [], "assets": assets,
+            "properties": {"datetime": "2020-10-31T14:05:00Z", "platform": "landsat-8", "proj:epsg": 32620}}
+    (tmp_path / "l8.json").write_text(json.dumps(item))
+    via_stac = read_scenes(tmp_path, ("red", "nir", "swir16"))
+    via_folder = read_scenes(folder, ("red", "nir", "swir16"))
+    assert via_stac[0].sensor is via_folder[0].sensor and via_stac[0].offset == -0.2
+    with rasterio.open(folder / f"{pid}_SR_B4.TIF") as src:
+        gbox = GeoBox(src.shape, src.transform, src.crs.to_wkt())
+    a, va = load_reflectance(via_stac, gbox, ("red", "nir", "swir16"), (), 128, ("fill",))
+    b, vb = load_reflectance(via_folder, gbox, ("red", "nir", "swir16"), (), 128, ("fill",))
+    np.testing.assert_array_equal(va.values, vb.values)
+    np.testing.assert_array_equal(a["red"].values, b["red"].values)
