@@ -235,10 +235,33 @@ def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | Non
             href = item.assets[band].href
             if "://" not in href and not Path(href).exists():
                 raise SceneError(f"{p}: asset {band!r} file not found: {href}")
+            if band != scene.mask_band:
+                item.assets[band].href = with_declared_nodata(href, scene.sensor.nodata)
         scenes.append(scene)
     if not scenes:
         raise SceneError(f"{folder}: no scene within {start}..{end}")
     return sorted(scenes, key=lambda s: s.datetime)
+
+
+def with_declared_nodata(href: str, nodata: int) -> str:
+    """``href`` itself when the file declares its nodata; else a GDAL ``vrt://`` connection that does.
+
+    Sentinel-2 JPEG 2000 bands carry no nodata value although DN 0 is nodata;
+    unless GDAL knows it, bilinear reprojection blends those zeros into valid
+    edge pixels (seen: errors of 4000 DN next to swath edges).
+    """
+    if "://" in href:
+        return href
+    # what the loader will see: odc-stac reads with GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR (no .aux.xml)
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(href) as src:
+        declared = src.nodata
+    return href if declared is not None else f"vrt://{Path(href).resolve()}?a_nodata={nodata}"
+
+
+def _local_path(href: str) -> Path | None:
+    if href.startswith("vrt://"):
+        return Path(href.removeprefix("vrt://").split("?", 1)[0])
+    return None if "://" in href else Path(href)
 
 
 def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
@@ -250,10 +273,9 @@ def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
     """
     for sc in scenes:
         for band in (*bands, sc.mask_band):
-            href = sc.item.assets[band].href
-            if "://" in href:
+            path = _local_path(sc.item.assets[band].href)
+            if path is None:
                 continue
-            path = Path(href)
             try:
                 size = path.stat().st_size
                 with rasterio.open(path) as src:
