@@ -13,24 +13,60 @@ from forestcarbon.rs.lidar import METRICS, cell_metrics, grid_metrics, index_til
 from .conftest import shared
 
 
+def _find_interval(x, breaks):
+    """R's findInterval: number of breaks <= x."""
+    return np.searchsorted(breaks, x, side="right")
+
+
+def _fast_table(k, size):
+    """lidR fast_table: counts of the values 1..size (others ignored)."""
+    return np.array([np.count_nonzero(k == v) for v in range(1, size + 1)], dtype=float)
+
+
 def reference_metrics(z: np.ndarray) -> dict:
-    """lidR stdmetrics_z definitions, one cell, written plainly."""
-    return {
-        "zmax": z.max(), "zmean": z.mean(), "zsd": z.std(ddof=1) if z.size > 1 else np.nan,
-        "zq50": np.quantile(z, 0.5), "zq95": np.quantile(z, 0.95),  # numpy 'linear' == R type 7
-        "pzabove2": 100.0 * np.count_nonzero(z > 2) / z.size, "n_points": float(z.size),
-    }
+    """lidR stdmetrics_z(z, dz = 1, th = 2, zmin = 0), transcribed line by line (R/metrics_stdmetrics.R)."""
+    n, zmax, zmean = z.size, z.max(), z.mean()
+    out = {"zmax": zmax, "zmean": zmean, "zsd": z.std(ddof=1) if n > 1 else np.nan,
+           "zskew": (np.sum((z - zmean) ** 3) / n) / (np.sum((z - zmean) ** 2) / n) ** 1.5,
+           "zkurt": n * np.sum((z - zmean) ** 4) / (np.sum((z - zmean) ** 2) ** 2),
+           "pzabovezmean": np.count_nonzero(z > zmean) / n * 100, "pzabove2": np.count_nonzero(z > 2) / n * 100,
+           "n_points": float(n)}
+    for q in range(5, 100, 5):
+        out[f"zq{q}"] = np.quantile(z, q / 100)  # numpy 'linear' == R type 7
+    if zmax <= 0:
+        d = np.zeros(9)
+    else:
+        breaks = 0 + np.arange(11) * ((zmax - 0) / 10)
+        t = _fast_table(_find_interval(z[z > 0], breaks), 10)
+        d = np.cumsum(t / t.sum() * 100)[:9]
+    out.update({f"zpcum{i + 1}": d[i] for i in range(9)})
+    if zmax < 2 or z.min() < 0:
+        out["zentropy"] = np.nan
+    else:
+        bk = np.arange(0, np.ceil(zmax) + 1, 1.0)
+        hist = _fast_table(_find_interval(z, bk), len(bk) - 1)
+        hist = hist / hist.sum()
+        p = hist[hist > 0]
+        pref = np.full(len(hist), 1 / len(hist))
+        out["zentropy"] = -np.sum(p * np.log(p)) / -np.sum(pref * np.log(pref))
+    return out
 
 
 def test_cell_metrics_match_reference_on_random_cells():
     rng = np.random.default_rng(3)
     cell = rng.integers(0, 50, 5000)
     h = rng.gamma(2.0, 5.0, 5000)
+    h[cell == 7] = np.round(h[cell == 7])  # ties and returns exactly at the top break
+    h[cell == 8] = h[cell == 8] * 0.1  # a low cell: zmax < 2 m, no entropy
+    h[:3] = -0.5  # a few below-ground returns: entropy NA in their cells
     m = cell_metrics(cell, h, 52)  # cells 50, 51 are empty
     for c in range(50):
         ref = reference_metrics(h[cell == c])
         for k in METRICS:
-            assert m[k][c] == pytest.approx(ref[k], rel=1e-9, abs=1e-9), (k, c)
+            if np.isnan(ref[k]):
+                assert np.isnan(m[k][c]), (k, c)
+            else:
+                assert m[k][c] == pytest.approx(ref[k], rel=1e-9, abs=1e-9), (k, c)
     assert np.isnan(m["zmax"][50]) and m["n_points"][51] == 0
 
 
@@ -57,7 +93,7 @@ def test_megaplot_metrics_equal_numpy_reference():
         sel = (row == r) & (col == c)
         ref = reference_metrics(z[sel])
         for k in METRICS:
-            np.testing.assert_allclose(got[k][r, c], ref[k], rtol=1e-6, atol=1e-6, err_msg=f"{k} at {(r, c)}")
+            np.testing.assert_allclose(got[k][r, c], ref[k], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=f"{k} at {(r, c)}")
         checked += 1
     assert checked > 100
     assert np.nansum(got["n_points"]) == las.header.point_count
@@ -109,3 +145,34 @@ def test_tile_without_crs_is_a_clear_error(tmp_path):
     with pytest.raises(CRSError, match="nocrs.laz: LAS header has no CRS"):
         index_tiles([p])
     assert index_tiles([p], default_crs="EPSG:4549")[0].crs.to_epsg() == 4549
+
+
+def test_lidar_metrics_cli_on_real_file(tmp_path):
+    """`forestcarbon lidar-metrics` on Megaplot.laz: a COG with one named band per metric, values as lidR's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rasterio
+
+    path = shared("lidar/lidR/Megaplot.laz")
+    out = tmp_path / "m.tif"
+    exe = Path(sys.executable).parent / "forestcarbon"
+    res = subprocess.run([str(exe), "lidar-metrics", str(path), "--res", "20", "--out", str(out), "--normalized"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    las = laspy.read(path)
+    x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
+    with rasterio.open(out) as src:
+        assert src.descriptions == METRICS and src.crs.to_epsg() == 26917
+        a = src.read()
+        col = np.floor((x - src.transform.c) / 20).astype(int)
+        row = np.floor((src.transform.f - y) / 20).astype(int)
+    for r, c in list(set(zip(row.tolist(), col.tolist())))[:25]:
+        ref = reference_metrics(z[(row == r) & (col == c)])
+        for i, k in enumerate(METRICS):
+            np.testing.assert_allclose(a[i, r, c], ref[k], rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=k)
+    bad = subprocess.run([str(exe), "lidar-metrics", str(tmp_path / "none.laz"), "--res", "20", "--out", str(tmp_path / "x.tif")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: LAS/LAZ file not found")
+    assert not (tmp_path / "x.tif").exists()

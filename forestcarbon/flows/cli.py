@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
-from ..errors import ForestCarbonError
+from ..errors import ForestCarbonError, InputNotFoundError
 
 # Prefect's temporary server migrates its database on first start, which can take
 # longer than Prefect's default wait on a 2-core machine; no telemetry from here.
@@ -112,6 +113,34 @@ def serve(config: Path = typer.Argument(..., help="configuration YAML")):
     except ForestCarbonError as err:
         _fail(err)
     prefect_serve(dep)
+
+
+@app.command("lidar-metrics")
+def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or folders"),
+                  res: float = typer.Option(..., help="cell size, metres"),
+                  out: Path = typer.Option(..., help="output GeoTIFF (COG), one band per metric"),
+                  normalized: bool = typer.Option(False, help="heights are already above ground"),
+                  crs: Optional[str] = typer.Option(None, help="CRS for files whose header has none"),
+                  ground: str = typer.Option("2", help="ground classes, comma separated")):
+    """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent."""
+    _setup_logging()
+    from ..rs import lidar
+    from ..rs.cog import write_cog
+
+    try:
+        files = [f for p in paths for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
+        for f in files:
+            if not f.exists():
+                raise InputNotFoundError(f"LAS/LAZ file not found: {f}")
+        tiles = lidar.index_tiles(files, crs)
+        gbox = lidar.geobox_over_tiles(tiles, res)
+        m = lidar.grid_metrics(tiles, gbox, normalized=normalized,
+                               ground_classes=tuple(int(c) for c in ground.split(",")))
+    except ForestCarbonError as err:
+        _fail(err)
+    write_cog(np.stack([m[k] for k in lidar.METRICS]).astype("float32"), gbox, out, descriptions=list(lidar.METRICS),
+              tags={"definitions": "lidR stdmetrics_z(z, dz=1, th=2) over all returns", "sources": len(tiles)})
+    typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m")
 
 
 @app.command()

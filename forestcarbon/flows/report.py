@@ -71,8 +71,10 @@ def _quicklook(path: Path, draw) -> str:
     return path.name
 
 
-def _raster_png(src: Path, band: int, title: str, cmap: str, out: Path, vmax=None) -> str:
+def _raster_png(src: Path, band: int | str, title: str, cmap: str, out: Path, vmax=None) -> str:
     with rasterio.open(src) as r:
+        if isinstance(band, str):
+            band = list(r.descriptions).index(band) + 1
         a = r.read(band, out_shape=(min(r.height, 800), min(r.width, 800)), masked=True).astype(float).filled(np.nan)
 
     def draw(fig, ax):
@@ -150,7 +152,7 @@ def build_report(ctx) -> dict:
             _raster_png(out.agb, 1, "Estimated AGB (Mg/ha)", "YlGn", rep / "agb.png", 250),
             _raster_png(out.carbon, 1, "Carbon density (Mg C/ha)", "YlGn", rep / "carbon.png", 150)]
     if out.lidar_metrics.exists():
-        pngs.append(_raster_png(out.lidar_metrics, 5, "LiDAR zq95 (m)", "viridis", rep / "lidar_zq95.png", 35))
+        pngs.append(_raster_png(out.lidar_metrics, "zq95", "LiDAR zq95 (m)", "viridis", rep / "lidar_zq95.png", 35))
     pngs.append(_quicklook(rep / "parcels.png", lambda fig, ax: (
         parcels.plot(column="carbon_t_ha", cmap="YlGn", legend=True, ax=ax, vmin=0,
                      legend_kwds={"label": "carbon t/ha", "shrink": 0.8}),

@@ -5,14 +5,10 @@ is processed with a buffer of points from its neighbours, and each target
 grid cell is owned by the one tile that holds its centre, so the metrics do
 not depend on how the flight block was cut into tiles.
 
-Metric definitions follow the R package lidR (``stdmetrics_z``), computed
-over *all* returns of a cell after height normalisation:
-
-- ``zmax``, ``zmean``: maximum and mean height (m);
-- ``zsd``: standard deviation with n-1 in the denominator (m);
-- ``zq50``, ``zq95``: type-7 quantiles (R's default, numpy's ``linear``) (m);
-- ``pzabove2``: 100 x #(z > 2 m) / n, percent of all returns above 2 m;
-- ``n_points``: returns in the cell.
+Metric definitions follow the R package lidR (``stdmetrics_z(z, dz=1, th=2)``),
+computed over *all* returns of a cell after height normalisation (see
+:func:`cell_metrics`): zmax, zmean, zsd, zskew, zkurt, zentropy, pzabovezmean,
+pzabove2, zq5..zq95, zpcum1..zpcum9; plus ``n_points``, returns in the cell.
 """
 
 from __future__ import annotations
@@ -33,8 +29,14 @@ from ..errors import CRSError, InputNotFoundError, LidarError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("zmax", "zmean", "zsd", "zq50", "zq95", "pzabove2", "n_points")
-METRIC_UNITS = {"zmax": "m", "zmean": "m", "zsd": "m", "zq50": "m", "zq95": "m", "pzabove2": "%", "n_points": "count"}
+QUANTILES = tuple(range(5, 100, 5))
+METRICS = (
+    "zmax", "zmean", "zsd", "zskew", "zkurt", "zentropy", "pzabovezmean", "pzabove2",
+    *(f"zq{q}" for q in QUANTILES), *(f"zpcum{i}" for i in range(1, 10)), "n_points",
+)
+METRIC_UNITS = {k: "m" for k in ("zmax", "zmean", "zsd", *(f"zq{q}" for q in QUANTILES))} | {
+    "zskew": "1", "zkurt": "1", "zentropy": "1", "pzabovezmean": "%", "pzabove2": "%", "n_points": "count",
+} | {f"zpcum{i}": "%" for i in range(1, 10)}
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,15 @@ def normalize_heights(x, y, z, cls, ground_classes=(2,)):
 
 
 def cell_metrics(cell: np.ndarray, h: np.ndarray, n_cells: int) -> dict[str, np.ndarray]:
-    """lidR ``stdmetrics_z``-style metrics per cell index (0..n_cells-1); NaN where empty."""
+    """lidR ``stdmetrics_z(z, dz = 1, th = 2, zmin = 0)`` per cell index (0..n_cells-1); NaN where empty.
+
+    Definitions as in lidR (R/metrics_stdmetrics.R): zsd with n−1; zskew =
+    m3/m2^1.5 and zkurt = n·Σd⁴/(Σd²)² (plain, not excess); zq* type-7
+    quantiles; pzabove2 and pzabovezmean = 100·#(z > x)/n; zpcum1-9 the
+    cumulative % of returns above 0 in ten equal layers of [0, zmax];
+    zentropy the normalised Shannon index of 1 m layers (NA when zmax < 2 m
+    or any z < 0).
+    """
     order = np.lexsort((h, cell))
     c, z = cell[order], h[order]
     n = np.bincount(c, minlength=n_cells)
@@ -153,24 +163,65 @@ def cell_metrics(cell: np.ndarray, h: np.ndarray, n_cells: int) -> dict[str, np.
     if not has.any():
         return out
     start = np.concatenate([[0], np.cumsum(n)[:-1]])
-    s = np.bincount(c, weights=z, minlength=n_cells)
-    ss = np.bincount(c, weights=z * z, minlength=n_cells)
-    mean = np.divide(s, n, out=np.full(n_cells, np.nan), where=has)
-    out["zmean"] = mean
-    out["zmax"] = np.where(has, z[np.maximum(start + n - 1, 0)], np.nan)
-    var = np.divide(ss - n * mean**2, n - 1, out=np.full(n_cells, np.nan), where=n > 1)
-    out["zsd"] = np.sqrt(np.maximum(var, 0))
-    for q, key in ((0.5, "zq50"), (0.95, "zq95")):
-        pos = q * (n - 1)
+    nf = np.where(has, n, 1).astype("float64")
+    mean = np.bincount(c, weights=z, minlength=n_cells) / nf
+    zmax = np.where(has, z[np.maximum(start + n - 1, 0)], np.nan)
+    zmin = np.where(has, z[np.minimum(start, z.size - 1)], np.nan)
+    d = z - mean[c]
+    m2 = np.bincount(c, weights=d**2, minlength=n_cells)
+    m3 = np.bincount(c, weights=d**3, minlength=n_cells)
+    m4 = np.bincount(c, weights=d**4, minlength=n_cells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["zmax"], out["zmean"] = zmax, np.where(has, mean, np.nan)
+        out["zsd"] = np.where(n > 1, np.sqrt(m2 / np.maximum(n - 1, 1)), np.nan)
+        out["zskew"] = np.where(has, (m3 / nf) / (m2 / nf) ** 1.5, np.nan)
+        out["zkurt"] = np.where(has, nf * m4 / m2**2, np.nan)
+        out["pzabove2"] = np.where(has, 100.0 * np.bincount(c, weights=z > 2.0, minlength=n_cells) / nf, np.nan)
+        out["pzabovezmean"] = np.where(has, 100.0 * np.bincount(c, weights=z > mean[c], minlength=n_cells) / nf, np.nan)
+    for q in QUANTILES:
+        pos = q / 100 * (n - 1)
         lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n - 1)
-        frac = pos - lo
+        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
         zl = z[np.minimum(start + lo, z.size - 1)]
         zh = z[np.minimum(start + hi, z.size - 1)]
-        out[key] = np.where(has, zl + frac * (zh - zl), np.nan)
-    above = np.bincount(c, weights=(z > 2.0).astype(float), minlength=n_cells)
-    out["pzabove2"] = np.where(has, 100.0 * above / np.maximum(n, 1), np.nan)
+        out[f"zq{q}"] = np.where(has, zl + (pos - lo) * (zh - zl), np.nan)
+    _zpcum(out, c, z, zmax, has, n_cells)
+    _zentropy(out, c, z, zmax, zmin, has, n_cells)
     return out
+
+
+def _zpcum(out, c, z, zmax, has, n_cells):
+    """zpcum1..9: breaks = 0 + (0:10)·zmax/10 (R's seq); layer k = findInterval(z, breaks) for z > 0;
+    only layers 1..10 are tabulated (lidR fast_table), so returns at exactly the top break drop out."""
+    step = zmax / 10.0
+    pos = (z > 0) & (zmax[c] > 0)
+    k = np.zeros(z.size, dtype=int)
+    for j in range(11):
+        k += z >= j * step[c]
+    ok = pos & (k >= 1) & (k <= 10)
+    counts = np.zeros((n_cells, 10))
+    np.add.at(counts, (c[ok], k[ok] - 1), 1.0)
+    total = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cum = np.cumsum(counts, axis=1) / total[:, None] * 100.0
+    for i in range(1, 10):
+        col = np.where(zmax > 0, cum[:, i - 1], 0.0)
+        out[f"zpcum{i}"] = np.where(has, col, np.nan)
+
+
+def _zentropy(out, c, z, zmax, zmin, has, n_cells, by: float = 1.0):
+    """Normalised Shannon entropy of 1 m layers from 0 to ceiling(zmax) (lidR ``entropy``)."""
+    nb = np.where(has, np.ceil(np.nan_to_num(zmax) / by), 0).astype(int)  # layers per cell
+    k = np.floor(z / by).astype(int) + 1  # findInterval on integer breaks, for z >= 0
+    ok = (z >= 0) & (k <= nb[c])
+    width = int(nb.max()) + 1 if nb.size else 1
+    counts = np.zeros((n_cells, width))
+    np.add.at(counts, (c[ok], k[ok] - 1), 1.0)
+    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0), axis=1) / np.log(nb)
+    valid = has & (zmax >= 2 * by) & (zmin >= 0)
+    out["zentropy"] = np.where(valid, s, np.nan)
 
 
 def _cells_of(x, y, gbox: GeoBox):
@@ -253,3 +304,19 @@ def grid_metrics(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = Fals
     if dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)", dropped, min_height_m, max_height_m)
     return out
+
+
+def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
+    """A GeoBox in the tiles' CRS covering their header bounds, snapped to ``resolution_m``."""
+    crs = tiles[0].crs
+    for t in tiles[1:]:
+        if not t.crs.equals(crs):
+            raise CRSError(f"{t.path}: CRS differs from {tiles[0].path}; give a target grid instead")
+    x0 = min(t.bounds[0] for t in tiles)
+    y0 = min(t.bounds[1] for t in tiles)
+    x1 = max(t.bounds[2] for t in tiles)
+    y1 = max(t.bounds[3] for t in tiles)
+    r = float(resolution_m)
+    x0, y0 = np.floor(x0 / r) * r, np.floor(y0 / r) * r
+    x1, y1 = np.floor(x1 / r) * r + r, np.floor(y1 / r) * r + r
+    return GeoBox.from_bbox((x0, y0, x1, y1), crs=crs.to_wkt(), resolution=r)
