@@ -96,6 +96,7 @@ class MosaicConfig(_Strict):
 
 
 class LidarConfig(_Strict):
+    chm_resolution_m: float = Field(1.0, gt=0)
     max_height_m: float = Field(80.0, gt=0)
     min_height_m: float = -2.0
     buffer_m: float = Field(30.0, ge=0)

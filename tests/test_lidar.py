@@ -176,3 +176,34 @@ def test_lidar_metrics_cli_on_real_file(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: LAS/LAZ file not found")
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_chm_at_field_trees_correlates_with_measured_heights():
+    """Real data: lidaRtRee chablais3, 1 m CHM (highest return) vs the 110 field-measured tree heights."""
+    import pandas as pd
+
+    from forestcarbon.rs.lidar import canopy_height_model
+
+    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+    trees = pd.read_csv(shared("lidar/lidaRtRee/tree_inventory_chablais3.csv"))
+    gbox = _geobox_over(path, 1.0)
+    chm = canopy_height_model(index_tiles([path]), gbox)
+    # independent check of p2r: the highest normalised return of one cell, recomputed here
+    x, y, z, cls = read_points(path)
+    h = normalize_heights(x, y, z, cls)
+    col = np.floor((x - gbox.affine.c) / 1.0).astype(int)
+    row = np.floor((gbox.affine.f - y) / 1.0).astype(int)
+    r0, c0 = row[np.argmax(h)], col[np.argmax(h)]
+    assert chm[r0, c0] == pytest.approx(h[(row == r0) & (col == c0)].max(), abs=1e-5)
+    # CHM maximum within 1.5 m of each stem vs field height (trees >= 10 m, as visible from above)
+    tall = trees[trees.h >= 10]
+    got = []
+    for tx, ty in zip(tall.x, tall.y):
+        rr = int(np.floor((gbox.affine.f - ty))), int(np.floor((tx - gbox.affine.c)))
+        win = chm[max(rr[0] - 1, 0): rr[0] + 2, max(rr[1] - 1, 0): rr[1] + 2]
+        got.append(np.nanmax(win) if np.isfinite(win).any() else np.nan)
+    got = np.array(got)
+    ok = np.isfinite(got)
+    r = np.corrcoef(got[ok], tall.h.to_numpy()[ok])[0, 1]
+    print(f"chablais3: r(CHM, field height) = {r:.3f} over {ok.sum()} trees >= 10 m")
+    assert ok.sum() > 40 and r > 0.6

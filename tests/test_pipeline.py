@@ -22,7 +22,7 @@ from forestcarbon.flows.pipeline import run_pipeline
 from forestcarbon.flows.stages import preflight
 
 CONTRACT = [
-    "mosaic/reflectance.tif", "mosaic/indices.tif", "mosaic/valid_count.tif", "lidar/metrics.tif",
+    "mosaic/reflectance.tif", "mosaic/indices.tif", "mosaic/valid_count.tif", "lidar/metrics.tif", "lidar/chm.tif",
     "plots/plots.gpkg", "plots/trees.csv", "model/model.joblib", "model/model_card.json",
     "maps/agb.tif", "maps/carbon.tif", "parcels/parcels_carbon.gpkg", "parcels/parcels_carbon.parquet",
     "projects/projects_carbon.gpkg", "projects/project_parcels.csv", "report/index.html", "report/summary.json",
@@ -176,3 +176,21 @@ def test_pixel_consistent_mosaic_stage(small_scene, tmp_path):
     with rasterio.open(tmp_path / "mosaic/valid_count.tif") as src:
         count = src.read(1)
     np.testing.assert_array_equal(days >= 0, count > 0)
+
+
+def test_chm_and_zmax_agree(run):
+    """The 1 m CHM's maximum within each 10 m cell is that cell's zmax (same returns, same heights)."""
+    _, out, _ = run
+    with rasterio.open(out / "lidar/metrics.tif") as m, rasterio.open(out / "lidar/chm.tif") as c:
+        zmax = m.read(list(m.descriptions).index("zmax") + 1)
+        chm = c.read(1)
+        col0 = int(round((c.transform.c - m.transform.c) / 10))
+        row0 = int(round((m.transform.f - c.transform.f) / 10))
+    ny, nx = chm.shape[0] // 10, chm.shape[1] // 10
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        blockmax = np.nanmax(chm[: ny * 10, : nx * 10].reshape(ny, 10, nx, 10), axis=(1, 3))
+    sub = zmax[row0: row0 + ny, col0: col0 + nx]
+    both = np.isfinite(sub) & np.isfinite(blockmax)
+    assert both.sum() > 1000
+    np.testing.assert_allclose(blockmax[both], sub[both], atol=1e-4)

@@ -25,6 +25,8 @@ class Layout:
     @property
     def lidar_metrics(self) -> Path: return self.root / "lidar" / "metrics.tif"
     @property
+    def lidar_chm(self) -> Path: return self.root / "lidar" / "chm.tif"
+    @property
     def lidar_coverage(self) -> Path: return self.root / "lidar" / "coverage.tif"
     @property
     def lidar_tiles(self) -> Path: return self.root / "lidar" / "tiles.csv"

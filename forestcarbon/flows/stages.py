@@ -161,13 +161,16 @@ def stage_lidar(ctx: Context) -> dict:
         log.info("lidar: no inputs.laz configured; the model will use optical features only")
         return {"tiles": 0}
     tiles = lidar.index_tiles(lidar.find_tiles(cfg.inputs.laz), cfg.inputs.lidar_crs)
-    metrics = lidar.grid_metrics(
-        tiles, ctx.gbox, normalized=cfg.inputs.lidar_normalized, ground_classes=cfg.inputs.ground_classes,
+    chm_gbox = chm_geobox(tiles, ctx.gbox, cfg.lidar.chm_resolution_m)
+    metrics, chm = lidar.lidar_rasters(
+        tiles, ctx.gbox, chm_gbox, normalized=cfg.inputs.lidar_normalized, ground_classes=cfg.inputs.ground_classes,
         buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m, max_height_m=cfg.lidar.max_height_m,
     )
     stack = np.stack([metrics[k] for k in lidar.METRICS])
     write_cog(stack, ctx.gbox, ctx.out.lidar_metrics, descriptions=list(lidar.METRICS),
               tags={"definitions": "lidR stdmetrics_z over all returns after height normalisation"})
+    write_cog(chm, chm_gbox, ctx.out.lidar_chm, descriptions=["chm_m"], units="m",
+              tags={"method": "highest normalised return per cell (lidR p2r)"})
     cover = (np.nan_to_num(metrics["n_points"]) > 0).astype("uint8")
     write_cog(cover, ctx.gbox, ctx.out.lidar_coverage, nodata=None, descriptions=["lidar_coverage"])
     write_table(pd.DataFrame([{"path": str(t.path), "points": t.point_count, "crs": t.crs.to_string(),
@@ -175,6 +178,22 @@ def stage_lidar(ctx: Context) -> dict:
                               for t in tiles]), ctx.out.lidar_tiles)
     return {"tiles": len(tiles), "points": int(sum(t.point_count for t in tiles)),
             "covered_fraction": float(cover.mean())}
+
+
+def chm_geobox(tiles, gbox: GeoBox, resolution_m: float) -> GeoBox:
+    """A fine grid over the LiDAR tiles only, aligned with the target grid (its edges are target-grid edges)."""
+    from pyproj import CRS, Transformer
+
+    grid_crs = CRS.from_user_input(gbox.crs.to_wkt())
+    bounds = [t.bounds if t.crs.equals(grid_crs) else
+              Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds) for t in tiles]
+    a = gbox.affine
+    r = abs(a.a)
+    x0 = a.c + np.floor((min(b[0] for b in bounds) - a.c) / r) * r
+    x1 = a.c + np.ceil((max(b[2] for b in bounds) - a.c) / r) * r
+    y1 = a.f - np.floor((a.f - max(b[3] for b in bounds)) / r) * r
+    y0 = a.f - np.ceil((a.f - min(b[1] for b in bounds)) / r) * r
+    return GeoBox.from_bbox((x0, y0, x1, y1), crs=gbox.crs, resolution=resolution_m)
 
 
 # 3 ------------------------------------------------------------------- plots

@@ -234,17 +234,27 @@ def _cells_of(x, y, gbox: GeoBox):
     return row, col, inside
 
 
-def _tile_metrics(i, tiles, tb, gbox, grid_crs, *, normalized, ground_classes, buffer_m, min_height_m, max_height_m):
-    """Metrics of the cells owned by tile ``i``: (rows, cols, metrics, dropped outliers)."""
-    nx = gbox.shape[1]
+def cell_max(cell: np.ndarray, h: np.ndarray, n_cells: int) -> dict[str, np.ndarray]:
+    """Highest return per cell (lidR ``rasterize_canopy(p2r())`` without subcircle)."""
+    out = np.full(n_cells, -np.inf)
+    np.maximum.at(out, cell, h)
+    return {"chm": np.where(np.isfinite(out), out, np.nan)}
+
+
+def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, buffer_m, min_height_m, max_height_m):
+    """Per target (gbox, reducer, keys): the reduced values of the cells owned by tile ``i``.
+
+    Points are read (with the buffer) and height-normalised once per tile.
+    Returns a list of (rows, cols, values by key) per target and the number of
+    outlier returns dropped in owned cells of the first target.
+    """
     own = tb[i]
     buf = (own[0] - buffer_m, own[1] - buffer_m, own[2] + buffer_m, own[3] + buffer_m)
     near = [j for j in range(len(tiles)) if _intersects(tb[j], buf)]
     parts = [read_points(tiles[j].path, buf, to_crs=grid_crs, src_crs=tiles[j].crs) for j in near]
     x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
-    empty = (np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in METRICS}, 0)
     if x.size == 0:
-        return empty
+        return [(np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in keys}) for _, _, keys in targets], 0
     if normalized:
         h = z
     else:
@@ -253,16 +263,20 @@ def _tile_metrics(i, tiles, tb, gbox, grid_crs, *, normalized, ground_classes, b
         except LidarError as err:
             raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(ground_classes)})") from None
     ok = (h >= min_height_m) & (h <= max_height_m)
-    row, col, inside = _cells_of(x, y, gbox)
-    cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
-    cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
-    mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
-    sel = mine & ok
-    flat = row[sel] * nx + col[sel]
-    uniq, inv = np.unique(flat, return_inverse=True)
-    m = cell_metrics(inv, h[sel], uniq.size)
-    rr, cc = np.divmod(uniq, nx)
-    return rr, cc, m, int((mine & ~ok).sum())
+    results, dropped = [], 0
+    for t, (gbox, reducer, _) in enumerate(targets):
+        nx = gbox.shape[1]
+        row, col, inside = _cells_of(x, y, gbox)
+        cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
+        cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
+        mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
+        if t == 0:
+            dropped = int((mine & ~ok).sum())
+        sel = mine & ok
+        uniq, inv = np.unique(row[sel] * nx + col[sel], return_inverse=True)
+        rr, cc = np.divmod(uniq, nx)
+        results.append((rr, cc, reducer(inv, h[sel], uniq.size)))
+    return results, dropped
 
 
 def _owner(cx, cy, bounds: list) -> np.ndarray:
@@ -281,29 +295,53 @@ def _intersects(a, b) -> bool:
 
 def grid_metrics(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = False, ground_classes=(2,),
                  buffer_m: float = 20.0, min_height_m: float = -2.0, max_height_m: float = 80.0) -> dict[str, np.ndarray]:
-    """Metrics of all tiles on ``gbox`` (dict of 2-D float32 arrays, NaN where no returns)."""
-    grid_crs = CRS.from_user_input(gbox.crs.to_wkt())
-    ny, nx = gbox.shape
-    out = {k: np.full((ny, nx), np.nan, dtype="float32") for k in METRICS}
+    """lidR stdmetrics_z of all tiles on ``gbox`` (dict of 2-D float32 arrays, NaN where no returns)."""
+    return lidar_rasters(tiles, gbox, None, normalized=normalized, ground_classes=ground_classes, buffer_m=buffer_m,
+                         min_height_m=min_height_m, max_height_m=max_height_m)[0]
+
+
+def canopy_height_model(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool = False, ground_classes=(2,),
+                        buffer_m: float = 20.0, min_height_m: float = -2.0, max_height_m: float = 80.0) -> np.ndarray:
+    """Canopy height model (m) on ``gbox`` (e.g. 1 m): highest normalised return per cell, NaN where none."""
+    return lidar_rasters(tiles, None, gbox, normalized=normalized, ground_classes=ground_classes, buffer_m=buffer_m,
+                         min_height_m=min_height_m, max_height_m=max_height_m)[1]
+
+
+def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: GeoBox | None, *, normalized: bool = False,
+                  ground_classes=(2,), buffer_m: float = 20.0, min_height_m: float = -2.0, max_height_m: float = 80.0):
+    """Metrics on ``metrics_gbox`` and a CHM on ``chm_gbox`` (either may be None) in one pass over the tiles.
+
+    Each tile is a Dask task on the current scheduler that opens its own files,
+    reads its points plus a buffer from its neighbours and normalises them once.
+    """
+    targets = []
+    if metrics_gbox is not None:
+        targets.append((metrics_gbox, cell_metrics, METRICS))
+    if chm_gbox is not None:
+        targets.append((chm_gbox, cell_max, ("chm",)))
+    grid_crs = CRS.from_user_input(targets[0][0].crs.to_wkt())
+    outs = [{k: np.full(g.shape, np.nan, dtype="float32") for k in keys} for g, _, keys in targets]
     tb = []  # tile bounds in grid CRS
     for t in tiles:
         if t.crs.equals(grid_crs):
             tb.append(t.bounds)
         else:
             tb.append(Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds))
-    buffer_m = max(buffer_m, float(abs(gbox.affine.a)) * 1.5)  # every point of an owned cell must be read
-    opts = dict(normalized=normalized, ground_classes=tuple(ground_classes), buffer_m=buffer_m,
+    # every point of an owned cell must be read
+    buffer_m = max(buffer_m, max(float(abs(g.affine.a)) for g, _, _ in targets) * 1.5)
+    opts = dict(targets=targets, normalized=normalized, ground_classes=tuple(ground_classes), buffer_m=buffer_m,
                 min_height_m=min_height_m, max_height_m=max_height_m)
-    # one task per tile on the current Dask scheduler; each task opens its own files
-    tasks = [dask.delayed(_tile_metrics)(i, tiles, tb, gbox, grid_crs, **opts) for i in range(len(tiles))]
+    tasks = [dask.delayed(_tile_cells)(i, tiles, tb, grid_crs, **opts) for i in range(len(tiles))]
     dropped = 0
-    for rr, cc, m, d in dask.compute(*tasks):
+    for results, d in dask.compute(*tasks):
         dropped += d
-        for k in METRICS:
-            out[k][rr, cc] = m[k]
+        for out, (rr, cc, vals) in zip(outs, results):
+            for k, v in vals.items():
+                out[k][rr, cc] = v
     if dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)", dropped, min_height_m, max_height_m)
-    return out
+    res = iter(outs)
+    return (next(res) if metrics_gbox is not None else None), (next(res)["chm"] if chm_gbox is not None else None)
 
 
 def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
