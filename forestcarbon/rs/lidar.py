@@ -87,11 +87,12 @@ def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | N
     tf = None
     if to_crs is not None and src_crs is not None and not CRS(src_crs).equals(to_crs):
         tf = Transformer.from_crs(src_crs, to_crs, always_xy=True)
+    z_to_m = vertical_unit_factor(src_crs)
     xs, ys, zs, cs = [], [], [], []
     try:
         with laspy.open(path) as f:
             for pts in f.chunk_iterator(chunk):
-                x, y, z = np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z)
+                x, y, z = np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z) * z_to_m
                 if tf is not None:
                     x, y = tf.transform(x, y)
                 if bounds is not None:
@@ -110,6 +111,20 @@ def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | N
 def _spatial_order(x, y, band_m: float = 5.0):
     """Permutation visiting points in 5 m row bands, west to east."""
     return np.lexsort((x, np.floor(y / band_m)))
+
+
+def vertical_unit_factor(crs) -> float:
+    """Metres per unit of the heights: the vertical CRS's unit if the CRS is compound,
+    else the horizontal unit of a projected CRS (US survey feet in many US state planes)."""
+    if crs is None:
+        return 1.0
+    crs = CRS(crs)
+    subs = crs.sub_crs_list
+    if subs and len(subs) > 1 and subs[1].axis_info:
+        return float(subs[1].axis_info[0].unit_conversion_factor)
+    if crs.is_projected and crs.axis_info:
+        return float(crs.axis_info[0].unit_conversion_factor)
+    return 1.0
 
 
 def ground_surface(gx, gy, gz):

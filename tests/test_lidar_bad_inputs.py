@@ -1,0 +1,95 @@
+"""Bad LiDAR inputs: one-line errors naming the file, counted outliers, no half-written raster."""
+
+from __future__ import annotations
+
+import logging
+
+import laspy
+import numpy as np
+import pytest
+from odc.geo.geobox import GeoBox
+from pyproj import CRS
+
+from forestcarbon.errors import InputNotFoundError, LidarError
+from forestcarbon.rs.lidar import find_tiles, grid_metrics, index_tiles
+
+
+def _las(path, x, y, z, cls, crs="EPSG:4549"):
+    hdr = laspy.LasHeader(point_format=6, version="1.4")
+    hdr.offsets = np.array([x.min(), y.min(), 0.0])
+    hdr.scales = np.array([0.01, 0.01, 0.01])
+    hdr.add_crs(CRS.from_user_input(crs))
+    las = laspy.LasData(hdr)
+    las.x, las.y, las.z = x, y, z
+    las.classification = cls
+    las.write(path)
+    return path
+
+
+def _flat_tile(rng, n=4000, x0=500_000.0, y0=3_200_000.0):
+    x = x0 + rng.uniform(0, 100, n)
+    y = y0 + rng.uniform(0, 100, n)
+    ground = rng.random(n) < 0.5
+    z = 100 + np.where(ground, 0.0, rng.uniform(2, 20, n))
+    return x, y, z, np.where(ground, 2, 5).astype("uint8")
+
+
+def test_truncated_laz_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    p = _las(tmp_path / "t.laz", *_flat_tile(rng))
+    blob = p.read_bytes()
+    p.write_bytes(blob[: len(blob) // 2])
+    tiles = index_tiles([p])  # the header is intact
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
+    with pytest.raises(LidarError, match=r"t\.laz: failed while reading points"):
+        grid_metrics(tiles, gbox)
+
+
+def test_no_ground_points_is_named(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y, z, cls = _flat_tile(rng)
+    p = _las(tmp_path / "noground.laz", x, y, z, np.full_like(cls, 5))
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
+    with pytest.raises(LidarError, match=r"noground\.laz: fewer than 3 ground points.*ground classes \[2\]"):
+        grid_metrics(index_tiles([p]), gbox)
+
+
+def test_absurd_heights_are_filtered_and_counted(tmp_path, caplog):
+    rng = np.random.default_rng(2)
+    x, y, z, cls = _flat_tile(rng)
+    z[:7] = 100 + 500.0  # birds
+    cls[:7] = 1
+    p = _las(tmp_path / "birds.laz", x, y, z, cls)
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
+    with caplog.at_level(logging.WARNING):
+        m = grid_metrics(index_tiles([p]), gbox, max_height_m=80)
+    assert "dropped 7 returns" in caplog.text
+    assert np.nanmax(m["zmax"]) <= 20.0 + 1e-6
+    assert np.nansum(m["n_points"]) == x.size - 7
+
+
+def test_empty_or_missing_folder(tmp_path):
+    with pytest.raises(LidarError, match="no .las/.laz files"):
+        find_tiles(tmp_path)
+    with pytest.raises(InputNotFoundError, match="LiDAR folder not found"):
+        find_tiles(tmp_path / "nope")
+
+
+def test_us_survey_feet_tile_gives_metres(tmp_path):
+    """The same returns written in EPSG:26943 (metres) and EPSG:2227 (US survey feet) give the same metrics in metres."""
+    from pyproj import Transformer
+
+    rng = np.random.default_rng(3)
+    x, y, z, cls = _flat_tile(rng, x0=2_000_000.0, y0=500_000.0)
+    # keep returns 0.5 m away from cell edges, so that quantisation cannot move one across
+    x = 2_000_000.0 + np.floor((x - 2_000_000.0) / 10) * 10 + 0.5 + (x % 10) * 0.9
+    y = 500_000.0 + np.floor((y - 500_000.0) / 10) * 10 + 0.5 + (y % 10) * 0.9
+    pm = _las(tmp_path / "m.laz", x, y, z, cls, crs="EPSG:26943")
+    fx, fy = Transformer.from_crs(26943, 2227, always_xy=True).transform(x, y)
+    pf = _las(tmp_path / "ft.laz", np.asarray(fx), np.asarray(fy), z / 0.30480060960121924, cls, crs="EPSG:2227")
+    gbox = GeoBox.from_bbox((2_000_000, 500_000, 2_000_100, 500_100), "EPSG:26943", resolution=10)
+    a = grid_metrics(index_tiles([pm]), gbox)
+    b = grid_metrics(index_tiles([pf]), gbox)
+    for k in ("zmax", "zmean", "zq95", "pzabove2", "n_points"):
+        np.testing.assert_allclose(b[k], a[k], atol=0.02, equal_nan=True, err_msg=k)  # 0.01 ft quantisation
+    assert np.nanmax(b["zmax"]) < 21  # metres, not feet
