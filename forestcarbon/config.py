@@ -64,7 +64,7 @@ class InputsConfig(_Strict):
 
     stac_items: Path
     laz: Path | None = None
-    lidar_normalized: bool = False
+    lidar_normalized: bool | Literal["auto"] = "auto"
     lidar_crs: str | None = None
     ground_classes: tuple[int, ...] = (2,)
     plots: Path

@@ -207,3 +207,19 @@ def test_chm_at_field_trees_correlates_with_measured_heights():
     r = np.corrcoef(got[ok], tall.h.to_numpy()[ok])[0, 1]
     print(f"chablais3: r(CHM, field height) = {r:.3f} over {ok.sum()} trees >= 10 m")
     assert ok.sum() > 40 and r > 0.6
+
+
+def test_normalisation_is_detected_on_real_files():
+    """Megaplot (normalised, ground at 0) is detected as such; Topography (ground at ~800 m) is not."""
+    from forestcarbon.rs.lidar import looks_normalized
+
+    x, y, z, cls = read_points(shared("lidar/lidR/Megaplot.laz"))
+    assert looks_normalized(z, cls)
+    x, y, z, cls = read_points(shared("lidar/lidR/Topography.laz"))
+    assert not looks_normalized(z, cls, (2, 9))
+    path = shared("lidar/lidR/Megaplot.laz")
+    gbox = _geobox_over(path, 20.0)
+    auto = grid_metrics(index_tiles([path]), gbox, normalized="auto")
+    declared = grid_metrics(index_tiles([path]), gbox, normalized=True)
+    for k in METRICS:
+        np.testing.assert_array_equal(auto[k], declared[k])

@@ -119,7 +119,8 @@ def serve(config: Path = typer.Argument(..., help="configuration YAML")):
 def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or folders"),
                   res: float = typer.Option(..., help="cell size, metres"),
                   out: Path = typer.Option(..., help="output GeoTIFF (COG), one band per metric"),
-                  normalized: bool = typer.Option(False, help="heights are already above ground"),
+                  normalized: Optional[bool] = typer.Option(None, "--normalized/--not-normalized",
+                                                            help="heights are already above ground (default: detect from the ground returns)"),
                   crs: Optional[str] = typer.Option(None, help="CRS for files whose header has none"),
                   ground: str = typer.Option("2", help="ground classes, comma separated")):
     """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent."""
@@ -134,7 +135,7 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
                 raise InputNotFoundError(f"LAS/LAZ file not found: {f}")
         tiles = lidar.index_tiles(files, crs)
         gbox = lidar.geobox_over_tiles(tiles, res)
-        m = lidar.grid_metrics(tiles, gbox, normalized=normalized,
+        m = lidar.grid_metrics(tiles, gbox, normalized="auto" if normalized is None else normalized,
                                ground_classes=tuple(int(c) for c in ground.split(",")))
     except ForestCarbonError as err:
         _fail(err)

@@ -113,6 +113,18 @@ def _spatial_order(x, y, band_m: float = 5.0):
     return np.lexsort((x, np.floor(y / band_m)))
 
 
+def looks_normalized(z: np.ndarray, cls: np.ndarray, ground_classes=(2,), tol_m: float = 0.3) -> bool:
+    """True when the ground returns already sit at height 0 (99 % within ``tol_m``).
+
+    Without ground returns nothing can be told: False, so that normalisation
+    then reports the missing ground instead of guessing.
+    """
+    g = np.isin(cls, ground_classes)
+    if g.sum() < 3:
+        return False
+    return bool(np.quantile(np.abs(z[g]), 0.99) < tol_m)
+
+
 def vertical_unit_factor(crs) -> float:
     """Metres per unit of the heights: the vertical CRS's unit if the CRS is compound,
     else the horizontal unit of a projected CRS (US survey feet in many US state planes)."""
@@ -270,6 +282,10 @@ def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, 
     x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
     if x.size == 0:
         return [(np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in keys}) for _, _, keys in targets], 0
+    if normalized == "auto":
+        normalized = looks_normalized(z, cls, ground_classes)
+        if normalized:
+            log.info("%s: ground returns lie at z = 0: heights taken as already normalised", tiles[i].path)
     if normalized:
         h = z
     else:
