@@ -27,6 +27,8 @@ def _setup_logging():
 
     # pixels never observed clear give NaN medians by design (reported as valid_count 0)
     warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+    # odc-loader warps in-memory blocks through rasterio, which warns about the missing geotransform
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "rasterio", "fiona", "pyogrio", "httpx", "prefect.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

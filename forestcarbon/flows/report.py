@@ -60,10 +60,11 @@ def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_
     }
 
 
-def _quicklook(path: Path, draw) -> str:
+def _quicklook(path: Path, draw, axes: bool = False) -> str:
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     draw(fig, ax)
-    ax.set_axis_off()
+    if not axes:
+        ax.set_axis_off()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -160,14 +161,13 @@ def build_report(ctx) -> dict:
     tt = pd.read_csv(out.training_table)
 
     def scatter(fig, ax):
-        ax.set_axis_on()
         ax.scatter(tt.agb_mg_ha, tt.agb_cv_pred_mg_ha, s=8)
         lim = float(np.nanmax([tt.agb_mg_ha.max(), tt.agb_cv_pred_mg_ha.max()]))
         ax.plot([0, lim], [0, lim], "k--", lw=1)
         ax.set_xlabel("plot AGB from allometry (Mg/ha)")
         ax.set_ylabel("block-CV prediction (Mg/ha)")
         ax.set_title(f"Block CV: R² {card['cv']['r2']:.2f}, RMSE {card['cv']['rmse']:.1f} Mg/ha")
-    pngs.append(_quicklook(rep / "cv_scatter.png", scatter))
+    pngs.append(_quicklook(rep / "cv_scatter.png", scatter, axes=True))
     write_json(summary, out.summary)
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
