@@ -223,3 +223,26 @@ def test_normalisation_is_detected_on_real_files():
     declared = grid_metrics(index_tiles([path]), gbox, normalized=True)
     for k in METRICS:
         np.testing.assert_array_equal(auto[k], declared[k])
+
+
+def test_topography_dtm_matches_its_ground_points():
+    """Real data: lidR Topography.laz (classes 2 and 9); the 1 m DTM sampled at the ground returns gives their z."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    from forestcarbon.rs.lidar import lidar_rasters
+
+    path = shared("lidar/lidR/Topography.laz")
+    gbox = _geobox_over(path, 1.0)
+    _, _, dtm = lidar_rasters(index_tiles([path]), None, None, ground_classes=(2, 9), dtm_gbox=gbox)
+    x, y, z, cls = read_points(path)
+    g = np.isin(cls, (2, 9))
+    a = gbox.affine
+    rows = a.f + (np.arange(gbox.shape[0]) + 0.5) * a.e
+    cols = a.c + (np.arange(gbox.shape[1]) + 0.5) * a.a
+    interp = RegularGridInterpolator((rows[::-1], cols), dtm[::-1], bounds_error=False)
+    got = interp(np.c_[y[g], x[g]])
+    ok = np.isfinite(got)
+    err = np.abs(got[ok] - z[g][ok])
+    print(f"Topography DTM at {ok.sum()} ground returns: median |dz| {np.median(err):.3f} m, p95 {np.quantile(err, 0.95):.3f} m")
+    assert ok.mean() > 0.95 and np.median(err) < 0.05 and np.quantile(err, 0.95) < 0.3
+    assert np.isfinite(dtm).mean() > 0.95  # the TIN covers the tile; nearest fills outside the hull

@@ -22,7 +22,7 @@ from forestcarbon.flows.pipeline import run_pipeline
 from forestcarbon.flows.stages import preflight
 
 CONTRACT = [
-    "mosaic/reflectance.tif", "mosaic/indices.tif", "mosaic/valid_count.tif", "lidar/metrics.tif", "lidar/chm.tif",
+    "mosaic/reflectance.tif", "mosaic/indices.tif", "mosaic/valid_count.tif", "lidar/metrics.tif", "lidar/chm.tif", "lidar/dtm.tif",
     "plots/plots.gpkg", "plots/trees.csv", "model/model.joblib", "model/model_card.json",
     "maps/agb.tif", "maps/carbon.tif", "parcels/parcels_carbon.gpkg", "parcels/parcels_carbon.parquet",
     "projects/projects_carbon.gpkg", "projects/project_parcels.csv", "report/index.html", "report/summary.json",

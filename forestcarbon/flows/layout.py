@@ -25,6 +25,8 @@ class Layout:
     @property
     def lidar_metrics(self) -> Path: return self.root / "lidar" / "metrics.tif"
     @property
+    def lidar_dtm(self) -> Path: return self.root / "lidar" / "dtm.tif"
+    @property
     def lidar_chm(self) -> Path: return self.root / "lidar" / "chm.tif"
     @property
     def lidar_coverage(self) -> Path: return self.root / "lidar" / "coverage.tif"

@@ -29,6 +29,7 @@ from ..models.allometry import load_registry
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
+from ..rs.terrain import slope_aspect
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
@@ -162,10 +163,16 @@ def stage_lidar(ctx: Context) -> dict:
         return {"tiles": 0}
     tiles = lidar.index_tiles(lidar.find_tiles(cfg.inputs.laz), cfg.inputs.lidar_crs)
     chm_gbox = chm_geobox(tiles, ctx.gbox, cfg.lidar.chm_resolution_m)
-    metrics, chm = lidar.lidar_rasters(
+    metrics, chm, dtm = lidar.lidar_rasters(
         tiles, ctx.gbox, chm_gbox, normalized=cfg.inputs.lidar_normalized, ground_classes=cfg.inputs.ground_classes,
         buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m, max_height_m=cfg.lidar.max_height_m,
+        dtm_gbox=chm_gbox,
     )
+    if np.isfinite(dtm).any():
+        slope, aspect = slope_aspect(dtm, abs(chm_gbox.affine.a), abs(chm_gbox.affine.e))
+        write_cog(np.stack([dtm, slope, aspect]), chm_gbox, ctx.out.lidar_dtm,
+                  descriptions=["dtm_m", "slope_deg", "aspect_deg"],
+                  tags={"method": "ground TIN (Delaunay) at cell centres; slope/aspect Horn 1981"})
     stack = np.stack([metrics[k] for k in lidar.METRICS])
     write_cog(stack, ctx.gbox, ctx.out.lidar_metrics, descriptions=list(lidar.METRICS),
               tags={"definitions": "lidR stdmetrics_z over all returns after height normalisation"})

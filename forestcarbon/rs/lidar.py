@@ -268,12 +268,15 @@ def cell_max(cell: np.ndarray, h: np.ndarray, n_cells: int) -> dict[str, np.ndar
     return {"chm": np.where(np.isfinite(out), out, np.nan)}
 
 
-def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, buffer_m, min_height_m, max_height_m):
+def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, buffer_m, min_height_m, max_height_m,
+                dtm_gbox=None):
     """Per target (gbox, reducer, keys): the reduced values of the cells owned by tile ``i``.
 
     Points are read (with the buffer) and height-normalised once per tile.
-    Returns a list of (rows, cols, values by key) per target and the number of
-    outlier returns dropped in owned cells of the first target.
+    Returns a list of (rows, cols, values by key) per target, the number of
+    outlier returns dropped in owned cells of the first target, and the DTM
+    (rows, cols, elevations) of the owned cells of ``dtm_gbox`` (None when the
+    heights are already normalised).
     """
     own = tb[i]
     buf = (own[0] - buffer_m, own[1] - buffer_m, own[2] + buffer_m, own[3] + buffer_m)
@@ -281,33 +284,49 @@ def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, 
     parts = [read_points(tiles[j].path, buf, to_crs=grid_crs, src_crs=tiles[j].crs) for j in near]
     x, y, z, cls = (np.concatenate(a) for a in zip(*parts))
     if x.size == 0:
-        return [(np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in keys}) for _, _, keys in targets], 0
+        return [(np.empty(0, int), np.empty(0, int), {k: np.empty(0) for k in keys}) for _, _, keys in targets], 0, None
     if normalized == "auto":
         normalized = looks_normalized(z, cls, ground_classes)
         if normalized:
             log.info("%s: ground returns lie at z = 0: heights taken as already normalised", tiles[i].path)
+    surface = None
     if normalized:
         h = z
     else:
+        g = np.isin(cls, ground_classes)
         try:
-            h = normalize_heights(x, y, z, cls, ground_classes)
+            surface = ground_surface(x[g], y[g], z[g])
         except LidarError as err:
             raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(ground_classes)})") from None
+        h = z - surface(x, y)
     ok = (h >= min_height_m) & (h <= max_height_m)
     results, dropped = [], 0
+    bounds_near = [tb[j] for j in near]
     for t, (gbox, reducer, _) in enumerate(targets):
         nx = gbox.shape[1]
         row, col, inside = _cells_of(x, y, gbox)
         cx = gbox.affine.c + (col + 0.5) * gbox.affine.a
         cy = gbox.affine.f + (row + 0.5) * gbox.affine.e
-        mine = inside & (_owner(cx, cy, [tb[j] for j in near]) == near.index(i))
+        mine = inside & (_owner(cx, cy, bounds_near) == near.index(i))
         if t == 0:
             dropped = int((mine & ~ok).sum())
         sel = mine & ok
         uniq, inv = np.unique(row[sel] * nx + col[sel], return_inverse=True)
         rr, cc = np.divmod(uniq, nx)
         results.append((rr, cc, reducer(inv, h[sel], uniq.size)))
-    return results, dropped
+    dtm = None
+    if dtm_gbox is not None and surface is not None:
+        a = dtm_gbox.affine
+        c0 = max(int(np.floor((own[0] - a.c) / a.a)) - 1, 0)
+        c1 = min(int(np.ceil((own[2] - a.c) / a.a)) + 1, dtm_gbox.shape[1])
+        r0 = max(int(np.floor((own[3] - a.f) / a.e)) - 1, 0)
+        r1 = min(int(np.ceil((own[1] - a.f) / a.e)) + 1, dtm_gbox.shape[0])
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        rr, cc = rr.ravel(), cc.ravel()
+        cx, cy = a.c + (cc + 0.5) * a.a, a.f + (rr + 0.5) * a.e
+        mine = _owner(cx, cy, bounds_near) == near.index(i)
+        dtm = (rr[mine], cc[mine], surface(cx[mine], cy[mine]))
+    return results, dropped, dtm
 
 
 def _owner(cx, cy, bounds: list) -> np.ndarray:
@@ -338,19 +357,24 @@ def canopy_height_model(tiles: list[TileInfo], gbox: GeoBox, *, normalized: bool
                          min_height_m=min_height_m, max_height_m=max_height_m)[1]
 
 
-def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: GeoBox | None, *, normalized: bool = False,
-                  ground_classes=(2,), buffer_m: float = 20.0, min_height_m: float = -2.0, max_height_m: float = 80.0):
-    """Metrics on ``metrics_gbox`` and a CHM on ``chm_gbox`` (either may be None) in one pass over the tiles.
+def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: GeoBox | None, *, normalized=False,
+                  ground_classes=(2,), buffer_m: float = 20.0, min_height_m: float = -2.0, max_height_m: float = 80.0,
+                  dtm_gbox: GeoBox | None = None):
+    """Metrics on ``metrics_gbox``, a CHM on ``chm_gbox`` and a DTM on ``dtm_gbox`` (any may be None) in one pass.
+
+    The DTM is the ground TIN (Delaunay, nearest outside the hull) at cell
+    centres; it stays NaN for tiles whose heights are already normalised.
 
     Each tile is a Dask task on the current scheduler that opens its own files,
     reads its points plus a buffer from its neighbours and normalises them once.
     """
     targets = []
+    grid_for_crs = metrics_gbox or chm_gbox or dtm_gbox
     if metrics_gbox is not None:
         targets.append((metrics_gbox, cell_metrics, METRICS))
     if chm_gbox is not None:
         targets.append((chm_gbox, cell_max, ("chm",)))
-    grid_crs = CRS.from_user_input(targets[0][0].crs.to_wkt())
+    grid_crs = CRS.from_user_input(grid_for_crs.crs.to_wkt())
     outs = [{k: np.full(g.shape, np.nan, dtype="float32") for k in keys} for g, _, keys in targets]
     tb = []  # tile bounds in grid CRS
     for t in tiles:
@@ -359,20 +383,25 @@ def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: 
         else:
             tb.append(Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds))
     # every point of an owned cell must be read
-    buffer_m = max(buffer_m, max(float(abs(g.affine.a)) for g, _, _ in targets) * 1.5)
+    buffer_m = max(buffer_m, max([float(abs(g.affine.a)) for g, _, _ in targets] + [0.0]) * 1.5)
     opts = dict(targets=targets, normalized=normalized, ground_classes=tuple(ground_classes), buffer_m=buffer_m,
-                min_height_m=min_height_m, max_height_m=max_height_m)
+                min_height_m=min_height_m, max_height_m=max_height_m, dtm_gbox=dtm_gbox)
     tasks = [dask.delayed(_tile_cells)(i, tiles, tb, grid_crs, **opts) for i in range(len(tiles))]
     dropped = 0
-    for results, d in dask.compute(*tasks):
+    dtm = np.full(dtm_gbox.shape, np.nan, dtype="float32") if dtm_gbox is not None else None
+    for results, d, tdtm in dask.compute(*tasks):
         dropped += d
         for out, (rr, cc, vals) in zip(outs, results):
             for k, v in vals.items():
                 out[k][rr, cc] = v
+        if tdtm is not None:
+            dtm[tdtm[0], tdtm[1]] = tdtm[2]
     if dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)", dropped, min_height_m, max_height_m)
     res = iter(outs)
-    return (next(res) if metrics_gbox is not None else None), (next(res)["chm"] if chm_gbox is not None else None)
+    metrics = next(res) if metrics_gbox is not None else None
+    chm = next(res)["chm"] if chm_gbox is not None else None
+    return (metrics, chm, dtm) if dtm_gbox is not None else (metrics, chm)
 
 
 def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
