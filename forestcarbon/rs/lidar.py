@@ -143,22 +143,25 @@ def ground_surface(gx, gy, gz):
     """Interpolator of ground elevation: Delaunay linear inside the hull, nearest outside."""
     if gx.size < 3:
         raise LidarError("fewer than 3 ground points: cannot build a terrain model")
+    # projected coordinates are large (1e5-1e6 m): centring them keeps Qhull from merging
+    # nearly coplanar facets (it dropped ~1 % of triangles on a test tile) and is ~30 % faster
+    ox, oy = float(np.floor(gx.min())), float(np.floor(gy.min()))
     o = _spatial_order(gx, gy)
-    pts = np.c_[gx[o], gy[o]]
+    pts = np.c_[gx[o] - ox, gy[o] - oy]
     nearest = NearestNDInterpolator(pts, gz[o])
     try:
         linear = LinearNDInterpolator(Delaunay(pts), gz[o])
     except QhullError:
-        return nearest
+        return lambda x, y: nearest(x - ox, y - oy)
 
     def surface(x, y):
         # queries in spatial order let Qhull's simplex walk start next door (~20x faster)
         q = _spatial_order(x, y)
         z = np.empty(x.shape, dtype="float64")
-        z[q] = linear(x[q], y[q])
+        z[q] = linear(x[q] - ox, y[q] - oy)
         bad = ~np.isfinite(z)
         if bad.any():
-            z[bad] = nearest(x[bad], y[bad])
+            z[bad] = nearest(x[bad] - ox, y[bad] - oy)
         return z
 
     return surface
@@ -299,6 +302,9 @@ def _tile_cells(i, tiles, tb, grid_crs, *, targets, normalized, ground_classes, 
         except LidarError as err:
             raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(ground_classes)})") from None
         h = z - surface(x, y)
+        # ground returns are TIN vertices: their height is 0 up to float noise, which would
+        # otherwise decide lidR's "any z < 0 -> zentropy NA" rule by the sign of 1e-12
+        h[np.abs(h) < 1e-6] = 0.0
     ok = (h >= min_height_m) & (h <= max_height_m)
     results, dropped = [], 0
     bounds_near = [tb[j] for j in near]
