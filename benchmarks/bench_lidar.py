@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -19,12 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _isolated import run_isolated  # noqa: E402
 
 
 def make_tiles(folder: Path, n_tiles: int, points: int, tile_m: float = 500.0, seed: int = 0) -> list[Path]:
@@ -85,21 +80,6 @@ def full_path(paths: list[str], out: str) -> float:
     return time.perf_counter() - t0
 
 
-def _child(args, q):
-    secs = full_path(*args)
-    q.put((secs, _peak_rss_mb()))
-
-
-def run_isolated(paths, out):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(([str(x) for x in paths], str(out)), q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiles", type=int, default=20)
@@ -113,8 +93,8 @@ def main(argv=None):
         quarter = max(1, a.tiles // 4)
         (tmp / "o1").mkdir()
         (tmp / "o2").mkdir()
-        _, peak_q = run_isolated(paths[:quarter], tmp / "o1")
-        secs, peak = run_isolated(paths, tmp / "o2")
+        _, peak_q = run_isolated(full_path, [str(x) for x in paths[:quarter]], str(tmp / "o1"))
+        secs, peak = run_isolated(full_path, [str(x) for x in paths], str(tmp / "o2"))
     result = {
         "stage": "lidar", "workload": f"{a.tiles} LAZ tiles x {a.points_per_tile} points (30 % ground), 10 m metrics + 1 m CHM/DTM",
         "points_per_s": round(n / secs), "decode_points_per_s": round(n / dec), "ratio_to_decode": round(dec / secs, 3),

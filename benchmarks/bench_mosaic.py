@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -20,19 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _isolated import run_isolated  # noqa: E402
+
 BANDS = ("blue", "red", "nir", "swir16")
 MASK = (0, 1, 3, 8, 9, 10)
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident set of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_stack(folder: Path, size: int, dates: int, seed: int = 0):
@@ -93,21 +83,6 @@ def full_path(folder: str, size: int, chunk: int, out: str) -> float:
     return time.perf_counter() - t0
 
 
-def _child(args, q):
-    secs = full_path(*args)
-    q.put((secs, _peak_rss_mb()))
-
-
-def run_isolated(folder, size, chunk, out):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=((str(folder), size, chunk, str(out)), q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=4096)
@@ -122,13 +97,13 @@ def main(argv=None):
         ref = np.nanmedian(stack, axis=0)
         ref_s = time.perf_counter() - t0
         del stack, ref
-        secs, peak = run_isolated(tmp / "speed", a.size, a.chunk, tmp / "speed.tif")
+        secs, peak = run_isolated(full_path, str(tmp / "speed"), a.size, a.chunk, str(tmp / "speed.tif"))
         by_area = {}
         for k in (1, 2, 4):
             side = int(round(a.base * np.sqrt(k)))
             s, _ = make_stack(tmp / f"area{k}", side, a.dates, seed=k)
             del s
-            by_area[f"{k}x"] = round(run_isolated(tmp / f"area{k}", side, a.chunk, tmp / f"area{k}.tif")[1], 1)
+            by_area[f"{k}x"] = round(run_isolated(full_path, str(tmp / f"area{k}"), side, a.chunk, str(tmp / f"area{k}.tif"))[1], 1)
     mpx = a.dates * a.size * a.size / 1e6  # megapixels of input time series per band stack
     result = {
         "stage": "mosaic", "workload": f"{a.dates} dates x {len(BANDS)} bands x {a.size}^2, ~30% cloud",
