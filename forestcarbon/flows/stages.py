@@ -22,16 +22,16 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import ConfigError, InputNotFoundError, SceneError, StageInputError
-from ..fileio import sha256, write_json, write_table
+from ..errors import ConfigError, CRSError, InputNotFoundError, SceneError, StageInputError
+from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import load_registry
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
-from ..rs.terrain import slope_aspect
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
+from ..rs.terrain import slope_aspect
 from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
@@ -86,8 +86,6 @@ def preflight(cfg: Config) -> Context:
     if i.lidar_crs is not None:
         from pyproj import CRS
         from pyproj.exceptions import CRSError as PyprojCRSError
-
-        from ..errors import CRSError
 
         try:
             CRS.from_user_input(i.lidar_crs)
@@ -249,8 +247,6 @@ def stage_model(ctx: Context) -> dict:
     write_table(table, ctx.out.training_table)
     card = model_card(fm, name=cfg.name, training_sha256=sha256(ctx.out.training_table),
                       config=cfg.model.model_dump(), lidar_features=[f for f in features if f in LIDAR_FEATURES])
-    from ..fileio import atomic_path
-
     with atomic_path(ctx.out.model) as tmp:
         joblib.dump({"estimator": fm.estimator, "features": list(fm.features), "model_id": card["model_id"]}, tmp)
     card["model_file_sha256"] = sha256(ctx.out.model)
