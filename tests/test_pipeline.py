@@ -74,6 +74,8 @@ def test_totals_are_consistent(run):
     assert s["total_carbon_t"] == pytest.approx(parcels.loc[forest, "carbon_t"].sum(), rel=1e-9)
     np.testing.assert_allclose(parcels.carbon_t, parcels.carbon_t_ha * parcels.area_ha, rtol=1e-9)
     np.testing.assert_allclose(parcels.co2e_t, parcels.carbon_t * 44 / 12, rtol=1e-9)
+    assert s["forest_parcels_without_estimate"] == int((forest & parcels.carbon_t.isna()).sum())
+    assert s["forest_parcels_under_half_mapped"] == int((forest & (parcels.valid_fraction < 0.5)).sum())
     full = parcels.valid_fraction > 0.999
     np.testing.assert_allclose(parcels.carbon_t[full], parcels.carbon_t_mapped[full], rtol=2e-3)
     # carbon raster = AGB raster converted with the IPCC factors

@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import importlib.metadata as md
 import json
+import logging
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 
 from .. import __version__  # noqa: E402
+
+log = logging.getLogger("forestcarbon")
 from ..fileio import atomic_path, fingerprint, sha256, write_json  # noqa: E402
 
 PACKAGES = ("numpy", "xarray", "dask", "rasterio", "odc-geo", "odc-stac", "geopandas", "shapely", "exactextract",
@@ -123,6 +126,10 @@ def build_report(ctx) -> dict:
         "total_carbon_t": float(np.nansum(parcels.loc[forest, "carbon_t"])),
         "total_co2e_t": float(np.nansum(parcels.loc[forest, "co2e_t"])),
         "total_carbon_t_all_parcels": float(np.nansum(parcels["carbon_t"])),
+        # totals skip parcels without any mapped pixel: say how many and how large they are
+        "forest_parcels_without_estimate": int((forest & parcels["carbon_t"].isna()).sum()),
+        "forest_area_ha_without_estimate": float(parcels.loc[forest & parcels["carbon_t"].isna(), "area_ha"].sum()),
+        "forest_parcels_under_half_mapped": int((forest & (parcels["valid_fraction"] < 0.5)).sum()),
         "scope": "totals over forest parcels (land_class == 'forest' where the field exists, else all parcels)",
         "model": {"model_id": card["model_id"], "estimator": card["estimator"], "cv_r2": card["cv"]["r2"],
                   "cv_rmse_mg_ha": card["cv"]["rmse"], "cv_rrmse": card["cv"]["rrmse"],
@@ -168,6 +175,9 @@ def build_report(ctx) -> dict:
         ax.set_ylabel("block-CV prediction (Mg/ha)")
         ax.set_title(f"Block CV: R² {card['cv']['r2']:.2f}, RMSE {card['cv']['rmse']:.1f} Mg/ha")
     pngs.append(_quicklook(rep / "cv_scatter.png", scatter, axes=True))
+    if summary["forest_parcels_without_estimate"]:
+        log.warning("report: %d forest parcels (%.1f ha) have no mapped pixel and are not in the totals",
+                    summary["forest_parcels_without_estimate"], summary["forest_area_ha_without_estimate"])
     write_json(summary, out.summary)
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
@@ -189,7 +199,9 @@ def _write_html(path: Path, summary: dict, pngs: list[str]) -> None:
 <style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}
 table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}}pre{{margin:0}}</style></head>
 <body><h1>forestcarbon report: {html.escape(summary['name'])}</h1>
-<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels.</p>
+<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels;
+{summary['forest_parcels_without_estimate']} forest parcels ({summary['forest_area_ha_without_estimate']:,.1f} ha) have no mapped pixel and are not in the total;
+{summary['forest_parcels_under_half_mapped']} are less than half mapped (their carbon extrapolates the mapped part).</p>
 {imgs}<h2>Summary</h2><table>{rows}</table></body></html>"""
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
