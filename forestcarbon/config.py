@@ -142,6 +142,7 @@ class Config(_Strict):
     grid: GridConfig
     inputs: InputsConfig
     allometry: Path | None = None
+    allometry_fallback: dict[str, str] = {}
     mosaic: MosaicConfig = MosaicConfig()
     lidar: LidarConfig = LidarConfig()
     model: ModelConfig = ModelConfig()

@@ -46,6 +46,7 @@ def write_table(df, path: Path | str, **kw) -> Path:
         elif path.suffix == ".parquet":
             df.to_parquet(tmp, index=False, **kw)
         elif path.suffix == ".gpkg":
+            kw.setdefault("layer", path.stem)  # not the temporary name
             df.to_file(tmp, driver="GPKG", **kw)
         else:
             raise ValueError(f"{path}: unsupported table format")

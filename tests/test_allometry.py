@@ -76,3 +76,34 @@ def test_chave2014_on_nouragues_plots_equals_formula(reg):
     ref_plot = (ref_kg / 1000).groupby(df["plot"]).sum()
     np.testing.assert_allclose(per_plot.sort_index(), ref_plot.sort_index(), rtol=1e-9)
     assert out.equation_id.str.contains("chave2014_eq4_wd").all()
+
+
+def test_chablais3_species_codes_through_fallback_groups(tmp_path):
+    """Real data: lidaRtRee chablais3 inventory (codes PIAB, ABAL, FASY...) through the `trees` CLI with
+    configured fallback groups; the mapping is visible per row and AGB follows the group's equation."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import geopandas as gpd
+
+    src = shared("lidar/lidaRtRee/tree_inventory_chablais3.csv")
+    exe = Path(sys.executable).parent / "forestcarbon"
+    out = tmp_path / "trees.gpkg"
+    res = subprocess.run([str(exe), "trees", str(src), "--out", str(out), "--species-col", "s", "--dbh-col", "d",
+                          "--height-col", "h", "--fallback", "PIAB=masson_pine", "--fallback", "ABAL=masson_pine",
+                          "--fallback", "*=broadleaf", "--crs", "EPSG:2154"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    t = gpd.read_file(out)
+    raw = pd.read_csv(src)
+    assert len(t) == len(raw) and t.crs.to_epsg() == 2154
+    assert (t.species_source == "fallback").all()
+    conifer = t.species.isin(["PIAB", "ABAL"])
+    assert (t.species_group[conifer] == "masson_pine").all() and (t.species_group[~conifer] == "broadleaf").all()
+    rho = np.where(conifer, 0.47, 0.55)  # the groups' wood densities in allometry.yaml
+    np.testing.assert_allclose(t.agb_kg, 0.0673 * (rho * t.dbh_cm**2 * t.height_m) ** 0.976, rtol=1e-9)
+    assert not t.equation_verified.any()  # stand-ins stay flagged
+    missing = subprocess.run([str(exe), "trees", str(src), "--out", str(tmp_path / "x.csv"), "--species-col", "s",
+                              "--dbh-col", "d", "--height-col", "h"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no allometric equation for species" in missing.stderr
+    assert not (tmp_path / "x.csv").exists()

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..errors import ForestCarbonError, InputNotFoundError
+from ..errors import FieldError, ForestCarbonError, InputNotFoundError
 
 # Prefect's temporary server migrates its database on first start, which can take
 # longer than Prefect's default wait on a 2-core machine; no telemetry from here.
@@ -115,6 +115,45 @@ def serve(config: Path = typer.Argument(..., help="configuration YAML")):
     except ForestCarbonError as err:
         _fail(err)
     prefect_serve(dep)
+
+
+@app.command()
+def trees(table: Path = typer.Argument(..., help="trees CSV"),
+          out: Path = typer.Option(..., help="output .csv, or .gpkg when the table has x/y and --crs is given"),
+          species_col: str = typer.Option("species"), dbh_col: str = typer.Option("dbh_cm"),
+          height_col: str = typer.Option("height_m"),
+          fallback: Optional[list[str]] = typer.Option(None, help="SPECIES=GROUP for species the table lacks; *=GROUP for all others"),
+          crs: Optional[str] = typer.Option(None, help="CRS of the x/y columns"),
+          allometry: Optional[Path] = typer.Option(None, help="allometry table (default: the packaged one)")):
+    """Per-tree AGB, BGB, carbon and CO2e for a register of single trees (e.g. scattered village trees)."""
+    _setup_logging()
+    import pandas as pd
+
+    from ..config import default_allometry_path
+    from ..fileio import write_table
+    from ..models.allometry import load_registry, tree_biomass
+
+    try:
+        if not table.is_file():
+            raise InputNotFoundError(f"trees table not found: {table}")
+        df = pd.read_csv(table)
+        for col in (species_col, dbh_col, height_col):
+            if col not in df.columns:
+                raise FieldError(f"{table}: no column {col!r} (columns: {list(df.columns)})")
+        df = df.rename(columns={species_col: "species", dbh_col: "dbh_cm", height_col: "height_m"})
+        mapping = dict(f.split("=", 1) for f in (fallback or []))
+        res = tree_biomass(df, load_registry(allometry or default_allometry_path()), source=str(table), fallback=mapping)
+    except (ForestCarbonError, ValueError) as err:
+        _fail(err)
+    if out.suffix == ".gpkg":
+        if crs is None or not {"x", "y"} <= set(res.columns):
+            _fail(FieldError(f"{out}: a GeoPackage needs x/y columns in {table} and --crs"))
+        import geopandas as gpd
+
+        res = gpd.GeoDataFrame(res, geometry=gpd.points_from_xy(res.x, res.y), crs=crs)
+    write_table(res, out)
+    typer.echo(f"wrote {out}: {len(res)} trees, {res.carbon_kg.sum() / 1000:,.3f} t C "
+               f"({(res.species_source == 'fallback').sum()} by fallback group, {(~res.equation_verified).sum()} with unverified equations)")
 
 
 @app.command("lidar-metrics")

@@ -94,7 +94,10 @@ def preflight(cfg: Config) -> Context:
     missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
     if missing_bands:
         raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
-    load_registry(cfg.allometry or default_allometry_path())
+    registry = load_registry(cfg.allometry or default_allometry_path())
+    unknown = sorted(set(cfg.allometry_fallback.values()) - set(registry.groups))
+    if unknown:
+        raise ConfigError(f"allometry_fallback: unknown species groups {unknown}; groups are {sorted(registry.groups)}")
     return Context(cfg, geobox_from_config(cfg.grid))
 
 
@@ -207,7 +210,7 @@ def stage_plots(ctx: Context) -> dict:
     registry = load_registry(cfg.allometry or default_allometry_path())
     plots = read_plots(i.plots, i.plots_layer, i.plot_id, ctx.gbox.crs.to_wkt())
     trees = read_trees(i.trees)
-    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees))
+    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback)
     write_table(plot_out, ctx.out.plots, layer="plots")
     write_table(tree_out, ctx.out.trees)
     return {"plots": len(plot_out), "trees": len(tree_out), "allometry_version": registry.version,

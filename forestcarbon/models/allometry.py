@@ -190,6 +190,7 @@ def tree_biomass(
     registry: AllometryRegistry,
     plot_agb_mg_ha: pd.Series | np.ndarray | None = None,
     source: str = "trees",
+    fallback: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per-tree AGB, BGB, carbon and CO2e.
 
@@ -202,16 +203,28 @@ def tree_biomass(
         AGB density (Mg/ha) of the stand each tree stands in, aligned with
         ``trees``; selects the IPCC root-to-shoot ratio for groups without a
         belowground equation.  ``None``: the ratio for the low-density class.
+    fallback
+        Species (name or code) → group for species the table does not know;
+        the key ``"*"`` maps every other unknown species.  Such rows get
+        ``species_source = "fallback"`` so the mapping stays visible.
 
     Returns
     -------
-    A copy of ``trees`` with ``species_group``, ``agb_kg``, ``bgb_kg``,
+    A copy of ``trees`` with ``species_group``, ``species_source``, ``agb_kg``, ``bgb_kg``,
     ``biomass_kg``, ``carbon_kg``, ``co2e_kg``, ``equation_id`` (above and
     below, ``;``-joined), ``equation_verified`` and ``dbh_in_range``.
     """
     validate_trees(trees, source)
     out = trees.copy()
     groups = out["species"].map(registry.resolve)
+    out["species_source"] = np.where(groups.isna(), "fallback", "table")
+    if fallback:
+        bad = sorted(set(fallback.values()) - set(registry.groups))
+        if bad:
+            raise AllometryError(f"fallback maps to unknown species groups {bad}; groups are {sorted(registry.groups)}")
+        miss = groups.isna()
+        mapped = out.loc[miss, "species"].astype(str).map(lambda sp: fallback.get(sp, fallback.get("*")))
+        groups = groups.where(~miss, mapped)
     unknown = groups.isna().to_numpy()
     if unknown.any():
         names = sorted(set(out.loc[unknown, "species"].astype(str)))

@@ -60,7 +60,7 @@ def read_trees(path: Path | str) -> pd.DataFrame:
 
 
 def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: AllometryRegistry,
-                 source: str = "trees") -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
+                 source: str = "trees", fallback: dict[str, str] | None = None) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
     """Per-tree biomass and per-plot per-hectare summaries.
 
     Groups without a belowground equation use the IPCC root-to-shoot ratio
@@ -70,9 +70,9 @@ def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: Allomet
     if orphan.any():
         raise FieldError(f"{source}: trees in plots not in the plots layer: {sorted(trees.loc[orphan, 'plot_id'].unique())[:5]}")
     area = trees["plot_id"].map(plots.set_index("plot_id")["area_ha"])
-    first = tree_biomass(trees, registry, source=source)
+    first = tree_biomass(trees, registry, source=source, fallback=fallback)
     density = first.groupby("plot_id")["agb_kg"].transform("sum") / 1000 / area
-    out = tree_biomass(trees, registry, plot_agb_mg_ha=density.to_numpy(), source=source)
+    out = tree_biomass(trees, registry, plot_agb_mg_ha=density.to_numpy(), source=source, fallback=fallback)
     out["expansion_ha"] = 1.0 / area.to_numpy()  # trees per ha represented by one tree
     summary = _summaries(out)
     res = plots.merge(summary, on="plot_id", how="left")
