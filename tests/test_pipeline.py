@@ -196,3 +196,14 @@ def test_chm_and_zmax_agree(run):
     both = np.isfinite(sub) & np.isfinite(blockmax)
     assert both.sum() > 1000
     np.testing.assert_allclose(blockmax[both], sub[both], atol=1e-4)
+
+
+def test_cli_runs_named_stages(small_scene, tmp_path):
+    """`forestcarbon run CONFIG --stage plots --out DIR`: only that stage, through the Prefect flow."""
+    res = _cli("run", str(small_scene), "--stage", "plots", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    trees = pd.read_csv(tmp_path / "o/plots/trees.csv")
+    assert len(trees) > 100 and trees.agb_kg.gt(0).all()
+    assert not (tmp_path / "o/mosaic").exists()  # other stages did not run
+    bad = _cli("run", str(small_scene), "--stage", "mosiac")
+    assert bad.returncode == 2 and "unknown stage(s) ['mosiac']" in bad.stderr
