@@ -64,6 +64,7 @@ class InputsConfig(_Strict):
 
     stac_items: Path
     laz: Path | None = None
+    lidar_metrics_raster: Path | None = None  # pre-made metrics (bands named zmax, zq95, ...) instead of points
     lidar_normalized: bool | Literal["auto"] = "auto"
     lidar_crs: str | None = None
     ground_classes: tuple[int, ...] = (2,)
@@ -162,7 +163,7 @@ def default_allometry_path() -> Path:
 def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
-        "aoi", "stac_items", "laz", "plots", "trees", "parcels", "projects",
+        "aoi", "stac_items", "laz", "lidar_metrics_raster", "plots", "trees", "parcels", "projects",
         "allometry", "output", "agb",
     }
     if isinstance(node, dict):

@@ -246,3 +246,45 @@ def test_topography_dtm_matches_its_ground_points():
     print(f"Topography DTM at {ok.sum()} ground returns: median |dz| {np.median(err):.3f} m, p95 {np.quantile(err, 0.95):.3f} m")
     assert ok.mean() > 0.95 and np.median(err) < 0.05 and np.quantile(err, 0.95) < 0.3
     assert np.isfinite(dtm).mean() > 0.95  # the TIN covers the tile; nearest fills outside the hull
+
+
+def test_premade_metrics_raster_onto_the_grid(tmp_path):
+    """Real data: Megaplot metrics written by `lidar-metrics` at 20 m, fed as a pre-made raster onto the
+    same 20 m grid, arrive unchanged; onto a 40 m grid they are the average of the four 20 m cells."""
+    import rasterio
+
+    from forestcarbon.config import config_from_dict
+    from forestcarbon.flows.stages import Context, premade_lidar_metrics
+    from forestcarbon.rs.cog import write_cog
+
+    path = shared("lidar/lidR/Megaplot.laz")
+    g20 = _geobox_over(path, 20.0)
+    m = grid_metrics(index_tiles([path]), g20, normalized=True)
+    src = tmp_path / "premade.tif"
+    write_cog(np.stack([m[k] for k in METRICS]).astype("float32"), g20, src, descriptions=list(METRICS))
+    x0, y1 = g20.affine.c, g20.affine.f
+    ny, nx = g20.shape
+    from forestcarbon.rs.grid import geobox_from_config
+
+    for res, out in ((20.0, tmp_path / "o20"), (40.0, tmp_path / "o40")):
+        # a grid whose cells are whole 2 x 2 blocks of the 20 m cells when res = 40
+        ax0, ay1 = np.ceil(x0 / res) * res, np.floor(y1 / res) * res
+        c0, r0 = int(round((ax0 - x0) / 20)), int(round((y1 - ay1) / 20))
+        k = int(res // 20)
+        nx2, ny2 = (nx - c0) // k, (ny - r0) // k
+        cfg = config_from_dict({
+            "grid": {"crs": g20.crs.to_wkt(), "resolution_m": res, "bounds": [ax0, ay1 - ny2 * res, ax0 + nx2 * res, ay1]},
+            "inputs": {"stac_items": str(tmp_path), "plots": "p", "trees": "t", "parcels": "x", "lidar_metrics_raster": str(src)},
+            "output": str(out)})
+        ctx = Context(cfg, geobox_from_config(cfg.grid))
+        premade_lidar_metrics(ctx, src)
+        with rasterio.open(out / "lidar/metrics.tif") as r:
+            got = r.read()
+            assert list(r.descriptions) == list(METRICS)
+        i = METRICS.index("zq95")
+        ref = m["zq95"][r0: r0 + ny2 * k, c0: c0 + nx2 * k]
+        if k == 2:
+            with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+                __import__("warnings").simplefilter("ignore")
+                ref = np.nanmean(ref.reshape(ny2, 2, nx2, 2), axis=(1, 3))
+        np.testing.assert_allclose(got[i], ref, rtol=1e-5, equal_nan=True)

@@ -70,6 +70,8 @@ def preflight(cfg: Config) -> Context:
             ("inputs.parcels", i.parcels)]
     if i.laz is not None:
         must.append(("inputs.laz", i.laz))
+    if i.lidar_metrics_raster is not None:
+        must.append(("inputs.lidar_metrics_raster", i.lidar_metrics_raster))
     if i.projects is not None:
         must.append(("inputs.projects", i.projects))
     if cfg.allometry is not None:
@@ -159,6 +161,8 @@ def open_stack(path: Path, chunk_px: int) -> xr.DataArray:
 # 2 ------------------------------------------------------------------- lidar
 def stage_lidar(ctx: Context) -> dict:
     cfg = ctx.cfg
+    if cfg.inputs.lidar_metrics_raster is not None:
+        return premade_lidar_metrics(ctx, cfg.inputs.lidar_metrics_raster)
     if cfg.inputs.laz is None:
         log.info("lidar: no inputs.laz configured; the model will use optical features only")
         return {"tiles": 0}
@@ -186,6 +190,29 @@ def stage_lidar(ctx: Context) -> dict:
                               for t in tiles]), ctx.out.lidar_tiles)
     return {"tiles": len(tiles), "points": int(sum(t.point_count for t in tiles)),
             "covered_fraction": float(cover.mean())}
+
+
+def premade_lidar_metrics(ctx: Context, path: Path) -> dict:
+    """Metrics delivered as a raster (one band per metric, named by its description) onto the target grid.
+
+    Resampled with the average of the source cells (odc-geo) when they are finer than the grid,
+    nearest otherwise; bands the model needs must be present.
+    """
+    import rasterio
+
+    from ..rs.rasters import load_on_grid
+
+    with rasterio.open(path) as src:
+        names = [d or "" for d in src.descriptions]
+        finer = abs(src.transform.a) < abs(ctx.gbox.affine.a)
+    missing = [k for k in LIDAR_FEATURES if k not in names]
+    if ctx.cfg.model.use_lidar and missing:
+        raise ConfigError(f"inputs.lidar_metrics_raster: {path} lacks bands {missing} (its bands: {names})")
+    da = load_on_grid(path, ctx.gbox, resampling="average" if finer else "nearest", chunk_px=ctx.cfg.compute.chunk_px,
+                      nodata=float("nan"))
+    write_cog(da.data.astype("float32"), ctx.gbox, ctx.out.lidar_metrics, descriptions=names,
+              tags={"source": str(path), "resampling": "average" if finer else "nearest"})
+    return {"tiles": 0, "premade": str(path)}
 
 
 def chm_geobox(tiles, gbox: GeoBox, resolution_m: float) -> GeoBox:
