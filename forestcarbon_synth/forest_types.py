@@ -16,6 +16,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ForestType:
+    """Growth and appearance of one synthetic forest type.
+
+    ``amax`` asymptotic AGB (Mg/ha), ``k`` rate (1/yr) and ``p`` shape of the
+    Chapman-Richards curve; ``age_range`` (yr); ``h_coef`` in h_m = h_coef·AGB^0.45;
+    ``dbh_per_year`` (cm/yr) and ``dbh_max`` (cm) set plot DBH draws; ``veg`` is
+    the closed-canopy surface reflectance per band (unitless, 0-1).
+    """
+
     key: str
     species: str  # name as written in inventory tables (Chinese)
     share: float

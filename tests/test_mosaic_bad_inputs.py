@@ -90,3 +90,27 @@ def test_item_outside_aoi_and_all_cloud_scene_are_skipped(setup, caplog):
     assert f"skip {outside_id}: outside the area of interest" in caplog.text
     assert "valid fraction" in caplog.text and res["scenes_skipped"] >= 1
     assert (out / "mosaic" / "reflectance.tif").exists()
+
+
+def test_cli_reports_a_stage_error_in_one_line(setup, tmp_path):
+    """Through the CLI and Prefect: the truncated file is named on one `error:` line, with no traceback."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg, s2, out = setup
+    f = _items(s2)[2].parent / "B12.tif"
+    f.write_bytes(f.read_bytes()[:4000])
+    raw = json.loads(cfg.model_dump_json())
+    raw.pop("truth")
+    raw["output"] = str(tmp_path / "cli-out")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    exe = Path(sys.executable).parent / "forestcarbon"
+    res = subprocess.run([str(exe), "run", str(tmp_path / "c.yaml"), "--stage", "mosaic"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 2
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "B12.tif: truncated file of scene" in errors[0]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "cli-out" / "mosaic" / "reflectance.tif").exists()

@@ -22,6 +22,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sky–air–ground forest carbon mapping.")
 
 
+class _OneLineForOurErrors(logging.Filter):
+    """Prefect logs failed runs with a traceback; for forestcarbon's own input errors the
+    message already names the file, field or value, so keep the line and drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ForestCarbonError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _setup_logging():
     import warnings
 
@@ -32,6 +42,10 @@ def _setup_logging():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "rasterio", "fiona", "pyogrio", "httpx", "prefect.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    one_line = _OneLineForOurErrors()
+    for root in (logging.getLogger(), logging.getLogger("prefect")):
+        for h in root.handlers:
+            h.addFilter(one_line)
 
 
 def _fail(err: Exception) -> None:
@@ -93,7 +107,7 @@ def nightly(config: Path = typer.Argument(..., help="configuration YAML"),
         day = dt.date.fromisoformat(date) if date else None
         with dask_scheduler(cfg):
             report = nightly_update(cfg, day)
-    except ValueError as err:
+    except (ForestCarbonError, ValueError) as err:
         _fail(err)
     typer.echo(json.dumps(report, indent=1))
     if report["failed"]:
