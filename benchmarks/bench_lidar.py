@@ -66,17 +66,15 @@ def full_path(paths: list[str], out: str) -> float:
     import dask
 
     from forestcarbon.rs import lidar
-    from forestcarbon.rs.cog import write_cog
 
     t0 = time.perf_counter()
     with dask.config.set(scheduler="threads", num_workers=2):
         tiles = lidar.index_tiles([Path(p) for p in paths])
         gbox = lidar.geobox_over_tiles(tiles, 10.0)
         fine = lidar.geobox_over_tiles(tiles, 1.0)
-        m, chm, dtm = lidar.lidar_rasters(tiles, gbox, fine, dtm_gbox=fine)
-        write_cog(np.stack([m[k] for k in lidar.METRICS]), gbox, Path(out) / "metrics.tif", descriptions=list(lidar.METRICS))
-        write_cog(chm, fine, Path(out) / "chm.tif")
-        write_cog(dtm, fine, Path(out) / "dtm.tif")
+        out = Path(out)
+        lidar.lidar_products(tiles, lidar.Targets(metrics=gbox, chm=fine, dtm=fine), lidar.Options(),
+                             {k: out / f"{k}.tif" for k in ("metrics", "chm", "dtm")}, workdir=out / "work")
     return time.perf_counter() - t0
 
 

@@ -110,9 +110,8 @@ def test_topography_ground_points_normalise_to_zero():
     assert z.min() > 700 and np.quantile(h[~g], 0.5) > 1.0  # relief removed, vegetation stands above ground
 
 
-def test_tiling_does_not_change_metrics(tmp_path):
-    """Real data: lidaRtRee las_chablais3.laz cut in 4 tiles gives the metrics of the whole file."""
-    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+def _cut_in_four(path, folder) -> list:
+    """The file cut at its median x and y into four LAZ tiles."""
     las = laspy.read(path)
     xm, ym = np.median(las.x), np.median(las.y)
     pieces = []
@@ -120,9 +119,16 @@ def test_tiling_does_not_change_metrics(tmp_path):
         sel = ((las.x >= xm) == bool(sx)) & ((las.y >= ym) == bool(sy))
         piece = laspy.LasData(las.header)
         piece.points = las.points[np.asarray(sel)]
-        p = tmp_path / f"piece{i}.laz"
+        p = folder / f"piece{i}.laz"
         piece.write(p)
         pieces.append(p)
+    return pieces
+
+
+def test_tiling_does_not_change_metrics(tmp_path):
+    """Real data: lidaRtRee las_chablais3.laz cut in 4 tiles gives the metrics of the whole file."""
+    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+    pieces = _cut_in_four(path, tmp_path)
     gbox = _geobox_over(path, 10.0)
     whole = grid_metrics(index_tiles([path]), gbox, buffer_m=45)
     tiled = grid_metrics(index_tiles(pieces), gbox, buffer_m=45)
@@ -288,3 +294,40 @@ def test_premade_metrics_raster_onto_the_grid(tmp_path):
                 __import__("warnings").simplefilter("ignore")
                 ref = np.nanmean(ref.reshape(ny2, 2, nx2, 2), axis=(1, 3))
         np.testing.assert_allclose(got[i], ref, rtol=1e-5, equal_nan=True)
+
+
+def test_plot_footprint_metrics_equal_reference_on_megaplot(tmp_path):
+    """Real data: circular and square plot footprints on Megaplot, cut into 4 tiles; each plot's
+    metrics equal the lidR reference over the returns inside it (independent point-in-shape test)."""
+    import shapely
+
+    from forestcarbon.rs.lidar import Options, Targets, lidar_products
+
+    path = shared("lidar/lidR/Megaplot.laz")
+    las = laspy.read(path)
+    x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
+    pieces = _cut_in_four(path, tmp_path)
+    tiles = index_tiles(pieces)
+    xm, ym = float(np.median(x)), float(np.median(y))
+    # one circle across the cut, one square in a corner tile, one plot outside the data
+    circle = ("c1", shapely.Point(xm + 3, ym - 2).buffer(11.28, quad_segs=64))
+    square = ("s1", shapely.box(x.min() + 10, y.min() + 10, x.min() + 35.82, y.min() + 35.82))
+    outside = ("far", shapely.Point(x.max() + 500, y.max() + 500).buffer(10))
+    gbox = _geobox_over(path, 20.0)
+    run = lidar_products(tiles, Targets(metrics=gbox, plots=(circle, square, outside)),
+                         Options(normalized=True, min_height_m=-1e9, max_height_m=1e9),
+                         {"metrics": tmp_path / "m.tif"})
+    got = run.plot_metrics.set_index("plot_id")
+    assert set(got.index) == {"c1", "s1"}
+    cx, cy = xm + 3, ym - 2
+    # the circle is a 256-gon inscribed in the true circle: it holds every return within the
+    # polygon's inner radius and none beyond the circle
+    d = np.hypot(x - cx, y - cy)
+    assert (d <= 11.28 * np.cos(np.pi / 256)).sum() <= got.loc["c1", "n_points"] <= (d <= 11.28).sum()
+    assert got.loc["c1", "n_points"] > 150
+    b = square[1].bounds
+    sel = (x >= b[0]) & (x <= b[2]) & (y >= b[1]) & (y <= b[3])
+    ref = reference_metrics(z[sel])
+    assert sel.sum() > 150
+    for k in METRICS:
+        np.testing.assert_allclose(got.loc["s1", k], ref[k], rtol=1e-6, atol=1e-6, equal_nan=True, err_msg=k)

@@ -4,7 +4,6 @@ bad-input handling of the CLI, and the Prefect flow."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

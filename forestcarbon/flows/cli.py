@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 from ..errors import FieldError, ForestCarbonError, InputNotFoundError
@@ -181,7 +180,6 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
     """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent."""
     _setup_logging()
     from ..rs import lidar
-    from ..rs.cog import write_cog
 
     try:
         files = [f for p in paths for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
@@ -190,12 +188,11 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
                 raise InputNotFoundError(f"LAS/LAZ file not found: {f}")
         tiles = lidar.index_tiles(files, crs)
         gbox = lidar.geobox_over_tiles(tiles, res)
-        m = lidar.grid_metrics(tiles, gbox, normalized="auto" if normalized is None else normalized,
-                               ground_classes=tuple(int(c) for c in ground.split(",")))
+        opts = lidar.Options(normalized="auto" if normalized is None else normalized,
+                             ground_classes=tuple(int(c) for c in ground.split(",")))
+        lidar.lidar_products(tiles, lidar.Targets(metrics=gbox), opts, {"metrics": out})
     except ForestCarbonError as err:
         _fail(err)
-    write_cog(np.stack([m[k] for k in lidar.METRICS]).astype("float32"), gbox, out, descriptions=list(lidar.METRICS),
-              tags={"definitions": "lidR stdmetrics_z(z, dz=1, th=2) over all returns", "sources": len(tiles)})
     typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m")
 
 

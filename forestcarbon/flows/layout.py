@@ -32,6 +32,10 @@ class Layout:
     def lidar_coverage(self) -> Path: return self.root / "lidar" / "coverage.tif"
     @property
     def lidar_tiles(self) -> Path: return self.root / "lidar" / "tiles.csv"
+    @property
+    def lidar_plot_metrics(self) -> Path: return self.root / "lidar" / "plot_metrics.csv"
+    @property
+    def lidar_work(self) -> Path: return self.root / "lidar" / ".work"
     # 3 plots
     @property
     def plots(self) -> Path: return self.root / "plots" / "plots.gpkg"

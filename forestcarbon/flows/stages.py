@@ -10,6 +10,7 @@ these together.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from ..rs import composite, lidar
 from ..rs.cog import write_cog
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
-from ..rs.terrain import slope_aspect
 from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
@@ -168,28 +168,31 @@ def stage_lidar(ctx: Context) -> dict:
         return {"tiles": 0}
     tiles = lidar.index_tiles(lidar.find_tiles(cfg.inputs.laz), cfg.inputs.lidar_crs)
     chm_gbox = chm_geobox(tiles, ctx.gbox, cfg.lidar.chm_resolution_m)
-    metrics, chm, dtm = lidar.lidar_rasters(
-        tiles, ctx.gbox, chm_gbox, normalized=cfg.inputs.lidar_normalized, ground_classes=cfg.inputs.ground_classes,
-        buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m, max_height_m=cfg.lidar.max_height_m,
-        dtm_gbox=chm_gbox,
-    )
-    if np.isfinite(dtm).any():
-        slope, aspect = slope_aspect(dtm, abs(chm_gbox.affine.a), abs(chm_gbox.affine.e))
-        write_cog(np.stack([dtm, slope, aspect]), chm_gbox, ctx.out.lidar_dtm,
-                  descriptions=["dtm_m", "slope_deg", "aspect_deg"],
-                  tags={"method": "ground TIN (Delaunay) at cell centres; slope/aspect Horn 1981"})
-    stack = np.stack([metrics[k] for k in lidar.METRICS])
-    write_cog(stack, ctx.gbox, ctx.out.lidar_metrics, descriptions=list(lidar.METRICS),
-              tags={"definitions": "lidR stdmetrics_z over all returns after height normalisation"})
-    write_cog(chm, chm_gbox, ctx.out.lidar_chm, descriptions=["chm_m"], units="m",
-              tags={"method": "highest normalised return per cell (lidR p2r)"})
-    cover = (np.nan_to_num(metrics["n_points"]) > 0).astype("uint8")
-    write_cog(cover, ctx.gbox, ctx.out.lidar_coverage, nodata=None, descriptions=["lidar_coverage"])
+    plots = ()
+    if cfg.inputs.plots is not None:
+        fp = read_plots(cfg.inputs.plots, cfg.inputs.plots_layer, cfg.inputs.plot_id, ctx.gbox.crs.to_wkt())
+        plots = tuple(zip(fp["plot_id"].astype(str), fp.geometry))
+    targets = lidar.Targets(metrics=ctx.gbox, chm=chm_gbox, dtm=chm_gbox, plots=plots)
+    opts = lidar.Options(normalized=cfg.inputs.lidar_normalized, ground_classes=tuple(cfg.inputs.ground_classes),
+                         buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m,
+                         max_height_m=cfg.lidar.max_height_m)
+    out = {"metrics": ctx.out.lidar_metrics, "chm": ctx.out.lidar_chm, "dtm": ctx.out.lidar_dtm}
+    try:
+        run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work)
+    finally:
+        shutil.rmtree(ctx.out.lidar_work, ignore_errors=True)
+    n_points = rioxarray.open_rasterio(ctx.out.lidar_metrics, chunks={"x": cfg.compute.chunk_px, "y": cfg.compute.chunk_px})
+    cover = (n_points.sel(band=lidar.METRICS.index("n_points") + 1).fillna(0) > 0).astype("uint8")
+    write_cog(cover.data, ctx.gbox, ctx.out.lidar_coverage, nodata=None, descriptions=["lidar_coverage"])
     write_table(pd.DataFrame([{"path": str(t.path), "points": t.point_count, "crs": t.crs.to_string(),
                                "xmin": t.bounds[0], "ymin": t.bounds[1], "xmax": t.bounds[2], "ymax": t.bounds[3]}
                               for t in tiles]), ctx.out.lidar_tiles)
-    return {"tiles": len(tiles), "points": int(sum(t.point_count for t in tiles)),
-            "covered_fraction": float(cover.mean())}
+    if run.plot_metrics is not None:
+        write_table(run.plot_metrics, ctx.out.lidar_plot_metrics)
+    return {"tiles": len(tiles), "points": run.points, "outlier_returns_dropped": run.dropped,
+            "tiles_already_normalised": run.normalized_tiles,
+            "plots_with_lidar": 0 if run.plot_metrics is None else int(len(run.plot_metrics)),
+            "covered_fraction": float(cover.mean().compute())}
 
 
 def premade_lidar_metrics(ctx: Context, path: Path) -> dict:
@@ -217,11 +220,9 @@ def premade_lidar_metrics(ctx: Context, path: Path) -> dict:
 
 def chm_geobox(tiles, gbox: GeoBox, resolution_m: float) -> GeoBox:
     """A fine grid over the LiDAR tiles only, aligned with the target grid (its edges are target-grid edges)."""
-    from pyproj import CRS, Transformer
+    from pyproj import CRS
 
-    grid_crs = CRS.from_user_input(gbox.crs.to_wkt())
-    bounds = [t.bounds if t.crs.equals(grid_crs) else
-              Transformer.from_crs(t.crs, grid_crs, always_xy=True).transform_bounds(*t.bounds) for t in tiles]
+    bounds = lidar.tile_bounds_in(tiles, CRS.from_user_input(gbox.crs.to_wkt()))
     a = gbox.affine
     r = abs(a.a)
     x0 = a.c + np.floor((min(b[0] for b in bounds) - a.c) / r) * r

@@ -64,9 +64,40 @@ def write_cog(
                     dst.set_band_unit(i, units)
             if tags:
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
-        rasterio.shutil.copy(
-            stage_tmp, final_tmp, driver="COG", compress="DEFLATE", predictor=predictor,
-            blocksize=512, overviews="AUTO", resampling="average" if dtype.kind == "f" else "nearest",
-            bigtiff="IF_SAFER",
-        )
+        _copy_as_cog(stage_tmp, final_tmp, dtype)
+    return path
+
+
+def _copy_as_cog(src, dst, dtype) -> None:
+    """GDAL COG driver: DEFLATE with predictor, 512-px blocks, overviews (average for floats)."""
+    dtype = np.dtype(dtype)
+    rasterio.shutil.copy(
+        src, dst, driver="COG", compress="DEFLATE", predictor=3 if dtype.kind == "f" else 2,
+        blocksize=512, overviews="AUTO", resampling="average" if dtype.kind == "f" else "nearest",
+        bigtiff="IF_SAFER",
+    )
+
+
+def cog_from_windows(path: Path | str, gbox: GeoBox, sources: list[tuple[GeoBox, Path]], descriptions: list[str], *,
+                     units: str | None = None, tags: dict | None = None) -> Path:
+    """Mosaic float32 window rasters of ``gbox`` (NaN where a window has no value) into one COG.
+
+    The windows may overlap; a value is never covered by another window's NaN.
+    GDAL streams the mosaic (a VRT) block by block, so memory does not grow
+    with the area.  Cells of ``gbox`` under no window are NaN.
+    """
+    from .tiles import write_vrt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as final_tmp, tempfile.TemporaryDirectory(dir=path.parent, prefix=".staging-") as sdir:
+        vrt = Path(sdir) / "mosaic.vrt"
+        write_vrt(vrt, gbox, sources, descriptions, "float32", np.nan, overlapping=True)
+        with rasterio.open(vrt, "r+") as ds:
+            if units:
+                for i in range(1, ds.count + 1):
+                    ds.set_band_unit(i, units)
+            if tags:
+                ds.update_tags(**{k: str(v) for k, v in tags.items()})
+        _copy_as_cog(vrt, final_tmp, "float32")
     return path

@@ -7,6 +7,7 @@ an exact window of it; a tile is named ``rRRRcCCC`` by its row and column.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,17 @@ def item_touches(item_geometry: dict | None, footprint) -> bool:
 
 
 def write_vrt(path: Path, gbox: GeoBox, sources: list[tuple[GeoBox, Path]], descriptions: list[str], dtype: str,
-              nodata) -> Path:
-    """A GDAL VRT mosaicking same-grid tile rasters (paths relative to the VRT)."""
+              nodata, *, overlapping: bool = False) -> Path:
+    """A GDAL VRT mosaicking same-grid tile rasters (paths relative to the VRT).
+
+    ``overlapping``: sources may overlap, each holding ``nodata`` where it has
+    no value; they are then ComplexSources with that nodata, so a source's
+    nodata never covers another's values.
+    """
     path = Path(path)
     a = gbox.affine
-    nd = "" if nodata is None else f"<NoDataValue>{'nan' if isinstance(nodata, float) and np.isnan(nodata) else nodata}</NoDataValue>"
+    nd_text = "" if nodata is None else ("nan" if isinstance(nodata, float) and np.isnan(nodata) else str(nodata))
+    nd = "" if nodata is None else f"<NoDataValue>{nd_text}</NoDataValue>"
     bands = []
     for b, desc in enumerate(descriptions, start=1):
         srcs = []
@@ -62,10 +69,13 @@ def write_vrt(path: Path, gbox: GeoBox, sources: list[tuple[GeoBox, Path]], desc
             xoff = int(round((ta.c - a.c) / a.a))
             yoff = int(round((ta.f - a.f) / a.e))
             h, w = tg.shape
-            rel = html.escape(str(Path(tp).resolve().relative_to(path.parent.resolve())))
+            rel = html.escape(os.path.relpath(Path(tp).resolve(), path.parent.resolve()))
+            kind = "ComplexSource" if overlapping else "SimpleSource"
+            src_nd = f"<NODATA>{nd_text}</NODATA>" if overlapping and nodata is not None else ""
             srcs.append(
-                f'<SimpleSource><SourceFilename relativeToVRT="1">{rel}</SourceFilename><SourceBand>{b}</SourceBand>'
-                f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{xoff}" yOff="{yoff}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+                f'<{kind}><SourceFilename relativeToVRT="1">{rel}</SourceFilename><SourceBand>{b}</SourceBand>'
+                f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="{xoff}" yOff="{yoff}" xSize="{w}" ySize="{h}"/>'
+                f'{src_nd}</{kind}>'
             )
         bands.append(f'<VRTRasterBand dataType="{_VRT_TYPES[dtype]}" band="{b}">{nd}<Description>{html.escape(desc)}</Description>'
                      + "".join(srcs) + "</VRTRasterBand>")

@@ -1,0 +1,94 @@
+"""Ground surface and height normalisation.
+
+The terrain is the Delaunay triangulation (TIN) of the ground returns with
+linear interpolation inside each triangle, as lidR's ``tin()``; outside the
+convex hull of the ground returns the nearest ground return is used.  The
+triangulation is built with startinpy (H. Ledoux, TU Delft; incremental
+insertion in Rust), which is ~7x faster than Qhull on ground returns in scan
+order.  Coincident ground returns (within 1 mm in x and y) keep the lowest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import startinpy
+from scipy.spatial import cKDTree
+
+from ...errors import LidarError
+
+
+def spatial_order(x, y, block_m: float = 5.0) -> np.ndarray:
+    """Permutation visiting points block by block (``block_m`` squares) in serpentine rows.
+
+    Inserting and locating points in this order lets the triangulation's walk
+    start next door: ~50x faster than random order.  The block key is sorted
+    with a stable (radix for < 65,536 blocks) argsort, ~4x faster than lexsort.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.size == 0:
+        return np.empty(0, dtype=np.intp)
+    row = ((y - y.min()) // block_m).astype(np.int64)
+    col = ((x - x.min()) // block_m).astype(np.int64)
+    nc = int(col.max()) + 1
+    key = row * nc + np.where(row % 2 == 0, col, nc - 1 - col)
+    key = key.astype(np.uint16) if key.max() < 1 << 16 else key
+    return np.argsort(key, kind="stable")
+
+
+def looks_normalized(z: np.ndarray, cls: np.ndarray, ground_classes=(2,), tol_m: float = 0.3) -> bool:
+    """True when the ground returns already sit at height 0 (99 % within ``tol_m``).
+
+    Without ground returns nothing can be told: False, so that normalisation
+    then reports the missing ground instead of guessing.
+    """
+    g = np.isin(cls, ground_classes)
+    if g.sum() < 3:
+        return False
+    return bool(np.quantile(np.abs(z[g]), 0.99) < tol_m)
+
+
+def ground_surface(gx, gy, gz):
+    """Ground elevation function ``surface(x, y) -> z`` (m): TIN linear inside the hull, nearest outside."""
+    if gx.size < 3:
+        raise LidarError("fewer than 3 ground points: cannot build a terrain model")
+    # projected coordinates are large (1e5-1e6 m): centring them keeps the orientation tests well conditioned
+    ox, oy = float(np.floor(gx.min())), float(np.floor(gy.min()))
+    o = spatial_order(gx, gy)
+    pts = np.c_[gx[o] - ox, gy[o] - oy, gz[o]]
+    dt = startinpy.DT()
+    dt.duplicates_handling = "Lowest"
+    dt.insert(pts)
+    has_triangles = dt.number_of_triangles() > 0  # O(n): asked once
+    tree: list = []
+
+    def nearest(x, y):
+        if not tree:
+            tree.append(cKDTree(pts[:, :2]))
+        return pts[tree[0].query(np.c_[x, y])[1], 2]
+
+    def surface(x, y):
+        x, y = np.asarray(x, dtype="float64") - ox, np.asarray(y, dtype="float64") - oy
+        z = np.full(x.shape, np.nan)
+        if has_triangles and x.size:
+            q = spatial_order(x, y)
+            z[q] = dt.interpolate({"method": "TIN"}, np.c_[x[q], y[q]])
+        bad = ~np.isfinite(z)
+        if bad.any():
+            z[bad] = nearest(x[bad], y[bad])
+        return z
+
+    return surface
+
+
+def normalize_heights(x, y, z, cls, ground_classes=(2,)):
+    """Height above ground (m) of every point: z minus the ground TIN at (x, y).
+
+    Ground returns are TIN vertices: their height is 0 up to float noise, which
+    is snapped to exactly 0 (|h| < 1 µm) so that rules such as lidR's "any z < 0
+    -> zentropy NA" do not hang on the sign of 1e-12.
+    """
+    g = np.isin(cls, ground_classes)
+    surface = ground_surface(x[g], y[g], z[g])
+    h = z - surface(x, y)
+    h[np.abs(h) < 1e-6] = 0.0
+    return h

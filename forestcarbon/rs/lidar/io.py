@@ -1,0 +1,128 @@
+"""LAS/LAZ tiles: header index, point reading (streamed in chunks), units and extents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import numpy as np
+from odc.geo.geobox import GeoBox
+from pyproj import CRS, Transformer
+
+from ...errors import CRSError, InputNotFoundError, LidarError
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """One LAS/LAZ file as told by its header (no points read)."""
+
+    path: Path
+    bounds: tuple[float, float, float, float]  # in the tile's own CRS
+    crs: CRS
+    point_count: int
+
+
+def index_tiles(paths, default_crs: str | None = None) -> list[TileInfo]:
+    """Read only the headers of LAS/LAZ files: bounds, CRS and point counts.
+
+    ``default_crs`` is used for files whose header has no CRS; without it such
+    a file is an error naming it.
+    """
+    tiles = []
+    for p in paths:
+        p = Path(p)
+        try:
+            with laspy.open(p) as f:
+                h = f.header
+                crs = h.parse_crs()
+                bounds = (h.mins[0], h.mins[1], h.maxs[0], h.maxs[1])
+                n = h.point_count
+        except Exception as err:
+            raise LidarError(f"{p}: not a readable LAS/LAZ file ({type(err).__name__}: {err})") from None
+        if crs is None:
+            if default_crs is None:
+                raise CRSError(f"{p}: LAS header has no CRS; set inputs.lidar_crs in the configuration")
+            crs = CRS.from_user_input(default_crs)
+        tiles.append(TileInfo(p, tuple(float(v) for v in bounds), crs, int(n)))
+    return tiles
+
+
+def find_tiles(folder: Path | str) -> list[Path]:
+    """All .las/.laz files under ``folder`` (recursively), sorted."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputNotFoundError(f"LiDAR folder not found: {folder}")
+    paths = sorted({p for pat in ("*.laz", "*.las", "*.LAZ", "*.LAS") for p in folder.rglob(pat)})
+    if not paths:
+        raise LidarError(f"{folder}: no .las/.laz files")
+    return paths
+
+
+def vertical_unit_factor(crs) -> float:
+    """Metres per unit of the heights: the vertical CRS's unit if the CRS is compound,
+    else the horizontal unit of a projected CRS (US survey feet in many US state planes)."""
+    if crs is None:
+        return 1.0
+    crs = CRS(crs)
+    subs = crs.sub_crs_list
+    if subs and len(subs) > 1 and subs[1].axis_info:
+        return float(subs[1].axis_info[0].unit_conversion_factor)
+    if crs.is_projected and crs.axis_info:
+        return float(crs.axis_info[0].unit_conversion_factor)
+    return 1.0
+
+
+def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | None = None, src_crs: CRS | None = None):
+    """x, y (output CRS units), z (metres, float64) and classification of the points within ``bounds``.
+
+    ``bounds`` (xmin, ymin, xmax, ymax) are in the output CRS; points are
+    streamed in chunks of ``chunk`` points so only the selected ones are kept.
+    """
+    tf = None
+    if to_crs is not None and src_crs is not None and not CRS(src_crs).equals(to_crs):
+        tf = Transformer.from_crs(src_crs, to_crs, always_xy=True)
+    z_to_m = vertical_unit_factor(src_crs)
+    xs, ys, zs, cs = [], [], [], []
+    try:
+        with laspy.open(path) as f:
+            for pts in f.chunk_iterator(chunk):
+                x, y, z = np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.z) * z_to_m
+                if tf is not None:
+                    x, y = tf.transform(x, y)
+                c = np.asarray(pts.classification)
+                if bounds is not None:
+                    keep = (x >= bounds[0]) & (x < bounds[2]) & (y >= bounds[1]) & (y < bounds[3])
+                    x, y, z, c = x[keep], y[keep], z[keep], c[keep]
+                xs.append(x), ys.append(y), zs.append(z), cs.append(c)
+    except Exception as err:
+        raise LidarError(f"{path}: failed while reading points ({type(err).__name__}: {err})") from None
+    cat = (lambda a, t: np.concatenate(a).astype(t, copy=False) if a else np.empty(0, t))
+    return cat(xs, "float64"), cat(ys, "float64"), cat(zs, "float64"), cat(cs, "uint8")
+
+
+def tile_bounds_in(tiles: list[TileInfo], crs: CRS) -> list[tuple[float, float, float, float]]:
+    """Header bounds of every tile in ``crs``."""
+    out = []
+    for t in tiles:
+        if t.crs.equals(crs):
+            out.append(t.bounds)
+        else:
+            out.append(tuple(Transformer.from_crs(t.crs, crs, always_xy=True).transform_bounds(*t.bounds)))
+    return out
+
+
+def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
+    """A GeoBox in the tiles' CRS covering their header bounds, snapped to ``resolution_m``."""
+    crs = tiles[0].crs
+    for t in tiles[1:]:
+        if not t.crs.equals(crs):
+            raise CRSError(f"{t.path}: CRS differs from {tiles[0].path}; give a target grid instead")
+    x0 = min(t.bounds[0] for t in tiles)
+    y0 = min(t.bounds[1] for t in tiles)
+    x1 = max(t.bounds[2] for t in tiles)
+    y1 = max(t.bounds[3] for t in tiles)
+    r = float(resolution_m)
+    x0, y0 = np.floor(x0 / r) * r, np.floor(y0 / r) * r
+    x1, y1 = np.floor(x1 / r) * r + r, np.floor(y1 / r) * r + r
+    return GeoBox.from_bbox((x0, y0, x1, y1), crs=crs.to_wkt(), resolution=r)

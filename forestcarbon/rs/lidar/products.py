@@ -1,0 +1,170 @@
+"""LiDAR products for a set of tiles: metric, CHM and DTM COGs and plot-footprint metrics.
+
+Tiles are processed in batches in spatial order, each tile a Dask task that
+opens its own files and writes its own window rasters; the main process only
+keeps small per-tile summaries, and the windows are mosaicked into COGs by
+GDAL block by block.  Memory is therefore bounded by the tile (and batch)
+size, not by the number of tiles.  Decoded points spilled for neighbours are
+deleted as soon as every tile that needs them is done.
+
+The triangulation holds the GIL, so on the local threaded scheduler tiles run
+in a pool of worker processes instead; on a distributed cluster (a
+``distributed.Client`` is active) they run on its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import pandas as pd
+from pyproj import CRS
+
+from ..cog import cog_from_windows
+from .blocks import Options, Targets, TileResult, expand, intersects, process_tile, spill_tile
+from .io import TileInfo, tile_bounds_in
+from .metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tile bounds in the grid CRS, each tile's neighbours within the buffer, and a spatial processing order."""
+
+    bounds: list
+    near: list  # list[list[int]], each including the tile itself
+    order: list
+
+    @classmethod
+    def of(cls, tiles: list[TileInfo], crs: CRS, buffer_m: float) -> "Plan":
+        b = tile_bounds_in(tiles, crs)
+        near = [[j for j in range(len(b)) if j == i or intersects(b[j], expand(b[i], buffer_m))] for i in range(len(b))]
+        order = sorted(range(len(b)), key=lambda i: (-round(b[i][3], 3), b[i][0]))  # north to south, west to east
+        return cls(b, near, order)
+
+
+@dataclass
+class LidarRun:
+    """Summary of a run: points, outlier returns dropped, tiles taken as normalised, written files."""
+
+    tiles: int = 0
+    points: int = 0
+    dropped: int = 0
+    normalized_tiles: int = 0
+    files: dict = field(default_factory=dict)
+    plot_metrics: pd.DataFrame | None = None
+
+
+@contextlib.contextmanager
+def _tile_scheduler(n_tiles: int):
+    """Dask compute kwargs for tile tasks: the active cluster, else a process pool, else in-process."""
+    from dask.base import get_scheduler
+
+    sched = get_scheduler()
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    if type(getattr(sched, "__self__", None)).__name__ == "Client":
+        yield {}, workers
+        return
+    name = dask.config.get("scheduler", None)
+    if name in ("sync", "synchronous", "single-threaded") or n_tiles < 2 or workers < 2:
+        yield {"scheduler": "sync"}, 1
+        return
+    workers = min(workers, n_tiles)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield {"scheduler": "processes", "pool": pool}, workers
+
+
+def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: dict[str, Path],
+                   workdir: Path | str | None = None, batch: int | None = None) -> LidarRun:
+    """Run every tile and write the COGs named in ``out`` (keys ``metrics``, ``chm``, ``dtm``).
+
+    ``metrics``: one band per lidR stdmetrics_z metric on ``targets.metrics``;
+    ``chm``: highest normalised return per cell on ``targets.chm`` (m);
+    ``dtm``: ground TIN at cell centres, slope and aspect (deg) on ``targets.dtm``.
+    Plot-footprint metrics (one row per plot with returns) come back in the summary.
+    """
+    gbox = targets.metrics or targets.chm or targets.dtm
+    crs = CRS.from_user_input(gbox.crs.to_wkt())
+    wkt = crs.to_wkt()
+    extent = max([0.0] + [max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1]) for _, g in targets.plots])
+    cell = max([abs(g.affine.a) for g in (targets.metrics, targets.chm, targets.dtm) if g is not None])
+    # every point of an owned cell or plot must be read
+    opts = Options(**{**opts.__dict__, "buffer_m": max(opts.buffer_m, 1.5 * cell, extent)})
+    plan = Plan.of(tiles, crs, opts.buffer_m)
+    run = LidarRun(tiles=len(tiles))
+    results: list[TileResult] = []
+    with contextlib.ExitStack() as stack:
+        work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lidar-")))
+        spill_dir, win_dir = work / "points", work / "windows"
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        win_dir.mkdir(parents=True, exist_ok=True)
+        kw, workers = stack.enter_context(_tile_scheduler(len(tiles)))
+        batch = batch or max(4, 4 * workers)
+        needs = {j: sum(j in plan.near[i] for i in range(len(tiles)) if len(plan.near[i]) > 1) for j in range(len(tiles))}
+        spilled: dict = {}
+        for k in range(0, len(plan.order), batch):
+            todo = plan.order[k:k + batch]
+            spill_tasks = {}
+            for i in todo:
+                if len(plan.near[i]) > 1:
+                    for j in plan.near[i]:
+                        if j not in spilled and j not in spill_tasks:
+                            shared = [expand(plan.bounds[m], opts.buffer_m) for m in range(len(tiles))
+                                      if m != j and j in plan.near[m]]
+                            spill_tasks[j] = dask.delayed(spill_tile)(j, tiles[j], wkt, shared, str(spill_dir))
+            tasks = []
+            for i in todo:
+                sp = {j: spilled.get(j, spill_tasks.get(j)) for j in plan.near[i]} if len(plan.near[i]) > 1 else {}
+                tasks.append(dask.delayed(process_tile)(i, tiles, plan.bounds, plan.near[i], sp, wkt, targets, opts,
+                                                        str(win_dir)))
+            keys = list(spill_tasks)
+            done = dask.compute(*[spill_tasks[j] for j in keys], *tasks, **kw)
+            spilled.update(zip(keys, done[:len(keys)]))
+            results.extend(done[len(keys):])
+            for i in todo:  # points no remaining tile needs are deleted
+                if len(plan.near[i]) > 1:
+                    for j in plan.near[i]:
+                        needs[j] -= 1
+                        if needs[j] == 0 and j in spilled:
+                            Path(spilled.pop(j).path).unlink(missing_ok=True)
+        for r in results:
+            run.points += r.points
+            run.dropped += r.dropped
+            run.normalized_tiles += r.normalized
+        _mosaic(results, targets, out, run)
+    if run.dropped:
+        log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)",
+                    run.dropped, opts.min_height_m, opts.max_height_m)
+    if targets.plots:
+        rows = [{"plot_id": pid, **vals} for r in results for pid, vals in r.plots]
+        run.plot_metrics = pd.DataFrame(rows, columns=["plot_id", *METRICS])
+    return run
+
+
+_PRODUCTS = {
+    "metrics": (list(METRICS), None, {"definitions": "lidR stdmetrics_z(z, dz=1, th=2) over all returns after height normalisation"}),
+    "chm": (["chm_m"], "m", {"method": "highest normalised return per cell (lidR p2r)"}),
+    "dtm": (["dtm_m", "slope_deg", "aspect_deg"], None,
+            {"method": "ground TIN (Delaunay, startinpy) at cell centres, nearest ground return outside the hull; "
+                       "slope/aspect Horn 1981"}),
+}
+
+
+def _mosaic(results: list[TileResult], targets: Targets, out: dict, run: LidarRun) -> None:
+    for name, (descr, units, tags) in _PRODUCTS.items():
+        gbox = getattr(targets, name)
+        if gbox is None or name not in out:
+            continue
+        srcs = [(gbox[r0:r1, c0:c1], p) for r in results if name in r.files for p, (r0, r1, c0, c1) in [r.files[name]]]
+        if name == "dtm" and not srcs:
+            continue  # heights already normalised: no terrain
+        run.files[name] = cog_from_windows(out[name], gbox, srcs, descr, units=units,
+                                           tags={**tags, "tiles": run.tiles})
