@@ -264,7 +264,7 @@ def _plot_metrics(plots, x, y, h, ok, own, near_b, me, buffer_m):
             continue
         b = geom.bounds
         cand = np.flatnonzero(inside(x, y, (b[0], b[1], b[2] + 1e-9, b[3] + 1e-9)) & ok)
-        sel = cand[shapely.contains_xy(geom, x[cand], y[cand])]
+        sel = cand[shapely.intersects_xy(geom, x[cand], y[cand])]  # returns on the boundary count
         vals = cell_metrics(np.zeros(sel.size, dtype=np.int64), h[sel], 1)
         rows.append((pid, {k: float(v[0]) for k, v in vals.items()}))
     return rows
