@@ -96,6 +96,63 @@ class MosaicConfig(_Strict):
     nightly_timezone: str = "Asia/Shanghai"
 
 
+class SubplotConfig(_Strict):
+    """One ring of a nested plot design: trees from ``min_dbh_cm`` (up to the next ring's threshold) are
+    measured in a circle of ``radius_m`` or a square of ``size_m2`` around the plot centre."""
+
+    min_dbh_cm: float = Field(ge=0)
+    radius_m: float | None = Field(None, gt=0)
+    size_m2: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if (self.radius_m is None) == (self.size_m2 is None):
+            raise ValueError("a subplot needs exactly one of radius_m or size_m2")
+        return self
+
+
+class UncertaintyConfig(_Strict):
+    """Monte Carlo error propagation for plot AGB/carbon (after BIOMASS AGBmonteCarlo)."""
+
+    draws: int = Field(1000, ge=50, le=100_000)
+    seed: int = 0
+    dbh_error: Literal["chave2004"] | float | None = "chave2004"
+    height_sd_m: float | None = Field(None, ge=0)
+    wood_density_sd: float | None = Field(None, ge=0)
+    model_error: bool = True
+
+
+class GroundConfig(_Strict):
+    """Inventory tables and plot designs.
+
+    ``trees_columns`` / ``plots_columns`` map our column names to the file's
+    (e.g. ``{dbh_cm: 胸径, height_m: 树高, species: 树种}``).  ``designs`` are
+    named nested-subplot designs that a plot selects in its ``design`` column.
+    Plot radius/size given along a slope (``slope_deg`` column) is reduced to
+    horizontal area by cos(slope) when ``plot_size_on_slope`` is true;
+    ``area_fraction`` (0-1] marks plots cut by a stand edge.
+    """
+
+    trees_columns: dict[str, str] = {}
+    plots_columns: dict[str, str] = {}
+    trees_sheet: str | None = None
+    plots_crs: str | None = None
+    dbh_out_of_range: Literal["warn", "reject"] = "warn"
+    designs: dict[str, list[SubplotConfig]] = {}
+    plot_size_on_slope: bool = True
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
+
+    @model_validator(mode="after")
+    def _designs_sorted(self):
+        for name, rings in self.designs.items():
+            if not rings:
+                raise ValueError(f"ground.designs.{name}: no subplots")
+            th = [r.min_dbh_cm for r in rings]
+            if th != sorted(th) or len(set(th)) != len(th):
+                raise ValueError(f"ground.designs.{name}: min_dbh_cm must increase from ring to ring, got {th}")
+        return self
+
+
 class LidarConfig(_Strict):
     chm_resolution_m: float = Field(1.0, gt=0)
     max_height_m: float = Field(80.0, gt=0)
@@ -144,6 +201,7 @@ class Config(_Strict):
     inputs: InputsConfig
     allometry: Path | None = None
     allometry_fallback: dict[str, str] = {}
+    ground: GroundConfig = GroundConfig()
     mosaic: MosaicConfig = MosaicConfig()
     lidar: LidarConfig = LidarConfig()
     model: ModelConfig = ModelConfig()

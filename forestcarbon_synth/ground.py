@@ -21,15 +21,19 @@ from .forest_types import FOREST_TYPES, canopy_height_m
 from .landscape import CRS, Frame
 
 PLOT_SIDE_M = float(np.sqrt(10_000 / 15))  # 1 mu = 666.7 m2
-STAND_IN_WOOD_DENSITY = {"masson_pine": 0.47, "moso_bamboo": 0.60, "camellia_oleifera": 0.70, "broadleaf": 0.55}
+STAND_IN_WOOD_DENSITY = {"masson_pine": 0.47, "camellia_oleifera": 0.70, "broadleaf": 0.55}
 
 
-def tree_agb_kg(ftype: str, d, h):
-    """AGB (kg) per tree: LY/T 2264-2014 for Chinese fir, Chave et al. 2014 eq. 4 otherwise."""
+def tree_agb_kg(ftype: str, d, h, age_du=None):
+    """AGB (kg) per tree: LY/T 2264-2014 for Chinese fir, Zhou & Jiang (2004) per Moso bamboo culm
+    (age in du), Chave et al. 2014 eq. 4 otherwise."""
     d = np.asarray(d, float)
     h = np.asarray(h, float)
     if ftype == "chinese_fir":
         return np.where(d >= 5, 0.065388 * d**2.01735 * h**0.49425, 0.190713 * d**1.35226 * h**0.49452)
+    if ftype == "moso_bamboo":
+        a = np.asarray(age_du, float)
+        return 747.787 * d**2.771 * (0.148 * a / (0.028 + a)) ** 5.555 + 3.772
     rho = STAND_IN_WOOD_DENSITY[ftype]
     return 0.0673 * (rho * d**2 * h) ** 0.976
 
@@ -79,17 +83,21 @@ def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, pl
         htop = max(2.0, float(canopy_height_m(target_mg_ha, t.h_coef)))
         d95 = np.quantile(dbh, 0.95)
         hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
-        kg = tree_agb_kg(t.key, dbh, hgt)
+        age = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)
+        kg = tree_agb_kg(t.key, dbh, hgt, age)
         n = int(np.argmin(np.abs(np.cumsum(kg) - target_kg))) + 1
         plots.append({
             "plot_id": plot_id, "shape": "square", "size_m2": round(sq.area, 2),
             "survey_date": (dt.date(2024, 10, 1) + dt.timedelta(days=int(rng.integers(0, 60)))).isoformat(),
             "parcel_id": p.parcel_id, "geometry": sq,
         })
-        trees.append(pd.DataFrame({
+        tree_rows = pd.DataFrame({
             "plot_id": plot_id, "tree_id": [f"{plot_id}-{i + 1:03d}" for i in range(n)],
             "species": t.species, "dbh_cm": dbh[:n].round(1), "height_m": hgt[:n].round(1),
-        }))
+        })
+        if t.key == "moso_bamboo":
+            tree_rows["age"] = age[:n]
+        trees.append(tree_rows)
     return gpd.GeoDataFrame(plots, crs=CRS), pd.concat(trees, ignore_index=True)
 
 

@@ -131,31 +131,32 @@ def serve(config: Path = typer.Argument(..., help="configuration YAML")):
 
 
 @app.command()
-def trees(table: Path = typer.Argument(..., help="trees CSV"),
+def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx) or GeoPackage"),
           out: Path = typer.Option(..., help="output .csv, or .gpkg when the table has x/y and --crs is given"),
           species_col: str = typer.Option("species"), dbh_col: str = typer.Option("dbh_cm"),
           height_col: str = typer.Option("height_m"),
+          equation: Optional[str] = typer.Option(None, help="use this aboveground equation id for every tree"),
           fallback: Optional[list[str]] = typer.Option(None, help="SPECIES=GROUP for species the table lacks; *=GROUP for all others"),
+          dbh_out_of_range: str = typer.Option("warn", help="warn (flag and count) or reject trees outside the equations' DBH ranges"),
+          sheet: Optional[str] = typer.Option(None, help="Excel sheet or GeoPackage layer"),
           crs: Optional[str] = typer.Option(None, help="CRS of the x/y columns"),
           allometry: Optional[Path] = typer.Option(None, help="allometry table (default: the packaged one)")):
     """Per-tree AGB, BGB, carbon and CO2e for a register of single trees (e.g. scattered village trees)."""
     _setup_logging()
-    import pandas as pd
-
     from ..config import default_allometry_path
     from ..fileio import write_table
     from ..models.allometry import load_registry, tree_biomass
+    from ..vector.inventory import read_table, rename_columns
 
     try:
-        if not table.is_file():
-            raise InputNotFoundError(f"trees table not found: {table}")
-        df = pd.read_csv(table)
-        for col in (species_col, dbh_col, height_col):
-            if col not in df.columns:
-                raise FieldError(f"{table}: no column {col!r} (columns: {list(df.columns)})")
-        df = df.rename(columns={species_col: "species", dbh_col: "dbh_cm", height_col: "height_m"})
-        mapping = dict(f.split("=", 1) for f in (fallback or []))
-        res = tree_biomass(df, load_registry(allometry or default_allometry_path()), source=str(table), fallback=mapping)
+        df = read_table(table, sheet)
+        mapping = {"species": species_col, "dbh_cm": dbh_col}
+        if height_col in df.columns or height_col != "height_m":
+            mapping["height_m"] = height_col
+        df = rename_columns(df, mapping, str(table))
+        groups = dict(f.split("=", 1) for f in (fallback or []))
+        res = tree_biomass(df, load_registry(allometry or default_allometry_path()), source=str(table),
+                           fallback=groups, equation=equation, dbh_out_of_range=dbh_out_of_range)
     except (ForestCarbonError, ValueError) as err:
         _fail(err)
     if out.suffix == ".gpkg":
@@ -166,7 +167,8 @@ def trees(table: Path = typer.Argument(..., help="trees CSV"),
         res = gpd.GeoDataFrame(res, geometry=gpd.points_from_xy(res.x, res.y), crs=crs)
     write_table(res, out)
     typer.echo(f"wrote {out}: {len(res)} trees, {res.carbon_kg.sum() / 1000:,.3f} t C "
-               f"({(res.species_source == 'fallback').sum()} by fallback group, {(~res.equation_verified).sum()} with unverified equations)")
+               f"({(res.species_source == 'fallback').sum()} by fallback group, {(~res.equation_verified).sum()} with unverified equations, "
+               f"{(~res.dbh_in_range).sum()} outside their equations' DBH ranges)")
 
 
 @app.command("lidar-metrics")

@@ -41,6 +41,8 @@ class Layout:
     def plots(self) -> Path: return self.root / "plots" / "plots.gpkg"
     @property
     def trees(self) -> Path: return self.root / "plots" / "trees.csv"
+    @property
+    def equations(self) -> Path: return self.root / "plots" / "equations.csv"
     # 4 model
     @property
     def model(self) -> Path: return self.root / "model" / "model.joblib"

@@ -27,6 +27,7 @@ from ..errors import ConfigError, CRSError, InputNotFoundError, SceneError, Stag
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import load_registry
+from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
@@ -35,7 +36,8 @@ from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
-from ..vector.plots import plot_biomass, read_plots, read_trees
+from ..vector.inventory import read_trees
+from ..vector.plots import plot_biomass, read_plots
 from ..vector.zonal import zonal_table
 from .layout import Layout
 
@@ -82,7 +84,11 @@ def preflight(cfg: Config) -> Context:
         if not Path(p).exists():
             raise InputNotFoundError(f"{key}: file not found: {p}")
     check_layer(i.parcels, i.parcels_layer, (i.parcel_id,))
-    check_layer(i.plots, i.plots_layer, (i.plot_id,))
+    if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
+        if cfg.ground.plots_crs is None:
+            raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
+    else:
+        check_layer(i.plots, i.plots_layer, (i.plot_id,))
     if i.projects is not None:
         check_layer(i.projects, i.projects_layer, (i.project_id,))
     if i.lidar_crs is not None:
@@ -170,7 +176,7 @@ def stage_lidar(ctx: Context) -> dict:
     chm_gbox = chm_geobox(tiles, ctx.gbox, cfg.lidar.chm_resolution_m)
     plots = ()
     if cfg.inputs.plots is not None:
-        fp = read_plots(cfg.inputs.plots, cfg.inputs.plots_layer, cfg.inputs.plot_id, ctx.gbox.crs.to_wkt())
+        fp = plot_footprints(ctx)
         plots = tuple(zip(fp["plot_id"].astype(str), fp.geometry))
     targets = lidar.Targets(metrics=ctx.gbox, chm=chm_gbox, dtm=chm_gbox, plots=plots)
     opts = lidar.Options(normalized=cfg.inputs.lidar_normalized, ground_classes=tuple(cfg.inputs.ground_classes),
@@ -233,16 +239,32 @@ def chm_geobox(tiles, gbox: GeoBox, resolution_m: float) -> GeoBox:
 
 
 # 3 ------------------------------------------------------------------- plots
+def plot_footprints(ctx: Context):
+    """The plots layer as footprints on the grid CRS, with the configured designs and column mapping."""
+    i, g = ctx.cfg.inputs, ctx.cfg.ground
+    return read_plots(i.plots, i.plots_layer, i.plot_id, ctx.gbox.crs.to_wkt(), columns=g.plots_columns,
+                      plots_crs=g.plots_crs, designs=g.designs, size_on_slope=g.plot_size_on_slope)
+
+
 def stage_plots(ctx: Context) -> dict:
-    cfg, i = ctx.cfg, ctx.cfg.inputs
+    cfg, i, g = ctx.cfg, ctx.cfg.inputs, ctx.cfg.ground
     registry = load_registry(cfg.allometry or default_allometry_path())
-    plots = read_plots(i.plots, i.plots_layer, i.plot_id, ctx.gbox.crs.to_wkt())
-    trees = read_trees(i.trees)
-    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback)
+    plots = plot_footprints(ctx)
+    trees = read_trees(i.trees, g.trees_columns, g.trees_sheet)
+    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback,
+                                      designs=g.designs, dbh_out_of_range=g.dbh_out_of_range)
+    errors = ErrorModel(**g.uncertainty.model_dump())
+    live = tree_out[tree_out["status"] == "alive"]
+    if len(live):
+        plot_out = plot_out.merge(monte_carlo(live, registry, errors), on="plot_id", how="left")
     write_table(plot_out, ctx.out.plots, layer="plots")
     write_table(tree_out, ctx.out.trees)
-    return {"plots": len(plot_out), "trees": len(tree_out), "allometry_version": registry.version,
-            "unverified_tree_share": float(1 - tree_out["equation_verified"].mean())}
+    write_table(registry.equations_table(), ctx.out.equations)
+    return {"plots": len(plot_out), "trees": len(tree_out), "dead_trees": int((tree_out["status"] == "dead").sum()),
+            "allometry_version": registry.version,
+            "unverified_tree_share": float(1 - tree_out["equation_verified"].mean()),
+            "trees_dbh_out_of_range": int((~tree_out["dbh_in_range"]).sum()),
+            "monte_carlo_draws": errors.draws}
 
 
 # 4 ------------------------------------------------------------------- model

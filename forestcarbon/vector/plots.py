@@ -1,16 +1,29 @@
-"""Inventory plots: footprints, and tree lists aggregated to per-hectare values.
+"""Inventory plots: footprints and designs, and tree lists aggregated to per-hectare values.
 
-Plot area is the horizontal area of the footprint polygon in the (projected)
-target CRS.  Point plots are expanded to circles (``radius_m``) or axis-
-aligned squares (``size_m2``, e.g. 666.7 m² = 1 mu).
+Footprints.  Polygon plots are taken as drawn (horizontal area in the
+projected target CRS).  Point plots become circles (``radius_m``) or
+axis-aligned squares (``size_m2``, e.g. 666.7 m² = 1 mu), or follow a named
+nested design (``design`` column, see :class:`~forestcarbon.config.SubplotConfig`).
+Dimensions laid out along the ground on a slope (``slope_deg``) shrink to the
+horizontal area by cos(slope); the footprint drawn for LiDAR and maps is then
+the circle or square of that horizontal area.  ``area_fraction`` (0-1] is the
+share of a plot inside its stand when a stand edge cuts it.
 
-Per-plot values (all per hectare of plot area): AGB/BGB/carbon (Mg/ha),
-CO2e (Mg/ha), stems/ha, basal area (m²/ha, g = π/4 · (DBH/100)²) and Lorey's
-height (basal-area-weighted mean height, m).
+Expansion factors.  Each tree stands for 1 / (horizontal area of the (sub)plot
+where trees of its DBH are measured × area_fraction) trees per hectare; in a
+nested design that is the ring whose DBH threshold it passes.  Trees below the
+smallest threshold are outside the inventory and are left out with a warning.
+
+Per-plot values (per hectare, live trees): AGB/BGB/carbon/CO2e (Mg/ha),
+stems/ha, basal area (m²/ha, g = π/4 · (DBH/100)²), Lorey's height (basal-area-
+weighted mean height, m), dominant height (mean height of the 100 thickest
+trees per hectare, Assmann's top height, m), number of live and dead trees and
+the share of AGB per equation.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,87 +31,183 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ..errors import FieldError, InputNotFoundError
+from ..errors import FieldError
 from ..models.allometry import AllometryRegistry, tree_biomass
+from .inventory import data_rows, read_table, rename_columns
 from .layers import read_layer
 
-
-def read_plots(path: Path | str, layer: str | None, plot_id: str, crs) -> gpd.GeoDataFrame:
-    """Plot footprints (polygons in ``crs``) with ``plot_id`` and ``area_ha``."""
-    plots = read_layer(path, layer, plot_id, crs)
-    geom = plots.geometry
-    pts = geom.geom_type == "Point"
-    if pts.any():
-        if "radius_m" in plots:
-            geom = geom.where(~pts, geom.buffer(plots["radius_m"].astype(float), quad_segs=64))
-        elif "size_m2" in plots:
-            half = np.sqrt(plots["size_m2"].astype(float)) / 2
-            boxes = shapely.box(geom.x - half, geom.y - half, geom.x + half, geom.y + half)
-            geom = geom.where(~pts, gpd.GeoSeries(boxes, index=plots.index, crs=plots.crs))
-        else:
-            raise FieldError(f"{path}: point plots need a 'radius_m' or 'size_m2' field")
-    plots = plots.set_geometry(geom)
-    plots["area_ha"] = plots.geometry.area / 10_000
-    bad = plots["area_ha"] <= 0
-    if bad.any():
-        raise FieldError(f"{path}: plots {list(plots.loc[bad, plot_id][:5])} have area <= 0")
-    return plots.rename(columns={plot_id: "plot_id"})
+log = logging.getLogger(__name__)
 
 
-def read_trees(path: Path | str) -> pd.DataFrame:
+def _ring_area_m2(ring) -> float:
+    return float(np.pi * ring.radius_m**2) if ring.radius_m is not None else float(ring.size_m2)
+
+
+def _read_plot_table(path, layer, plot_id, crs, columns, plots_crs) -> gpd.GeoDataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"trees table not found: {path}")
-    trees = pd.read_csv(path, dtype={"plot_id": str, "tree_id": str})
-    for col in ("plot_id", "tree_id", "species", "dbh_cm", "height_m"):
-        if col not in trees.columns:
-            raise FieldError(f"{path}: missing column {col!r} (have {list(trees.columns)})")
-    dup = trees.duplicated(["plot_id", "tree_id"])
-    if dup.any():
-        raise FieldError(f"{path}: duplicated tree ids {list(trees.loc[dup, 'tree_id'][:5])}")
-    return trees
+    if path.suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
+        t = rename_columns(read_table(path, layer), columns, str(path))
+        for col in (plot_id, "x", "y"):
+            if col not in t.columns:
+                raise FieldError(f"{path}: a plots table needs columns {plot_id!r}, 'x' and 'y' (have {list(t.columns)})")
+        if plots_crs is None:
+            raise FieldError(f"{path}: a plots table with x/y needs ground.plots_crs")
+        dup = t[plot_id].duplicated(keep=False)
+        if dup.any():
+            raise FieldError(f"{path}: duplicated {plot_id!r} {sorted(set(t.loc[dup, plot_id].astype(str)))[:5]} in rows {data_rows(dup)}")
+        return gpd.GeoDataFrame(t, geometry=gpd.points_from_xy(t["x"], t["y"]), crs=plots_crs).to_crs(crs)
+    gdf = read_layer(path, layer, plot_id, crs)
+    return rename_columns(gdf, columns, str(path))
+
+
+def read_plots(path: Path | str, layer: str | None, plot_id: str, crs, *, columns: dict[str, str] | None = None,
+               plots_crs: str | None = None, designs: dict | None = None, size_on_slope: bool = True) -> gpd.GeoDataFrame:
+    """Plot footprints (polygons in ``crs``) with ``plot_id``, ``area_ha`` (horizontal × area_fraction),
+    ``area_nominal_ha``, ``slope_factor``, ``area_fraction`` and ``design``."""
+    designs = designs or {}
+    plots = _read_plot_table(path, layer, plot_id, crs, columns or {}, plots_crs)
+    ids = plots[plot_id].astype(str)
+    n = len(plots)
+    design = plots["design"].fillna("").astype(str) if "design" in plots else pd.Series("", index=plots.index)
+    unknown = design.ne("") & ~design.isin(list(designs))
+    if unknown.any():
+        raise FieldError(f"{path}: plots {list(ids[unknown][:5])} name unknown designs {sorted(set(design[unknown]))[:5]} "
+                         f"(ground.designs has {sorted(designs)})")
+    slope = pd.to_numeric(plots["slope_deg"], errors="coerce").fillna(0.0).to_numpy() if "slope_deg" in plots else np.zeros(n)
+    bad = (slope < 0) | (slope >= 90)
+    if bad.any():
+        raise FieldError(f"{path}: slope_deg must be in [0, 90) degrees; plots {list(ids[bad][:5])} have {list(slope[bad][:5])}")
+    frac = pd.to_numeric(plots["area_fraction"], errors="coerce").fillna(1.0).to_numpy() if "area_fraction" in plots else np.ones(n)
+    bad = (frac <= 0) | (frac > 1)
+    if bad.any():
+        raise FieldError(f"{path}: area_fraction must be in (0, 1]; plots {list(ids[bad][:5])} have {list(frac[bad][:5])}")
+    geom = plots.geometry
+    is_pt = (geom.geom_type == "Point").to_numpy()
+    factor = np.where(is_pt & size_on_slope, np.cos(np.radians(slope)), 1.0)
+    nominal = np.where(is_pt, np.nan, geom.area.to_numpy())
+    shapes = np.array(geom.to_numpy(), dtype=object)
+    radius = pd.to_numeric(plots["radius_m"], errors="coerce").to_numpy() if "radius_m" in plots else np.full(n, np.nan)
+    size = pd.to_numeric(plots["size_m2"], errors="coerce").to_numpy() if "size_m2" in plots else np.full(n, np.nan)
+    for i in np.flatnonzero(is_pt):
+        p = shapes[i]
+        if design.iloc[i]:
+            outer = max(designs[design.iloc[i]], key=_ring_area_m2)
+            r, s = outer.radius_m, outer.size_m2
+        else:
+            r = radius[i] if np.isfinite(radius[i]) else None
+            s = size[i] if np.isfinite(size[i]) else None
+        if r is None and s is None:
+            raise FieldError(f"{path}: point plot {ids.iloc[i]!r} needs radius_m, size_m2 or a design")
+        nominal[i] = np.pi * r**2 if r is not None else s
+        horizontal = nominal[i] * factor[i]
+        if r is not None:
+            shapes[i] = p.buffer(np.sqrt(horizontal / np.pi), quad_segs=64)
+        else:
+            half = np.sqrt(horizontal) / 2
+            shapes[i] = shapely.box(p.x - half, p.y - half, p.x + half, p.y + half)
+    plots = plots.set_geometry(gpd.GeoSeries(shapes, index=plots.index, crs=plots.crs))
+    plots["area_nominal_ha"] = nominal / 10_000
+    plots["slope_factor"] = factor
+    plots["area_fraction"] = frac
+    plots["design"] = design
+    plots["area_ha"] = nominal * factor * frac / 10_000
+    bad = ~(plots["area_ha"] > 0)
+    if bad.any():
+        raise FieldError(f"{path}: plots {list(ids[bad][:5])} have area <= 0 ({list(plots.loc[bad, 'area_ha'][:5])} ha)")
+    return plots.rename(columns={plot_id: "plot_id"}).assign(plot_id=ids.to_numpy())
+
+
+def expansion_per_ha(trees: pd.DataFrame, plots: gpd.GeoDataFrame, designs: dict | None = None) -> np.ndarray:
+    """Trees per hectare each tree stands for (NaN below a nested design's smallest DBH threshold)."""
+    p = plots.set_index("plot_id")
+    area = trees["plot_id"].map(p["area_ha"]).to_numpy(float)
+    exp = 1.0 / area
+    for name, rings in (designs or {}).items():
+        sel = (trees["plot_id"].map(p["design"]) == name).to_numpy()
+        if not sel.any():
+            continue
+        scale = (trees.loc[sel, "plot_id"].map(p["slope_factor"] * p["area_fraction"])).to_numpy(float)
+        d = trees.loc[sel, "dbh_cm"].to_numpy(float)
+        ring_ha = np.full(d.size, np.nan)
+        for ring in rings:  # thresholds increase: the last ring passed wins
+            ring_ha[d >= ring.min_dbh_cm] = _ring_area_m2(ring) / 10_000
+        exp[sel] = 1.0 / (ring_ha * scale)
+    return exp
 
 
 def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: AllometryRegistry,
-                 source: str = "trees", fallback: dict[str, str] | None = None) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
-    """Per-tree biomass and per-plot per-hectare summaries.
+                 source: str = "trees", fallback: dict[str, str] | None = None, designs: dict | None = None,
+                 dbh_out_of_range: str = "warn", equation: str | None = None) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
+    """Per-tree biomass and per-plot per-hectare summaries (live trees).
 
     Groups without a belowground equation use the IPCC root-to-shoot ratio
     chosen by the plot's AGB density, so AGB is computed first.
     """
     orphan = ~trees["plot_id"].isin(plots["plot_id"])
     if orphan.any():
-        raise FieldError(f"{source}: trees in plots not in the plots layer: {sorted(trees.loc[orphan, 'plot_id'].unique())[:5]}")
-    area = trees["plot_id"].map(plots.set_index("plot_id")["area_ha"])
-    first = tree_biomass(trees, registry, source=source, fallback=fallback)
-    density = first.groupby("plot_id")["agb_kg"].transform("sum") / 1000 / area
-    out = tree_biomass(trees, registry, plot_agb_mg_ha=density.to_numpy(), source=source, fallback=fallback)
-    out["expansion_ha"] = 1.0 / area.to_numpy()  # trees per ha represented by one tree
-    summary = _summaries(out)
-    res = plots.merge(summary, on="plot_id", how="left")
+        raise FieldError(f"{source}: rows {data_rows(orphan)} name plots not in the plots layer: "
+                         f"{sorted(trees.loc[orphan, 'plot_id'].astype(str).unique())[:5]}")
+    trees = trees.copy()
+    trees["expansion_ha"] = expansion_per_ha(trees, plots, designs)
+    below = ~np.isfinite(trees["expansion_ha"])
+    if below.any():
+        log.warning("%s: %d trees are below their plot design's smallest DBH threshold and are left out (rows %s)",
+                    source, int(below.sum()), data_rows(below))
+        trees = trees[~below]
+    kw = dict(source=source, fallback=fallback, dbh_out_of_range=dbh_out_of_range, equation=equation)
+    first = tree_biomass(trees, registry, **kw)
+    live = (first["status"] == "alive") if "status" in first else pd.Series(True, index=first.index)
+    density = (first["agb_kg"] * first["expansion_ha"] * live).groupby(first["plot_id"]).transform("sum") / 1000
+    out = tree_biomass(trees, registry, plot_agb_mg_ha=density.to_numpy(), **kw)
+    summary = _summaries(out[live.to_numpy()])
+    dead = (~live).groupby(out["plot_id"]).sum().rename("n_dead")
+    res = plots.merge(summary, on="plot_id", how="left").merge(dead, left_on="plot_id", right_index=True, how="left")
+    res["n_dead"] = res["n_dead"].fillna(0).astype(int)
     empty = res["n_trees"].isna()
-    if empty.any():  # plots without trees: zero biomass, a measured fact
-        for col in summary.columns.drop(["plot_id", "equations", "equations_verified", "lorey_height_m"]):
+    if empty.any():  # plots without live trees: zero biomass, a measured fact
+        for col in summary.columns.drop(["plot_id", "equations", "equation_mix", "equations_verified",
+                                         "lorey_height_m", "dominant_height_m"]):
             res.loc[empty, col] = 0.0
-        res.loc[empty, "equations"] = ""
+        res.loc[empty, ["equations", "equation_mix"]] = ""
         res.loc[empty, "equations_verified"] = True
     return out, res
+
+
+def _dominant_height(g: pd.DataFrame, per_ha: float = 100.0) -> float:
+    """Mean height of the ``per_ha`` thickest trees per hectare (weights = stems/ha each tree stands for)."""
+    g = g.sort_values("dbh_cm", ascending=False)
+    w = g["expansion_ha"].to_numpy(float)
+    before = np.concatenate([[0.0], np.cumsum(w)[:-1]])
+    take = np.clip(per_ha - before, 0.0, w)
+    h = g["height_m"].to_numpy(float) if "height_m" in g else np.full(len(g), np.nan)
+    return float(np.sum(take * h) / np.sum(take)) if take.sum() > 0 else np.nan
+
+
+def _equation_mix(g: pd.DataFrame) -> str:
+    """Share of the plot's AGB per aboveground equation, largest first."""
+    share = (g["agb_kg"] * g["expansion_ha"]).groupby(g["equation_id"].str.split(";").str[0]).sum()
+    share = share / share.sum() * 100 if share.sum() > 0 else share
+    return "; ".join(f"{k} {v:.1f}%" for k, v in share.sort_values(ascending=False).items())
 
 
 def _summaries(t: pd.DataFrame) -> pd.DataFrame:
     w = t["expansion_ha"]
     ba = np.pi / 4 * (t["dbh_cm"] / 100) ** 2
+    h = t["height_m"] if "height_m" in t else pd.Series(np.nan, index=t.index)
     g = t.assign(
         agb=t.agb_kg * w / 1000, bgb=t.bgb_kg * w / 1000, c=t.carbon_kg * w / 1000, co2=t.co2e_kg * w / 1000,
-        stems=w, ba=ba * w, bah=ba * w * t.height_m,
+        stems=w, ba=ba * w, bah=ba * w * h,
     ).groupby("plot_id")
     s = pd.DataFrame({
         "n_trees": g.size(),
         "agb_mg_ha": g["agb"].sum(), "bgb_mg_ha": g["bgb"].sum(),
         "carbon_mg_ha": g["c"].sum(), "co2e_mg_ha": g["co2"].sum(),
         "stems_ha": g["stems"].sum(), "basal_area_m2_ha": g["ba"].sum(),
-        "lorey_height_m": g["bah"].sum() / g["ba"].sum(),
+        "lorey_height_m": g["bah"].sum(min_count=1) / g["ba"].sum(),
+        "dominant_height_m": t.groupby("plot_id")[list({"dbh_cm", "expansion_ha", *(["height_m"] if "height_m" in t else [])})]
+                              .apply(_dominant_height),
         "equations_verified": g["equation_verified"].all(),
         "equations": g["equation_id"].agg(lambda s: ";".join(sorted(set(s)))),
+        "equation_mix": t.groupby("plot_id")[["agb_kg", "expansion_ha", "equation_id"]].apply(_equation_mix),
     })
     return s.reset_index()
