@@ -61,7 +61,8 @@ def truncated_normal(rng: np.random.Generator, mean, sd, lower, upper) -> np.nda
     return np.where(sd > 0, x, mean)
 
 
-def _dbh_draw(rng, d, how):
+def dbh_draw(rng: np.random.Generator, d: np.ndarray, how) -> np.ndarray:
+    """One draw of measured DBH (cm): Chave et al. 2004 errors, a fixed SD (cm), or none."""
     if how is None:
         return d.copy()
     if how == "chave2004":
@@ -102,7 +103,7 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
     agb_sums = np.zeros((len(groups), errors.draws))
     c_sums = np.zeros((len(groups), errors.draws))
     for k in range(errors.draws):
-        dk = _dbh_draw(rng, d, errors.dbh_error)
+        dk = dbh_draw(rng, d, errors.dbh_error)
         hk = truncated_normal(rng, h, errors.height_sd_m, 1.3, h_upper) if errors.height_sd_m else h
         rk = truncated_normal(rng, rho, errors.wood_density_sd, 0.08, 1.39) if errors.wood_density_sd else rho
         agb = np.empty(len(t))

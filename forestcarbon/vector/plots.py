@@ -76,11 +76,11 @@ def read_plots(path: Path | str, layer: str | None, plot_id: str, crs, *, column
     slope = pd.to_numeric(plots["slope_deg"], errors="coerce").fillna(0.0).to_numpy() if "slope_deg" in plots else np.zeros(n)
     bad = (slope < 0) | (slope >= 90)
     if bad.any():
-        raise FieldError(f"{path}: slope_deg must be in [0, 90) degrees; plots {list(ids[bad][:5])} have {list(slope[bad][:5])}")
+        raise FieldError(f"{path}: slope_deg must be in [0, 90) degrees; plots {list(ids[bad][:5])} have {slope[bad][:5].tolist()}")
     frac = pd.to_numeric(plots["area_fraction"], errors="coerce").fillna(1.0).to_numpy() if "area_fraction" in plots else np.ones(n)
     bad = (frac <= 0) | (frac > 1)
     if bad.any():
-        raise FieldError(f"{path}: area_fraction must be in (0, 1]; plots {list(ids[bad][:5])} have {list(frac[bad][:5])}")
+        raise FieldError(f"{path}: area_fraction must be in (0, 1]; plots {list(ids[bad][:5])} have {frac[bad][:5].tolist()}")
     geom = plots.geometry
     is_pt = (geom.geom_type == "Point").to_numpy()
     factor = np.where(is_pt & size_on_slope, np.cos(np.radians(slope)), 1.0)
@@ -113,7 +113,7 @@ def read_plots(path: Path | str, layer: str | None, plot_id: str, crs, *, column
     plots["area_ha"] = nominal * factor * frac / 10_000
     bad = ~(plots["area_ha"] > 0)
     if bad.any():
-        raise FieldError(f"{path}: plots {list(ids[bad][:5])} have area <= 0 ({list(plots.loc[bad, 'area_ha'][:5])} ha)")
+        raise FieldError(f"{path}: plots {list(ids[bad][:5])} have area <= 0 ({plots.loc[bad, 'area_ha'][:5].tolist()} ha)")
     return plots.rename(columns={plot_id: "plot_id"}).assign(plot_id=ids.to_numpy())
 
 

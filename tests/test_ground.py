@@ -1,0 +1,252 @@
+"""Ground plots: designs, expansion factors, Monte Carlo uncertainty and inventory inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from forestcarbon.config import SubplotConfig, default_allometry_path
+from forestcarbon.errors import AllometryError, FieldError
+from forestcarbon.models.allometry import load_registry, tree_biomass
+from forestcarbon.models.uncertainty import ErrorModel, dbh_draw, monte_carlo
+from forestcarbon.vector.inventory import read_trees
+from forestcarbon.vector.plots import plot_biomass, read_plots
+
+from .conftest import shared
+
+CRS = "EPSG:4549"
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return load_registry(default_allometry_path())
+
+
+def _chave(d, h, wd):
+    return 0.0673 * (wd * d**2 * h) ** 0.976
+
+
+def _points(tmp_path, rows, name="plots.gpkg"):
+    gdf = gpd.GeoDataFrame(rows, geometry=[shapely.Point(500_000 + 100 * i, 3_200_000) for i in range(len(rows))], crs=CRS)
+    p = tmp_path / name
+    gdf.to_file(p)
+    return p
+
+
+def test_nested_design_slope_and_partial_area_expansion(tmp_path, reg):
+    """Hand computation: a 3-ring nested circle on a 20 degree slope, 80 % inside the stand."""
+    designs = {"n3": [SubplotConfig(min_dbh_cm=5, radius_m=5.64), SubplotConfig(min_dbh_cm=15, radius_m=11.28),
+                      SubplotConfig(min_dbh_cm=30, size_m2=1000.0)]}
+    path = _points(tmp_path, [{"plot_id": "A", "design": "n3", "slope_deg": 20.0, "area_fraction": 0.8},
+                              {"plot_id": "B", "radius_m": 10.0, "slope_deg": 30.0}])
+    plots = read_plots(path, None, "plot_id", CRS, designs=designs)
+    cos20, cos30 = np.cos(np.radians(20)), np.cos(np.radians(30))
+    a = plots.set_index("plot_id")
+    assert a.loc["A", "area_ha"] == pytest.approx(1000 * cos20 * 0.8 / 1e4, rel=1e-12)  # outer ring = 1000 m2 square
+    assert a.loc["B", "area_ha"] == pytest.approx(np.pi * 100 * cos30 / 1e4, rel=1e-12)
+    assert a.geometry["B"].area == pytest.approx(np.pi * 100 * cos30, rel=1e-3)  # horizontal footprint
+    trees = pd.DataFrame({"plot_id": ["A"] * 4 + ["B"], "tree_id": list("12345"), "species": "杉木",
+                          "dbh_cm": [3.0, 10.0, 20.0, 40.0, 12.0], "height_m": [3.0, 9.0, 15.0, 22.0, 10.0],
+                          "status": "alive"})
+    t, p = plot_biomass(trees, plots, reg, designs=designs)
+    assert list(t.tree_id) == ["2", "3", "4", "5"]  # DBH 3 cm is below the design's 5 cm threshold
+    f = cos20 * 0.8
+    exp = {"2": 1e4 / (np.pi * 5.64**2 * f), "3": 1e4 / (np.pi * 11.28**2 * f), "4": 1e4 / (1000 * f),
+           "5": 1e4 / (np.pi * 100 * cos30)}
+    np.testing.assert_allclose(t.set_index("tree_id").expansion_ha.loc[list(exp)], list(exp.values()), rtol=1e-12)
+    agb = t.set_index("tree_id").agb_kg
+    stand_a = sum(agb[k] * exp[k] for k in "234") / 1000
+    assert p.set_index("plot_id").loc["A", "agb_mg_ha"] == pytest.approx(stand_a, rel=1e-12)
+    assert p.set_index("plot_id").loc["A", "stems_ha"] == pytest.approx(sum(exp[k] for k in "234"), rel=1e-12)
+
+
+def test_dominant_height_equation_mix_and_dead_trees(tmp_path, reg):
+    """Dominant height = mean height of the 100 thickest trees per ha; dead trees are counted, not summed."""
+    path = _points(tmp_path, [{"plot_id": "P", "size_m2": 400.0}])  # 0.04 ha: one tree = 25 stems/ha
+    plots = read_plots(path, None, "plot_id", CRS)
+    d = [30, 28, 26, 24, 22, 10, 8]
+    h = [20, 19, 18, 17, 16, 9, 7]
+    trees = pd.DataFrame({"plot_id": "P", "tree_id": [str(i) for i in range(8)], "species": ["杉木"] * 7 + ["杉木"],
+                          "dbh_cm": d + [35.0], "height_m": h + [21.0], "status": ["alive"] * 7 + ["dead"]})
+    t, p = plot_biomass(trees, plots, reg)
+    row = p.iloc[0]
+    assert row.dominant_height_m == pytest.approx(np.mean([20, 19, 18, 17]))  # 4 thickest live trees = 100/ha
+    assert row.n_trees == 7 and row.n_dead == 1
+    live = t[t.status == "alive"]
+    assert row.agb_mg_ha == pytest.approx(live.agb_kg.sum() * 25 / 1000, rel=1e-12)
+    small = live[live.dbh_cm < 5].agb_kg.sum()  # none: all trees use the D >= 5 cm equation
+    assert small == 0 and row.equation_mix == "chinese_fir:lyt2264_cula_agb_d5plus 100.0%"
+
+
+def test_moso_bamboo_per_culm_equation_by_hand(reg):
+    t = pd.DataFrame({"species": ["毛竹", "Phyllostachys edulis"], "dbh_cm": [10.0, 8.0], "age": [2, 1]})
+    out = tree_biomass(t, reg)  # no heights needed: the culm equation uses D and age
+    ref = [747.787 * 10**2.771 * (0.148 * 2 / 2.028) ** 5.555 + 3.772, 747.787 * 8**2.771 * (0.148 / 1.028) ** 5.555 + 3.772]
+    np.testing.assert_allclose(out.agb_kg, ref, rtol=1e-12)
+    assert out.equation_id.str.startswith("moso_bamboo:zhou_jiang2004_moso_culm").all()
+    assert not out.equation_verified.any()
+    with pytest.raises(FieldError, match=r"needs a positive culm 'age'; rows \[1\]"):
+        tree_biomass(t.assign(age=[2, None]), reg)
+
+
+def test_volume_bcef_form_and_species_table(tmp_path):
+    yml = tmp_path / "allom.yaml"
+    (tmp_path / "sp.csv").write_text("species_code,latin_name,chinese_name,common_name,group\nXX,Pinus test,测试松,test pine,vol\n",
+                                     encoding="utf-8")
+    yml.write_text("""
+version: t
+species_table: sp.csv
+defaults:
+  carbon_fraction: 0.5
+  carbon_fraction_source: test
+  root_shoot: {threshold_agb_mg_ha: 125, low: 0.2, high: 0.25, source: test}
+groups:
+  vol:
+    aboveground:
+      - {id: v1, form: volume_bcef, a: 0.0001, b: 1.9, c: 0.9, bcef_mg_m3: 0.7, source: "test volume table"}
+""", encoding="utf-8")
+    r = load_registry(yml)
+    out = tree_biomass(pd.DataFrame({"species": ["测试松", "Pinus test", "XX"], "dbh_cm": [20.0] * 3, "height_m": [15.0] * 3}), r)
+    v = 0.0001 * 20**1.9 * 15**0.9
+    np.testing.assert_allclose(out.agb_kg, v * 0.7 * 1000, rtol=1e-12)
+    np.testing.assert_allclose(out.bgb_kg, out.agb_kg * 0.2, rtol=1e-12)
+    bad = yml.read_text(encoding="utf-8").replace("bcef_mg_m3: 0.7, ", "")
+    yml.write_text(bad, encoding="utf-8")
+    with pytest.raises(AllometryError, match="volume_bcef equation 'v1' needs coefficients bcef_mg_m3"):
+        load_registry(yml)
+
+
+def test_forced_equation_and_dbh_range_policy(reg, caplog):
+    t = pd.DataFrame({"species": ["杉木", "马尾松"], "dbh_cm": [20.0, 95.0], "height_m": [15.0, 30.0]})
+    out = tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus")
+    np.testing.assert_allclose(out.agb_kg, 0.065388 * t.dbh_cm**2.01735 * t.height_m**0.49425, rtol=1e-12)
+    assert (out.species_source == "forced").all()
+    assert list(out.dbh_in_range) == [True, False]  # 95 cm is beyond the 80 cm range
+    with caplog.at_level(logging.WARNING):
+        tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus")
+    assert "1 trees have DBH outside every range" in caplog.text and "rows [1]" in caplog.text
+    with pytest.raises(AllometryError, match=r"rows \[1\], dbh_cm \[95.0\].*'reject'"):
+        tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus", dbh_out_of_range="reject")
+    with pytest.raises(AllometryError, match="no equation with id 'nope'"):
+        tree_biomass(t, reg, equation="nope")
+
+
+def test_inventory_excel_with_chinese_columns(tmp_path):
+    df = pd.DataFrame({"样地号": ["1", "1", "2"], "树号": ["a", "b", "a"], "树种": ["杉木", "木荷", "马尾松"],
+                       "胸径": [12.0, 20.5, 18.0], "树高": [10.0, 14.0, 13.0], "状态": ["活", "活", "死"]})
+    x = tmp_path / "trees.xlsx"
+    df.to_excel(x, index=False)
+    cols = {"plot_id": "样地号", "tree_id": "树号", "species": "树种", "dbh_cm": "胸径", "height_m": "树高", "status": "状态"}
+    t = read_trees(x, cols)
+    assert list(t.status) == ["alive", "alive", "dead"] and t.dbh_cm.tolist() == [12.0, 20.5, 18.0]
+    with pytest.raises(FieldError, match="mapped columns not in the file: dbh_cm <- 'DBH'"):
+        read_trees(x, {**cols, "dbh_cm": "DBH"})
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda t: t.assign(tree_id=["1", "1", "2"]), r"duplicated tree ids \(plot_id, tree_id\) \[\('A', '1'\)\] in rows \[1, 2\]"),
+    (lambda t: t.assign(status=["alive", "gone", "dead"]), r"status' must be alive or dead; rows \[2\] have \['gone'\]"),
+    (lambda t: t.assign(dbh_cm=["12", "x", "3"]), r"column 'dbh_cm' is not numeric in rows \[2\]"),
+])
+def test_bad_tree_tables_name_rows(tmp_path, edit, msg):
+    t = pd.DataFrame({"plot_id": ["A", "A", "B"], "tree_id": ["1", "2", "1"], "species": "杉木", "dbh_cm": [12.0, 14.0, 9.0],
+                      "height_m": [10.0, 11.0, 8.0], "status": "alive"})
+    p = tmp_path / "t.csv"
+    edit(t).to_csv(p, index=False)
+    with pytest.raises(FieldError, match=msg):
+        read_trees(p)
+
+
+def test_bad_plots_and_orphan_trees(tmp_path, reg):
+    with pytest.raises(FieldError, match=r"area_fraction must be in \(0, 1\]; plots \['A'\] have \[0.0\]"):
+        read_plots(_points(tmp_path, [{"plot_id": "A", "radius_m": 10.0, "area_fraction": 0.0}]), None, "plot_id", CRS)
+    with pytest.raises(FieldError, match=r"plots \['A'\] have area <= 0"):
+        read_plots(_points(tmp_path, [{"plot_id": "A", "radius_m": 0.0}], "z.gpkg"), None, "plot_id", CRS)
+    with pytest.raises(FieldError, match=r"plots \['A'\] name unknown designs \['xx'\]"):
+        read_plots(_points(tmp_path, [{"plot_id": "A", "design": "xx"}], "d.gpkg"), None, "plot_id", CRS)
+    plots = read_plots(_points(tmp_path, [{"plot_id": "A", "radius_m": 10.0}], "ok.gpkg"), None, "plot_id", CRS)
+    trees = pd.DataFrame({"plot_id": ["A", "Q"], "tree_id": ["1", "2"], "species": "杉木", "dbh_cm": [10.0, 11.0],
+                          "height_m": [9.0, 9.0]})
+    with pytest.raises(FieldError, match=r"rows \[2\] name plots not in the plots layer: \['Q'\]"):
+        plot_biomass(trees, plots, reg)
+
+
+def test_chave2004_dbh_errors_have_the_published_spread():
+    """5 % of trees get SD 4.64 cm, the others 0.0062 D + 0.0904 (Chave et al. 2004, p. 412)."""
+    rng = np.random.default_rng(1)
+    d = np.full(200_000, 30.0)
+    draw = dbh_draw(rng, d, "chave2004")
+    expected_var = 0.95 * (0.0062 * 30 + 0.0904) ** 2 + 0.05 * 4.64**2
+    assert np.var(draw - d) == pytest.approx(expected_var, rel=0.03)
+    assert (np.abs(draw - d) > 2.0).mean() == pytest.approx(0.05 * 2 * 0.3333, abs=0.004)  # P(|N(0,4.64)| > 2) = 0.667
+
+
+def test_model_error_alone_matches_lognormal_moments(reg):
+    """Only the equation residual (RSE 0.357): the plot sum's mean and SD equal the log-normal moments."""
+    rng = np.random.default_rng(3)
+    n = 300
+    t = pd.DataFrame({"plot_id": "P", "species": "tropical_measured_wd", "dbh_cm": rng.uniform(10, 60, n),
+                      "height_m": rng.uniform(10, 35, n), "wood_density_g_cm3": rng.uniform(0.4, 0.8, n)})
+    out = tree_biomass(t, reg)
+    mc = monte_carlo(out, reg, ErrorModel(draws=4000, seed=5, dbh_error=None), weight=None).iloc[0]
+    s2 = 0.357**2
+    agb = out.agb_kg.to_numpy() / 1000
+    mean = agb.sum() * np.exp(s2 / 2)
+    sd = np.sqrt(np.sum(agb**2) * (np.exp(s2) - 1) * np.exp(s2))
+    assert mc.agb_mg_mc_mean == pytest.approx(mean, abs=4 * sd / np.sqrt(4000))
+    assert mc.agb_mg_mc_sd == pytest.approx(sd, rel=0.05)
+    again = monte_carlo(out, reg, ErrorModel(draws=4000, seed=5, dbh_error=None), weight=None).iloc[0]
+    assert again.agb_mg_mc_q97_5 == mc.agb_mg_mc_q97_5  # seeded: reproducible
+
+
+def _nouragues(reg):
+    """NouraguesTrees: four 1-ha plots from their UTM corners; heights from a log2 H-D model fitted on
+    NouraguesHD (as BIOMASS modelHD 'log2'); wood density = mean of NouraguesPlot.csv's measured values."""
+    trees = pd.read_csv(shared("plots/BIOMASS/NouraguesTrees.csv"))
+    coords = pd.read_csv(shared("plots/BIOMASS/NouraguesCoords.csv"))
+    hd = pd.read_csv(shared("plots/BIOMASS/NouraguesHD.csv")).dropna(subset=["H"])
+    wd = pd.read_csv(shared("plots/BIOMASS/NouraguesPlot.csv")).WD
+    X = np.c_[np.ones(len(hd)), np.log(hd.D), np.log(hd.D) ** 2]
+    coef, *_ = np.linalg.lstsq(X, np.log(hd.H), rcond=None)
+    resid_sd_m = float(np.std(hd.H - np.exp(X @ coef), ddof=3))
+    polys = []
+    for plot, c in coords.groupby("Plot"):
+        c = c.sort_values(["Xfield", "Yfield"])
+        (a, b, d_, e) = [tuple(v) for v in c[["Xutm", "Yutm"]].to_numpy()]
+        polys.append({"plot_id": str(plot), "geometry": shapely.Polygon([a, b, e, d_])})
+    plots = gpd.GeoDataFrame(polys, crs="EPSG:32622")
+    lnD = np.log(trees.D)
+    t = pd.DataFrame({"plot_id": trees.Plot.astype(str), "tree_id": np.arange(len(trees)).astype(str),
+                      "species": "tropical_measured_wd", "dbh_cm": trees.D,
+                      "height_m": np.exp(coef[0] + coef[1] * lnD + coef[2] * lnD**2), "wood_density_g_cm3": wd.mean(),
+                      "xf": trees.Xfield, "yf": trees.Yfield})
+    return t, plots, resid_sd_m, float(wd.std())
+
+
+def test_nouragues_four_plots_with_monte_carlo_intervals(tmp_path, reg):
+    t, plots, h_sd, wd_sd = _nouragues(reg)
+    p_path = tmp_path / "nouragues.gpkg"
+    plots.to_file(p_path)
+    fp = read_plots(p_path, None, "plot_id", "EPSG:32622")
+    assert np.allclose(fp.area_ha, 1.0, atol=0.03)  # surveyed 100 x 100 m squares
+    out, p = plot_biomass(t, fp, reg)
+    p = p.set_index("plot_id")
+    ref = (_chave(t.dbh_cm, t.height_m, t.wood_density_g_cm3) / 1000).groupby(t.plot_id).sum() / fp.set_index("plot_id").area_ha
+    np.testing.assert_allclose(p.agb_mg_ha, ref.loc[p.index], rtol=1e-9)
+    errors = ErrorModel(draws=400, seed=0, dbh_error="chave2004", height_sd_m=h_sd, wood_density_sd=wd_sd)
+    mc = monte_carlo(out, reg, errors).set_index("plot_id")
+    assert ((mc.agb_mg_ha_mc_q2_5 < p.agb_mg_ha) & (p.agb_mg_ha < mc.agb_mg_ha_mc_q97_5)).all()
+    assert (mc.agb_mg_ha_mc_mean / p.agb_mg_ha).between(0.95, 1.15).all()
+    # fewer trees, wider relative intervals: quarter-hectare subplots > 1-ha plots > all 4 ha together
+    quarter = out.assign(q=out.plot_id + "-" + (out.xf % 100 >= 50).astype(str) + (out.yf % 100 >= 50).astype(str))
+    rel = {}
+    for name, df, by in (("quarter", quarter, "q"), ("plot", out, "plot_id"), ("all", out.assign(a="all"), "a")):
+        r = monte_carlo(df, reg, errors, by=by, weight=None)
+        rel[name] = float((r.agb_mg_mc_sd / r.agb_mg_mc_mean).mean())
+    assert rel["quarter"] > rel["plot"] > rel["all"]
+    assert 1.4 < rel["quarter"] / rel["plot"] < 2.8 and 1.4 < rel["plot"] / rel["all"] < 2.8  # ~ sqrt(4)
