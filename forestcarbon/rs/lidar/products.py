@@ -79,7 +79,7 @@ def _tile_scheduler(n_tiles: int):
         return
     workers = min(workers, n_tiles)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield {"scheduler": "processes", "pool": pool}, workers
+        yield {"scheduler": "processes", "pool": pool, "chunksize": 1}, workers  # one tile per submission
 
 
 def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: dict[str, Path],
