@@ -25,15 +25,21 @@ def peak_rss_mb() -> float:
 
 def _child(fn, args, q):
     secs = fn(*args)
-    q.put((secs, peak_rss_mb()))
+    # worker processes the full path started (and has joined): the largest one's peak
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    q.put((secs, peak_rss_mb(), workers))
 
 
-def run_isolated(fn, *args) -> tuple[float, float]:
-    """(seconds returned by ``fn(*args)``, peak RSS MiB) from a spawned process."""
+def run_isolated(fn, *args, with_workers: bool = False):
+    """(seconds returned by ``fn(*args)``, peak RSS MiB) from a spawned process.
+
+    ``with_workers``: also the peak RSS of the largest worker process the full
+    path started, (seconds, own peak, worker peak).
+    """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(fn, args, q))
     p.start()
     res = q.get()
     p.join()
-    return res
+    return res if with_workers else res[:2]

@@ -93,3 +93,37 @@ def test_us_survey_feet_tile_gives_metres(tmp_path):
     for k in ("zmax", "zmean", "zq95", "pzabove2", "n_points"):
         np.testing.assert_allclose(b[k], a[k], atol=0.02, equal_nan=True, err_msg=k)  # 0.01 ft quantisation
     assert np.nanmax(b["zmax"]) < 21  # metres, not feet
+
+
+def test_bad_tile_among_neighbours_fails_cleanly(tmp_path):
+    """Three tiles in a row run in worker processes: a truncated middle tile is named in one line,
+    and no product, window raster or spilled point file is left behind."""
+    from forestcarbon.rs.lidar import Options, Targets, lidar_products
+
+    rng = np.random.default_rng(4)
+    paths = [_las(tmp_path / f"t{i}.laz", *_flat_tile(rng, x0=500_000.0 + 100 * i)) for i in range(3)]
+    blob = paths[1].read_bytes()
+    paths[1].write_bytes(blob[: len(blob) // 2])
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_300, 3_200_100), "EPSG:4549", resolution=10)
+    out = tmp_path / "out"
+    with pytest.raises(LidarError, match=r"t1\.laz: failed while reading points"):
+        lidar_products(index_tiles(paths), Targets(metrics=gbox), Options(), {"metrics": out / "m.tif"})
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
+    """A tile whose own ground returns are all missing is normalised with the neighbours' ground within the
+    buffer (flat terrain: heights are unchanged); alone, it is an error naming it."""
+    rng = np.random.default_rng(5)
+    x, y, z, cls = _flat_tile(rng, x0=500_000.0)
+    a = _las(tmp_path / "a.laz", x, y, z, cls)
+    x2, y2, z2, cls2 = _flat_tile(rng, x0=500_100.0, n=400)
+    keep = cls2 != 2
+    b = _las(tmp_path / "b.laz", x2[keep], y2[keep], z2[keep], cls2[keep])
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10)
+    m = grid_metrics(index_tiles([a, b]), gbox, buffer_m=120)
+    right = m["zmax"][:, 10:]
+    assert np.isfinite(right).sum() > 50
+    np.testing.assert_allclose(np.nanmax(right), np.max(z2[keep]) - 100, atol=0.006)  # 1 cm LAS quantisation
+    with pytest.raises(LidarError, match=r"b\.laz: fewer than 3 ground points"):
+        grid_metrics(index_tiles([b]), GeoBox.from_bbox((500_100, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10))
