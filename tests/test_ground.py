@@ -250,3 +250,33 @@ def test_nouragues_four_plots_with_monte_carlo_intervals(tmp_path, reg):
         rel[name] = float((r.agb_mg_mc_sd / r.agb_mg_mc_mean).mean())
     assert rel["quarter"] > rel["plot"] > rel["all"]
     assert 1.4 < rel["quarter"] / rel["plot"] < 2.8 and 1.4 < rel["plot"] / rel["all"] < 2.8  # ~ sqrt(4)
+
+
+def test_plots_table_with_xy_shape_and_size(tmp_path, reg):
+    """A CSV plots table (centre x/y in EPSG:4490 lon/lat, shape + size) reprojected to the grid CRS."""
+    csv = tmp_path / "plots.csv"
+    pd.DataFrame({"样地": ["C", "S"], "x": [118.87, 118.88], "y": [28.97, 28.97], "shape": ["circle", "square"],
+                  "size_m2": [666.7, 666.7], "survey_date": ["2024-10-02", "2024-10-03"]}).to_csv(csv, index=False)
+    plots = read_plots(csv, None, "样地", CRS, plots_crs="EPSG:4490")
+    np.testing.assert_allclose(plots.area_ha, 0.06667, rtol=1e-9)
+    np.testing.assert_allclose(plots.geometry.area, 666.7, rtol=2e-4)  # 256-gon circle
+    assert plots.crs.to_epsg() == 4549 and list(plots.plot_id) == ["C", "S"] and "survey_date" in plots
+    with pytest.raises(FieldError, match="needs ground.plots_crs"):
+        read_plots(csv, None, "样地", CRS)
+
+
+def test_trees_cli_forced_equation_from_excel(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x = tmp_path / "village.xlsx"
+    pd.DataFrame({"树种": ["樟树", "香樟"], "胸径": [40.0, 55.0], "树高": [14.0, 18.0]}).to_excel(x, index=False)
+    exe = Path(sys.executable).parent / "forestcarbon"
+    out = tmp_path / "village.csv"
+    r = subprocess.run([str(exe), "trees", str(x), "--out", str(out), "--species-col", "树种", "--dbh-col", "胸径",
+                        "--height-col", "树高", "--equation", "lyt2264_cula_agb_d5plus"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    t = pd.read_csv(out)
+    np.testing.assert_allclose(t.agb_kg, 0.065388 * t.dbh_cm**2.01735 * t.height_m**0.49425, rtol=1e-12)
+    assert (t.species_source == "forced").all() and t.equation_id.str.startswith("chinese_fir:lyt2264_cula_agb_d5plus;").all()

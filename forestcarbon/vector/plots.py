@@ -1,9 +1,9 @@
 """Inventory plots: footprints and designs, and tree lists aggregated to per-hectare values.
 
 Footprints.  Polygon plots are taken as drawn (horizontal area in the
-projected target CRS).  Point plots become circles (``radius_m``) or
-axis-aligned squares (``size_m2``, e.g. 666.7 m² = 1 mu), or follow a named
-nested design (``design`` column, see :class:`~forestcarbon.config.SubplotConfig`).
+projected target CRS).  Point plots become circles (``radius_m``, or ``shape``
+circle with ``size_m2``) or axis-aligned squares (``size_m2``, e.g. 666.7 m² =
+1 mu), or follow a named nested design (``design`` column, see :class:`~forestcarbon.config.SubplotConfig`).
 Dimensions laid out along the ground on a slope (``slope_deg``) shrink to the
 horizontal area by cos(slope); the footprint drawn for LiDAR and maps is then
 the circle or square of that horizontal area.  ``area_fraction`` (0-1] is the
@@ -88,6 +88,14 @@ def read_plots(path: Path | str, layer: str | None, plot_id: str, crs, *, column
     shapes = np.array(geom.to_numpy(), dtype=object)
     radius = pd.to_numeric(plots["radius_m"], errors="coerce").to_numpy() if "radius_m" in plots else np.full(n, np.nan)
     size = pd.to_numeric(plots["size_m2"], errors="coerce").to_numpy() if "size_m2" in plots else np.full(n, np.nan)
+    if "shape" in plots:  # shape + size: a circle of that area
+        shape = plots["shape"].fillna("").astype(str).str.strip().str.casefold()
+        bad = ~shape.isin(["", "circle", "square", "圆形", "方形"])
+        if bad.any():
+            raise FieldError(f"{path}: shape must be circle or square; plots {list(ids[bad][:5])} have {list(plots.loc[bad, 'shape'][:5])}")
+        circ = shape.isin(["circle", "圆形"]).to_numpy() & ~np.isfinite(radius) & np.isfinite(size)
+        radius = np.where(circ, np.sqrt(np.where(circ, size, 0) / np.pi), radius)
+        size = np.where(circ, np.nan, size)
     for i in np.flatnonzero(is_pt):
         p = shapes[i]
         if design.iloc[i]:
