@@ -155,6 +155,9 @@ class GroundConfig(_Strict):
 
 class LidarConfig(_Strict):
     chm_resolution_m: float = Field(1.0, gt=0)
+    chm_algorithm: Literal["p2r", "pitfree"] = "p2r"
+    pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
+    pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
     max_height_m: float = Field(80.0, gt=0)
     min_height_m: float = -2.0
     buffer_m: float = Field(30.0, ge=0)

@@ -181,7 +181,9 @@ def stage_lidar(ctx: Context) -> dict:
     targets = lidar.Targets(metrics=ctx.gbox, chm=chm_gbox, dtm=chm_gbox, plots=plots)
     opts = lidar.Options(normalized=cfg.inputs.lidar_normalized, ground_classes=tuple(cfg.inputs.ground_classes),
                          buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m,
-                         max_height_m=cfg.lidar.max_height_m)
+                         max_height_m=cfg.lidar.max_height_m, chm_algorithm=cfg.lidar.chm_algorithm,
+                         pitfree_thresholds_m=tuple(cfg.lidar.pitfree_thresholds_m),
+                         pitfree_max_edge_m=tuple(cfg.lidar.pitfree_max_edge_m))
     out = {"metrics": ctx.out.lidar_metrics, "chm": ctx.out.lidar_chm, "dtm": ctx.out.lidar_dtm}
     try:
         run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work)

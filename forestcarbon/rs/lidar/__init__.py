@@ -31,13 +31,17 @@ __all__ = [
 ]
 
 
-def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: GeoBox | None, *, normalized=False,
-                  ground_classes=(2,), buffer_m: float = 30.0, min_height_m: float = -2.0, max_height_m: float = 80.0,
-                  dtm_gbox: GeoBox | None = None):
-    """(metrics dict, CHM, DTM) as in-memory arrays (float32, NaN where no value); any grid may be None."""
+def lidar_rasters(tiles: list[TileInfo], metrics_gbox: GeoBox | None, chm_gbox: GeoBox | None, *,
+                  dtm_gbox: GeoBox | None = None, **options):
+    """(metrics dict, CHM, DTM) as in-memory arrays (float32, NaN where no value); any grid may be None.
+
+    ``options`` are those of :class:`Options` (normalized, ground_classes, buffer_m, min/max_height_m,
+    chm_algorithm, pitfree_thresholds_m, pitfree_max_edge_m).
+    """
     targets = Targets(metrics=metrics_gbox, chm=chm_gbox, dtm=dtm_gbox)
-    opts = Options(normalized=normalized, ground_classes=tuple(ground_classes), buffer_m=buffer_m,
-                   min_height_m=min_height_m, max_height_m=max_height_m)
+    if "ground_classes" in options:
+        options["ground_classes"] = tuple(options["ground_classes"])
+    opts = Options(**options)
     with tempfile.TemporaryDirectory(prefix="lidar-arrays-") as tmp:
         out = {k: Path(tmp) / f"{k}.tif" for k in ("metrics", "chm", "dtm")}
         run = lidar_products(tiles, targets, opts, out, workdir=Path(tmp) / "work")

@@ -21,12 +21,13 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
 from ...errors import LidarError
+from .chm import pitfree_chm
 from .ground import ground_surface, looks_normalized
 from .io import TileInfo, read_points
 from .metrics import METRICS, cell_max, cell_metrics
 from ..terrain import slope_aspect
 
-POINT_DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("c", "u1")])
+POINT_DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("c", "u1"), ("r", "u1")])
 Bounds = tuple[float, float, float, float]
 
 
@@ -55,6 +56,9 @@ class Options:
     buffer_m: float = 30.0
     min_height_m: float = -2.0
     max_height_m: float = 80.0
+    chm_algorithm: str = "p2r"  # or "pitfree"
+    pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
+    pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
 
 
 def expand(b: Bounds, d: float) -> Bounds:
@@ -83,13 +87,13 @@ def owner(cx, cy, bounds: list[Bounds]) -> np.ndarray:
 
 def spill_tile(i: int, tile: TileInfo, grid_crs_wkt: str, shared_with: list[Bounds], workdir: str) -> Spill:
     """Decode ``tile`` once into ``workdir``; points inside any of ``shared_with`` (neighbours' buffers) first."""
-    x, y, z, c = read_points(tile.path, None, to_crs=CRS.from_wkt(grid_crs_wkt), src_crs=tile.crs)
+    x, y, z, c, r = read_points(tile.path, None, to_crs=CRS.from_wkt(grid_crs_wkt), src_crs=tile.crs, returns=True)
     shared = np.zeros(x.size, dtype=bool)
     for b in shared_with:
         shared |= inside(x, y, b)
     order = np.concatenate([np.flatnonzero(shared), np.flatnonzero(~shared)])
     rec = np.empty(x.size, POINT_DTYPE)
-    rec["x"], rec["y"], rec["z"], rec["c"] = x[order], y[order], z[order], c[order]
+    rec["x"], rec["y"], rec["z"], rec["c"], rec["r"] = x[order], y[order], z[order], c[order], r[order]
     path = Path(workdir) / f"points-{i:06d}.npy"
     tmp = path.with_suffix(".part.npy")
     np.save(tmp, rec)
@@ -98,9 +102,9 @@ def spill_tile(i: int, tile: TileInfo, grid_crs_wkt: str, shared_with: list[Boun
 
 
 def _gather(tile: TileInfo, grid_crs: CRS, buf: Bounds, spills: dict[int, Spill], me: int):
-    """x, y, z, class of every point within ``buf``: own points and neighbours' shared slices."""
+    """x, y, z, class, return number of every point within ``buf``: own points and neighbours' shared slices."""
     if not spills:
-        return read_points(tile.path, buf, to_crs=grid_crs, src_crs=tile.crs)
+        return read_points(tile.path, buf, to_crs=grid_crs, src_crs=tile.crs, returns=True)
     parts = []
     for j, s in spills.items():
         rec = np.load(s.path, mmap_mode="r")
@@ -109,7 +113,7 @@ def _gather(tile: TileInfo, grid_crs: CRS, buf: Bounds, spills: dict[int, Spill]
         keep = inside(rec["x"], rec["y"], buf)
         parts.append(np.asarray(rec[keep]))
     rec = np.concatenate(parts)
-    return rec["x"], rec["y"], rec["z"], rec["c"]
+    return rec["x"], rec["y"], rec["z"], rec["c"], rec["r"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ def process_tile(i: int, tiles: list[TileInfo], bounds: list[Bounds], near: list
     """Read tile ``i`` with its buffer, normalise the heights, and write its windows of each target."""
     own, grid_crs = bounds[i], CRS.from_wkt(grid_crs_wkt)
     buf = expand(own, opts.buffer_m)
-    x, y, z, cls = _gather(tiles[i], grid_crs, buf, spills, i)
+    x, y, z, cls, ret = _gather(tiles[i], grid_crs, buf, spills, i)
     me = near.index(i)
     near_b = [bounds[j] for j in near]
     normalized = opts.normalized
@@ -229,6 +233,12 @@ def process_tile(i: int, tiles: list[TileInfo], bounds: list[Bounds], near: list
             empty = vals["n_points"] == 0
             stack[:, empty] = np.nan
             descr = METRICS
+        elif opts.chm_algorithm == "pitfree":
+            first = ok & (ret <= 1)  # return number 1 (0 in files that leave it unset)
+            a = gbox.affine
+            stack = pitfree_chm(x[first], y[first], h[first], a.c + w.c0 * a.a, a.f + w.r0 * a.e, a.a, w.shape,
+                                opts.pitfree_thresholds_m, opts.pitfree_max_edge_m)[None]
+            descr = ("chm_m",)
         else:
             stack = cell_max(idx[sel], h[sel], n_cells)["chm"][None]
             descr = ("chm_m",)

@@ -73,8 +73,10 @@ def vertical_unit_factor(crs) -> float:
     return 1.0
 
 
-def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | None = None, src_crs: CRS | None = None):
-    """x, y (output CRS units), z (metres, float64) and classification of the points within ``bounds``.
+def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | None = None, src_crs: CRS | None = None,
+                returns: bool = False):
+    """x, y (output CRS units), z (metres, float64) and classification of the points within ``bounds``
+    (and their return numbers when ``returns``).
 
     ``bounds`` (xmin, ymin, xmax, ymax) are in the output CRS; points are
     streamed in chunks of ``chunk`` points so only the selected ones are kept.
@@ -83,7 +85,7 @@ def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | N
     if to_crs is not None and src_crs is not None and not CRS(src_crs).equals(to_crs):
         tf = Transformer.from_crs(src_crs, to_crs, always_xy=True)
     z_to_m = vertical_unit_factor(src_crs)
-    xs, ys, zs, cs = [], [], [], []
+    xs, ys, zs, cs, rs = [], [], [], [], []
     try:
         with laspy.open(path) as f:
             for pts in f.chunk_iterator(chunk):
@@ -91,14 +93,16 @@ def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | N
                 if tf is not None:
                     x, y = tf.transform(x, y)
                 c = np.asarray(pts.classification)
+                r = np.asarray(pts.return_number) if returns else c
                 if bounds is not None:
                     keep = (x >= bounds[0]) & (x < bounds[2]) & (y >= bounds[1]) & (y < bounds[3])
-                    x, y, z, c = x[keep], y[keep], z[keep], c[keep]
-                xs.append(x), ys.append(y), zs.append(z), cs.append(c)
+                    x, y, z, c, r = x[keep], y[keep], z[keep], c[keep], r[keep]
+                xs.append(x), ys.append(y), zs.append(z), cs.append(c), rs.append(r)
     except Exception as err:
         raise LidarError(f"{path}: failed while reading points ({type(err).__name__}: {err})") from None
     cat = (lambda a, t: np.concatenate(a).astype(t, copy=False) if a else np.empty(0, t))
-    return cat(xs, "float64"), cat(ys, "float64"), cat(zs, "float64"), cat(cs, "uint8")
+    out = cat(xs, "float64"), cat(ys, "float64"), cat(zs, "float64"), cat(cs, "uint8")
+    return (*out, cat(rs, "uint8")) if returns else out
 
 
 def tile_bounds_in(tiles: list[TileInfo], crs: CRS) -> list[tuple[float, float, float, float]]:

@@ -139,7 +139,7 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
             run.points += r.points
             run.dropped += r.dropped
             run.normalized_tiles += r.normalized
-        _mosaic(results, targets, out, run)
+        _mosaic(results, targets, out, run, opts)
     if run.dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)",
                     run.dropped, opts.min_height_m, opts.max_height_m)
@@ -158,8 +158,11 @@ _PRODUCTS = {
 }
 
 
-def _mosaic(results: list[TileResult], targets: Targets, out: dict, run: LidarRun) -> None:
+def _mosaic(results: list[TileResult], targets: Targets, out: dict, run: LidarRun, opts: Options) -> None:
     for name, (descr, units, tags) in _PRODUCTS.items():
+        if name == "chm" and opts.chm_algorithm == "pitfree":
+            tags = {"method": f"pit-free CHM (Khosravipour et al. 2014, as lidR pitfree): first returns, thresholds "
+                              f"{list(opts.pitfree_thresholds_m)} m, max edge {list(opts.pitfree_max_edge_m)} m"}
         gbox = getattr(targets, name)
         if gbox is None or name not in out:
             continue
