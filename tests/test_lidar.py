@@ -387,3 +387,21 @@ def test_pitfree_chm_equals_qhull_reference_on_chablais3():
     p2r = canopy_height_model(index_tiles([path]), gbox)
     pits = lambda c: np.nansum(c[1:-1, 1:-1] < np.nanmin(np.stack([c[:-2, 1:-1], c[2:, 1:-1], c[1:-1, :-2], c[1:-1, 2:]]), 0) - 2)
     assert pits(pf) < 0.2 * pits(p2r)
+
+
+def test_tiles_on_a_distributed_cluster_equal_in_process(tmp_path):
+    """Real data: chablais3 cut in 4, processed on a dask.distributed LocalCluster (worker processes, as an
+    existing cluster would), gives the metrics of the in-process run."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+    pieces = _cut_in_four(path, tmp_path)
+    gbox = _geobox_over(path, 10.0)
+    with dask.config.set(scheduler="sync"):
+        local = grid_metrics(index_tiles(pieces), gbox, buffer_m=45)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        remote = grid_metrics(index_tiles(pieces), gbox, buffer_m=45)
+    for k in METRICS:
+        np.testing.assert_array_equal(remote[k], local[k], err_msg=k)
