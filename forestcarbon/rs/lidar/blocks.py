@@ -22,7 +22,7 @@ from pyproj import CRS
 
 from ...errors import LidarError
 from .chm import pitfree_chm
-from .ground import ground_surface, looks_normalized
+from .ground import ground_surface, heights_above, looks_normalized
 from .io import TileInfo, read_points
 from .metrics import METRICS, cell_max, cell_metrics
 from ..terrain import slope_aspect
@@ -212,8 +212,7 @@ def process_tile(i: int, tiles: list[TileInfo], bounds: list[Bounds], near: list
         except LidarError as err:
             raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(opts.ground_classes)}, "
                              f"{opts.buffer_m:g} m buffer from neighbours included)") from None
-        h = z - surface(x, y)
-        h[np.abs(h) < 1e-6] = 0.0  # ground returns are TIN vertices (see ground.normalize_heights)
+        h = heights_above(x, y, z, g, surface)
     ok = (h >= opts.min_height_m) & (h <= opts.max_height_m)
     files = {}
     dropped = int((inside(x, y, own) & ~ok).sum())

@@ -77,18 +77,47 @@ def ground_surface(gx, gy, gz):
             z[bad] = nearest(x[bad], y[bad])
         return z
 
+    # ground returns are the TIN's vertices; returns at the same x, y merge into one vertex at the
+    # lowest z.  When startinpy (1 mm snap) merged exactly those, each return's vertex z is known.
+    surface.vertex_z = _lowest_at_same_xy(gx, gy, gz)
+    if surface.vertex_z is not None and dt.number_of_vertices() != np.unique(surface.vertex_z[1]).size:
+        surface.vertex_z = None
     return surface
 
 
-def normalize_heights(x, y, z, cls, ground_classes=(2,)):
-    """Height above ground (m) of every point: z minus the ground TIN at (x, y).
+def _lowest_at_same_xy(x, y, z):
+    """(lowest z among the returns at each return's exact x, y; group index per return)."""
+    o = np.lexsort((y, x))
+    new = np.r_[True, (x[o][1:] != x[o][:-1]) | (y[o][1:] != y[o][:-1])]
+    group = np.empty(x.size, dtype=np.int64)
+    group[o] = np.cumsum(new) - 1
+    low = np.full(int(group.max()) + 1 if x.size else 0, np.inf)
+    np.minimum.at(low, group, z)
+    return low[group], group
 
-    Ground returns are TIN vertices: their height is 0 up to float noise, which
-    is snapped to exactly 0 (|h| < 1 µm) so that rules such as lidR's "any z < 0
-    -> zentropy NA" do not hang on the sign of 1e-12.
+
+def heights_above(x, y, z, is_ground, surface) -> np.ndarray:
+    """z minus the ground surface at (x, y), m.
+
+    Ground returns are TIN vertices: their height is z minus their vertex's z
+    (0, or above 0 for the higher of coincident returns), taken directly when
+    the vertices are known, so only the other returns are located in the TIN.
+    Float noise (|h| < 1 µm) is snapped to 0 so that rules such as lidR's "any
+    z < 0 -> zentropy NA" do not hang on the sign of 1e-12.
     """
-    g = np.isin(cls, ground_classes)
-    surface = ground_surface(x[g], y[g], z[g])
-    h = z - surface(x, y)
+    vertex_z = getattr(surface, "vertex_z", None)
+    if vertex_z is not None and vertex_z[0].size == int(is_ground.sum()):
+        h = np.empty(x.size)
+        h[is_ground] = z[is_ground] - vertex_z[0]
+        other = ~is_ground
+        h[other] = z[other] - surface(x[other], y[other])
+    else:
+        h = z - surface(x, y)
     h[np.abs(h) < 1e-6] = 0.0
     return h
+
+
+def normalize_heights(x, y, z, cls, ground_classes=(2,)):
+    """Height above ground (m) of every point: z minus the ground TIN at (x, y)."""
+    g = np.isin(cls, ground_classes)
+    return heights_above(x, y, z, g, ground_surface(x[g], y[g], z[g]))
