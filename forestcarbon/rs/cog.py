@@ -74,7 +74,7 @@ def _copy_as_cog(src, dst, dtype) -> None:
     rasterio.shutil.copy(
         src, dst, driver="COG", compress="DEFLATE", predictor=3 if dtype.kind == "f" else 2,
         blocksize=512, overviews="AUTO", resampling="average" if dtype.kind == "f" else "nearest",
-        bigtiff="IF_SAFER",
+        bigtiff="IF_SAFER", num_threads="ALL_CPUS",
     )
 
 

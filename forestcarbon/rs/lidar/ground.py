@@ -80,7 +80,7 @@ def ground_surface(gx, gy, gz):
     # ground returns are the TIN's vertices; returns at the same x, y merge into one vertex at the
     # lowest z.  When startinpy (1 mm snap) merged exactly those, each return's vertex z is known.
     surface.vertex_z = _lowest_at_same_xy(gx, gy, gz)
-    if surface.vertex_z is not None and dt.number_of_vertices() != np.unique(surface.vertex_z[1]).size:
+    if dt.number_of_vertices() != int(surface.vertex_z[1].max()) + 1:  # groups are numbered 0..n-1
         surface.vertex_z = None
     return surface
 

@@ -107,7 +107,7 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
         spill_dir.mkdir(parents=True, exist_ok=True)
         win_dir.mkdir(parents=True, exist_ok=True)
         kw, workers = stack.enter_context(_tile_scheduler(len(tiles)))
-        batch = batch or max(4, 4 * workers)
+        batch = batch or max(8, 16 * workers)  # tiles per graph: spilled points live at most a batch long
         needs = {j: sum(j in plan.near[i] for i in range(len(tiles)) if len(plan.near[i]) > 1) for j in range(len(tiles))}
         spilled: dict = {}
         for k in range(0, len(plan.order), batch):
