@@ -35,14 +35,18 @@ def _flat_tile(rng, n=4000, x0=500_000.0, y0=3_200_000.0):
 
 
 def test_truncated_laz_is_named(tmp_path):
+    """Truncation is found from the file size when the folder is indexed, before any point is decoded."""
     rng = np.random.default_rng(0)
     p = _las(tmp_path / "t.laz", *_flat_tile(rng))
     blob = p.read_bytes()
     p.write_bytes(blob[: len(blob) // 2])
-    tiles = index_tiles([p])  # the header is intact
-    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
-    with pytest.raises(LidarError, match=r"t\.laz: failed while reading points"):
-        grid_metrics(tiles, gbox)
+    with pytest.raises(LidarError, match=r"t\.laz: truncated LAZ file \(\d[\d,]* bytes; its chunk table should start at byte"):
+        index_tiles([p])
+    las_path = tmp_path / "u.las"
+    laspy.read(_las(tmp_path / "u.laz", *_flat_tile(rng))).write(las_path)
+    las_path.write_bytes(las_path.read_bytes()[:-100])
+    with pytest.raises(LidarError, match=r"u\.las: truncated LAS file .* 4,000 points need"):
+        index_tiles([las_path])
 
 
 def test_no_ground_points_is_named(tmp_path):
@@ -96,14 +100,16 @@ def test_us_survey_feet_tile_gives_metres(tmp_path):
 
 
 def test_bad_tile_among_neighbours_fails_cleanly(tmp_path):
-    """Three tiles in a row run in worker processes: a truncated middle tile is named in one line,
-    and no product, window raster or spilled point file is left behind."""
+    """Three tiles in a row run in worker processes: a middle tile corrupted inside its compressed
+    points is named in one line, and no product, window raster or spilled point file is left behind."""
     from forestcarbon.rs.lidar import Options, Targets, lidar_products
 
     rng = np.random.default_rng(4)
     paths = [_las(tmp_path / f"t{i}.laz", *_flat_tile(rng, x0=500_000.0 + 100 * i)) for i in range(3)]
-    blob = paths[1].read_bytes()
-    paths[1].write_bytes(blob[: len(blob) // 2])
+    blob = bytearray(paths[1].read_bytes())
+    mid = len(blob) // 2
+    blob[mid:mid + 2048] = bytes(2048)
+    paths[1].write_bytes(bytes(blob))
     gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_300, 3_200_100), "EPSG:4549", resolution=10)
     out = tmp_path / "out"
     with pytest.raises(LidarError, match=r"t1\.laz: failed while reading points"):

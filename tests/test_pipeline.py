@@ -148,6 +148,23 @@ def test_bad_input_fails_before_work(small_scene, tmp_path, edit, err, words):
     assert not (tmp_path / "never-written").exists()
 
 
+def test_truncated_laz_fails_before_work(small_scene, tmp_path):
+    """A LiDAR tile cut short in transfer stops the run at preflight, before the mosaic, naming the file."""
+    import shutil
+
+    raw = yaml.safe_load(small_scene.read_text())
+    laz = tmp_path / "laz"
+    shutil.copytree(small_scene.parent / raw["inputs"]["laz"], laz)
+    victim = sorted(laz.glob("*.laz"))[0]
+    victim.write_bytes(victim.read_bytes()[:-5000])
+    bad = _edited(small_scene, tmp_path, lambda r: r["inputs"].__setitem__("laz", str(laz)))
+    res = _cli("run", str(bad))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"error: {victim}: truncated LAZ file" in lines[0], res.stderr
+    assert not (tmp_path / "never-written").exists()
+
+
 def test_prefect_flow_runs_stages(small_scene, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 

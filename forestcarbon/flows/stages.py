@@ -99,6 +99,8 @@ def preflight(cfg: Config) -> Context:
             CRS.from_user_input(i.lidar_crs)
         except PyprojCRSError:
             raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
+    if i.laz is not None and i.lidar_metrics_raster is None:
+        lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
     missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
     if missing_bands:
         raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")

@@ -38,6 +38,9 @@ def index_tiles(paths, default_crs: str | None = None) -> list[TileInfo]:
                 crs = h.parse_crs()
                 bounds = (h.mins[0], h.mins[1], h.maxs[0], h.maxs[1])
                 n = h.point_count
+                check_complete(p, h, f.header.are_points_compressed)
+        except LidarError:
+            raise
         except Exception as err:
             raise LidarError(f"{p}: not a readable LAS/LAZ file ({type(err).__name__}: {err})") from None
         if crs is None:
@@ -46,6 +49,28 @@ def index_tiles(paths, default_crs: str | None = None) -> list[TileInfo]:
             crs = CRS.from_user_input(default_crs)
         tiles.append(TileInfo(p, tuple(float(v) for v in bounds), crs, int(n)))
     return tiles
+
+
+def check_complete(path: Path, header, compressed: bool) -> None:
+    """Fail fast on a truncated file, from its size alone (before any point is decoded).
+
+    LAS: the points must fit (offset to points + count × record length).
+    LAZ: the chunk table, whose offset laszip writes in the first 8 bytes of
+    the point data, must lie inside the file.
+    """
+    size = path.stat().st_size
+    start = header.offset_to_point_data
+    if compressed:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            raw = fh.read(8)
+        table = int.from_bytes(raw, "little", signed=True) if len(raw) == 8 else size + 1
+        if table != -1 and not (start + 8 <= table <= size - 8):
+            raise LidarError(f"{path}: truncated LAZ file ({size:,} bytes; its chunk table should start at byte {table:,})")
+    else:
+        need = start + header.point_count * header.point_format.size
+        if size < need:
+            raise LidarError(f"{path}: truncated LAS file ({size:,} bytes; {header.point_count:,} points need {need:,})")
 
 
 def find_tiles(folder: Path | str) -> list[Path]:

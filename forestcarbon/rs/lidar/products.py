@@ -15,6 +15,7 @@ in a pool of worker processes instead; on a distributed cluster (a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -66,14 +67,11 @@ class LidarRun:
 @contextlib.contextmanager
 def _tile_scheduler(n_tiles: int):
     """Dask compute kwargs for tile tasks: the active cluster, else a process pool, else in-process."""
-    from dask.base import get_scheduler
-
-    sched = get_scheduler()
     workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    if type(getattr(sched, "__self__", None)).__name__ == "Client":
+    name = dask.config.get("scheduler", None)
+    if name == "dask.distributed":  # a distributed.Client is the default: its workers run the tiles
         yield {}, workers
         return
-    name = dask.config.get("scheduler", None)
     if name in ("sync", "synchronous", "single-threaded") or n_tiles < 2 or workers < 2:
         yield {"scheduler": "sync"}, 1
         return
@@ -97,7 +95,7 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
     extent = max([0.0] + [max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1]) for _, g in targets.plots])
     cell = max([abs(g.affine.a) for g in (targets.metrics, targets.chm, targets.dtm) if g is not None])
     # every point of an owned cell or plot must be read
-    opts = Options(**{**opts.__dict__, "buffer_m": max(opts.buffer_m, 1.5 * cell, extent)})
+    opts = dataclasses.replace(opts, buffer_m=max(opts.buffer_m, 1.5 * cell, extent))
     plan = Plan.of(tiles, crs, opts.buffer_m)
     run = LidarRun(tiles=len(tiles))
     results: list[TileResult] = []
