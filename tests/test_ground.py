@@ -280,3 +280,43 @@ def test_trees_cli_forced_equation_from_excel(tmp_path):
     t = pd.read_csv(out)
     np.testing.assert_allclose(t.agb_kg, 0.065388 * t.dbh_cm**2.01735 * t.height_m**0.49425, rtol=1e-12)
     assert (t.species_source == "forced").all() and t.equation_id.str.startswith("chinese_fir:lyt2264_cula_agb_d5plus;").all()
+
+
+def test_plots_stage_from_config_with_excel_mapping_and_design(tmp_path):
+    """The plots stage wired from a configuration: an x/y plots table, an Excel tree list with Chinese
+    column names, a nested design and slope; outputs per tree, per plot (with Monte Carlo) and the equations."""
+    from forestcarbon.config import config_from_dict
+    from forestcarbon.flows.stages import Context, stage_plots
+    from forestcarbon.rs.grid import geobox_from_config
+
+    pd.DataFrame({"plot_id": ["A", "B"], "x": [500_050.0, 500_250.0], "y": [3_200_050.0, 3_200_050.0],
+                  "design": ["n2", ""], "size_m2": [None, 666.7], "slope_deg": [25.0, 0.0]}).to_csv(tmp_path / "plots.csv", index=False)
+    pd.DataFrame({"样地": ["A", "A", "A", "B", "B"], "树号": ["1", "2", "3", "1", "2"],
+                  "树种": ["杉木", "杉木", "木荷", "毛竹", "毛竹"], "胸径": [8.0, 22.0, 30.0, 9.0, 11.0],
+                  "树高": [7.0, 16.0, 18.0, 12.0, 13.0], "度": [None, None, None, 1, 2]}).to_excel(tmp_path / "trees.xlsx", index=False)
+    cfg = config_from_dict({
+        "grid": {"crs": CRS, "resolution_m": 10, "bounds": [500_000, 3_200_000, 500_400, 3_200_100]},
+        "inputs": {"stac_items": str(tmp_path), "plots": str(tmp_path / "plots.csv"), "trees": str(tmp_path / "trees.xlsx"),
+                   "parcels": "x"},
+        "ground": {"plots_crs": CRS, "designs": {"n2": [{"min_dbh_cm": 5, "radius_m": 5.64}, {"min_dbh_cm": 20, "radius_m": 11.28}]},
+                   "trees_columns": {"plot_id": "样地", "tree_id": "树号", "species": "树种", "dbh_cm": "胸径",
+                                     "height_m": "树高", "age": "度"},
+                   "uncertainty": {"draws": 200}},
+        "output": str(tmp_path / "out")})
+    ctx = Context(cfg, geobox_from_config(cfg.grid))
+    info = stage_plots(ctx)
+    assert info["plots"] == 2 and info["trees"] == 5
+    plots = gpd.read_file(ctx.out.plots, layer="plots").set_index("plot_id")
+    trees = pd.read_csv(ctx.out.trees)
+    cos25 = np.cos(np.radians(25))
+    a = trees[trees.plot_id == "A"].set_index("tree_id")
+    inner, outer = np.pi * 5.64**2 * cos25 / 1e4, np.pi * 11.28**2 * cos25 / 1e4
+    expected = (a.agb_kg[1] / inner + a.agb_kg[2] / outer + a.agb_kg[3] / outer) / 1000
+    assert plots.loc["A", "agb_mg_ha"] == pytest.approx(expected, rel=1e-12)
+    assert plots.loc["A", "area_ha"] == pytest.approx(outer, rel=1e-12)
+    b = trees[trees.plot_id == "B"]
+    assert b.equation_id.str.startswith("moso_bamboo:zhou_jiang2004_moso_culm").all()
+    assert plots.loc["B", "agb_mg_ha"] == pytest.approx(b.agb_kg.sum() / 0.06667 / 1000, rel=1e-12)
+    assert (plots.agb_mg_ha_mc_q2_5 < plots.agb_mg_ha_mc_q97_5).all() and (plots.mc_draws == 200).all()
+    eq = pd.read_csv(ctx.out.equations)
+    assert {"lyt2264_cula_agb_d5plus", "zhou_jiang2004_moso_culm", "chave2014_eq4"} <= set(eq["id"]) and eq["source"].notna().all()
