@@ -131,6 +131,8 @@ class GroundConfig(_Strict):
     Plot radius/size given along a slope (``slope_deg`` column) is reduced to
     horizontal area by cos(slope) when ``plot_size_on_slope`` is true;
     ``area_fraction`` (0-1] marks plots cut by a stand edge.
+    ``height_model`` fills missing tree heights from H-D models fitted on the
+    measured trees (per species group with >= 10 of them, else pooled).
     """
 
     trees_columns: dict[str, str] = {}
@@ -138,6 +140,7 @@ class GroundConfig(_Strict):
     trees_sheet: str | None = None
     plots_crs: str | None = None
     dbh_out_of_range: Literal["warn", "reject"] = "warn"
+    height_model: Literal["log1", "log2", "michaelis"] | None = None
     designs: dict[str, list[SubplotConfig]] = {}
     plot_size_on_slope: bool = True
     uncertainty: UncertaintyConfig = UncertaintyConfig()

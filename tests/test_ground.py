@@ -320,3 +320,77 @@ def test_plots_stage_from_config_with_excel_mapping_and_design(tmp_path):
     assert (plots.agb_mg_ha_mc_q2_5 < plots.agb_mg_ha_mc_q97_5).all() and (plots.mc_draws == 200).all()
     eq = pd.read_csv(ctx.out.equations)
     assert {"lyt2264_cula_agb_d5plus", "zhou_jiang2004_moso_culm", "chave2014_eq4"} <= set(eq["id"]) and eq["source"].notna().all()
+
+
+def test_height_diameter_models_on_nouragues_hd():
+    """Real data: NouraguesHD. log2 equals numpy's polynomial fit on the log scale (coefficients and RSE), with
+    Baskerville's correction in predictions; the Michaelis-Menten fit is a least-squares minimum."""
+    from forestcarbon.models.height import fit_height_model
+
+    hd = pd.read_csv(shared("plots/BIOMASS/NouraguesHD.csv")).dropna(subset=["H"])
+    m = fit_height_model(hd.D, hd.H, "log2")
+    c2, c1, c0 = np.polyfit(np.log(hd.D), np.log(hd.H), 2)
+    np.testing.assert_allclose(m.coef, [c0, c1, c2], rtol=1e-9)
+    resid = np.log(hd.H) - np.polyval([c2, c1, c0], np.log(hd.D))
+    assert m.rse == pytest.approx(np.sqrt(np.sum(resid**2) / (len(hd) - 3)), rel=1e-12) and m.n == len(hd)
+    assert m.predict([30.0])[0] == pytest.approx(np.exp(np.polyval([c2, c1, c0], np.log(30.0)) + m.rse**2 / 2), rel=1e-12)
+    mm = fit_height_model(hd.D, hd.H, "michaelis")
+    rss = lambda a, b: np.sum((hd.H - a * hd.D / (b + hd.D)) ** 2)  # noqa: E731
+    best = rss(*mm.coef)
+    for da, db in ((0.01, 0), (-0.01, 0), (0, 0.01), (0, -0.01)):
+        assert rss(mm.coef[0] * (1 + da), mm.coef[1] * (1 + db)) > best
+    with pytest.raises(FieldError, match="needs at least 10 trees with measured heights, got 3"):
+        fit_height_model([10, 20, 30], [8, 12, 15])
+
+
+def test_fill_heights_per_group_or_pooled_and_mc_height_error(reg):
+    from forestcarbon.models.height import fill_heights
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(8, 40, 40)
+    t = pd.DataFrame({"plot_id": "P", "tree_id": [str(i) for i in range(40)], "species": ["杉木"] * 30 + ["木荷"] * 10,
+                      "species_group": ["chinese_fir"] * 30 + ["broadleaf"] * 10, "dbh_cm": d,
+                      "height_m": np.exp(1.0 + 0.6 * np.log(d)) * rng.lognormal(0, 0.1, 40)})
+    t.loc[[0, 1, 30], "height_m"] = np.nan  # fir: 28 measured -> own model; broadleaf: 9 measured -> pooled
+    filled, models = fill_heights(t, "log1")
+    assert set(models) == {"chinese_fir", "*"}
+    assert list(filled.height_source[[0, 1, 30]]) == ["hd_model:chinese_fir:log1"] * 2 + ["hd_model:*:log1"]
+    assert (filled.height_source.drop([0, 1, 30]) == "measured").all()
+    np.testing.assert_array_equal(filled.height_m.drop([0, 1, 30]), t.height_m.drop([0, 1, 30]))
+    assert filled.height_m[0] == pytest.approx(models["chinese_fir"].predict([d[0]])[0])
+    # one broadleaf tree (Chave 2014, AGB ∝ H^0.976) whose height comes from the pooled log model only:
+    # log AGB has SD 0.976 · RSE over the draws
+    one = tree_biomass(filled.iloc[[30]], reg)
+    mc = monte_carlo(one, reg, ErrorModel(draws=5000, seed=2, dbh_error=None, model_error=False), weight=None,
+                     height_models=models).iloc[0]
+    s = 0.976 * models["*"].rse
+    assert mc.agb_mg_mc_sd / mc.agb_mg_mc_mean == pytest.approx(np.sqrt(np.exp(s**2) - 1), rel=0.05)
+
+
+def test_plots_stage_fills_missing_heights(tmp_path):
+    from forestcarbon.config import config_from_dict
+    from forestcarbon.flows.stages import Context, stage_plots
+    from forestcarbon.rs.grid import geobox_from_config
+
+    plots = _points(tmp_path, [{"plot_id": "A", "size_m2": 666.7}])
+    rng = np.random.default_rng(1)
+    d = rng.uniform(6, 35, 14)
+    h = np.round(np.exp(0.9 + 0.62 * np.log(d)), 1)
+    h[[3, 7]] = np.nan
+    pd.DataFrame({"plot_id": "A", "tree_id": [str(i) for i in range(14)], "species": "杉木", "dbh_cm": d,
+                  "height_m": h}).to_csv(tmp_path / "trees.csv", index=False)
+    cfg = config_from_dict({
+        "grid": {"crs": CRS, "resolution_m": 10, "bounds": [499_900, 3_199_900, 500_200, 3_200_100]},
+        "inputs": {"stac_items": str(tmp_path), "plots": str(plots), "trees": str(tmp_path / "trees.csv"), "parcels": "x"},
+        "ground": {"height_model": "log2", "uncertainty": {"draws": 100}}, "output": str(tmp_path / "out")})
+    ctx = Context(cfg, geobox_from_config(cfg.grid))
+    info = stage_plots(ctx)
+    assert info["trees_with_modelled_height"] == 2
+    t = pd.read_csv(ctx.out.trees)
+    assert list(t.height_source[[3, 7]]) == ["hd_model:chinese_fir:log2"] * 2  # 12 measured firs: their own model
+    assert gpd.read_file(ctx.out.plots).n_heights_modelled.iloc[0] == 2
+    hm = pd.read_csv(ctx.out.height_models)
+    assert hm.n_measured.iloc[0] == 12 and hm.method.iloc[0] == "log2"
+    no_model = config_from_dict({**cfg.model_dump(mode="json"), "ground": {}})
+    with pytest.raises(FieldError, match=r"height_m must be >= 1.3 m for height-based equation"):
+        stage_plots(Context(no_model, ctx.gbox))

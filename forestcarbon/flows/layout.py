@@ -43,6 +43,8 @@ class Layout:
     def trees(self) -> Path: return self.root / "plots" / "trees.csv"
     @property
     def equations(self) -> Path: return self.root / "plots" / "equations.csv"
+    @property
+    def height_models(self) -> Path: return self.root / "plots" / "height_models.csv"
     # 4 model
     @property
     def model(self) -> Path: return self.root / "model" / "model.joblib"

@@ -26,7 +26,8 @@ from ..config import Config, default_allometry_path
 from ..errors import ConfigError, CRSError, InputNotFoundError, SceneError, StageInputError
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
-from ..models.allometry import load_registry
+from ..models.allometry import load_registry, species_groups
+from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
 from ..rs import composite, lidar
@@ -255,12 +256,20 @@ def stage_plots(ctx: Context) -> dict:
     registry = load_registry(cfg.allometry or default_allometry_path())
     plots = plot_footprints(ctx)
     trees = read_trees(i.trees, g.trees_columns, g.trees_sheet)
+    height_models: dict = {}
+    if g.height_model is not None:
+        groups, _ = species_groups(trees["species"], registry, cfg.allometry_fallback, str(i.trees))
+        trees, height_models = fill_heights(trees.assign(species_group=groups), g.height_model)
+        trees = trees.drop(columns="species_group")
+        write_table(pd.DataFrame([{"key": k, "method": m.method, "coef": list(m.coef), "rse": m.rse, "n_measured": m.n}
+                                  for k, m in height_models.items()]), ctx.out.height_models)
     tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback,
                                       designs=g.designs, dbh_out_of_range=g.dbh_out_of_range)
     errors = ErrorModel(**g.uncertainty.model_dump())
     live = tree_out[tree_out["status"] == "alive"]
     if len(live):
-        plot_out = plot_out.merge(monte_carlo(live, registry, errors), on="plot_id", how="left")
+        plot_out = plot_out.merge(monte_carlo(live, registry, errors, height_models=height_models), on="plot_id",
+                                  how="left")
     write_table(plot_out, ctx.out.plots, layer="plots")
     write_table(tree_out, ctx.out.trees)
     write_table(registry.equations_table(), ctx.out.equations)
@@ -268,6 +277,8 @@ def stage_plots(ctx: Context) -> dict:
             "allometry_version": registry.version,
             "unverified_tree_share": float(1 - tree_out["equation_verified"].mean()),
             "trees_dbh_out_of_range": int((~tree_out["dbh_in_range"]).sum()),
+            "trees_with_modelled_height": int(tree_out.get("height_source", pd.Series(dtype=str)).astype(str)
+                                              .str.startswith("hd_model").sum()),
             "monte_carlo_draws": errors.draws}
 
 

@@ -274,6 +274,29 @@ def _column(trees: pd.DataFrame, col: str) -> np.ndarray:
 DBH_POLICIES = ("warn", "reject")
 
 
+def species_groups(species: pd.Series, registry: AllometryRegistry, fallback: dict[str, str] | None = None,
+                   source: str = "trees") -> tuple[pd.Series, np.ndarray]:
+    """(group of each tree, ``table`` or ``fallback``): names resolve through the registry, then ``fallback``
+    (species or code → group, ``"*"`` for all others); a species nobody maps is an error naming it and its rows."""
+    groups = species.map(registry.resolve)
+    how = np.where(groups.isna(), "fallback", "table")
+    if fallback:
+        bad = sorted(set(fallback.values()) - set(registry.groups))
+        if bad:
+            raise AllometryError(f"fallback maps to unknown species groups {bad}; groups are {sorted(registry.groups)}")
+        miss = groups.isna()
+        mapped = species[miss].astype(str).map(lambda sp: fallback.get(sp, fallback.get("*")))
+        groups = groups.where(~miss, mapped)
+    unknown = groups.isna().to_numpy()
+    if unknown.any():
+        names = sorted(set(species[unknown].astype(str)))
+        raise AllometryError(
+            f"{source}: no allometric equation for species {names[:5]} (rows {_rows(unknown, species.index)}); "
+            f"add them to {registry.source_path} or its species table, or map them to a group (allometry_fallback)"
+        )
+    return groups, how
+
+
 def tree_biomass(
     trees: pd.DataFrame,
     registry: AllometryRegistry,
@@ -326,22 +349,7 @@ def tree_biomass(
         groups = pd.Series(forced_group, index=out.index)
         out["species_source"] = "forced"
     else:
-        groups = out["species"].map(registry.resolve)
-        out["species_source"] = np.where(groups.isna(), "fallback", "table")
-        if fallback:
-            bad = sorted(set(fallback.values()) - set(registry.groups))
-            if bad:
-                raise AllometryError(f"fallback maps to unknown species groups {bad}; groups are {sorted(registry.groups)}")
-            miss = groups.isna()
-            mapped = out.loc[miss, "species"].astype(str).map(lambda sp: fallback.get(sp, fallback.get("*")))
-            groups = groups.where(~miss, mapped)
-        unknown = groups.isna().to_numpy()
-        if unknown.any():
-            names = sorted(set(out.loc[unknown, "species"].astype(str)))
-            raise AllometryError(
-                f"{source}: no allometric equation for species {names[:5]} (rows {_rows(unknown, out.index)}); "
-                f"add them to {registry.source_path} or its species table, or map them to a group (allometry_fallback)"
-            )
+        groups, out["species_source"] = species_groups(out["species"], registry, fallback, source)
     out["species_group"] = groups
     d = out["dbh_cm"].to_numpy(float)
     h = _column(out, "height_m")

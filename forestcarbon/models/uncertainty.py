@@ -77,7 +77,7 @@ def dbh_draw(rng: np.random.Generator, d: np.ndarray, how) -> np.ndarray:
 
 
 def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorModel, by: str = "plot_id",
-                weight: str | None = "expansion_ha") -> pd.DataFrame:
+                weight: str | None = "expansion_ha", height_models: dict | None = None) -> pd.DataFrame:
     """Per group (plot) mean, SD, median and 95 % interval of AGB and carbon over the draws.
 
     ``trees`` is the output of :func:`~forestcarbon.models.allometry.tree_biomass`
@@ -87,6 +87,11 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
     ``agb_mg_ha_mc_mean``, ``..._sd``, ``..._median``, ``..._q2_5``,
     ``..._q97_5`` (and the same for ``carbon_mg_ha``), ``mc_draws`` and
     ``mc_trees_without_model_error``.
+
+    Trees whose ``height_source`` is ``hd_model:<key>:<method>`` draw their
+    height from ``height_models[key]`` at the drawn DBH, with that model's
+    residual error (BIOMASS ``predictHeight(err = TRUE)``); measured heights
+    get ``errors.height_sd_m``.
     """
     t = trees.reset_index(drop=True)
     rng = np.random.default_rng(errors.seed)
@@ -100,11 +105,18 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
     codes, groups = pd.factorize(t[by])
     eq_of = _aboveground_equations(t, registry)
     h_upper = np.nanmax(h) + 15 if np.isfinite(h).any() else np.inf
+    modelled = []
+    if height_models and "height_source" in t:
+        keys = t["height_source"].astype(str).str.extract(r"^hd_model:(.*):[^:]+$")[0]
+        for key, idx in pd.Series(range(len(t))).groupby(keys.to_numpy()).indices.items():
+            modelled.append((height_models[key], np.asarray(idx)))
     agb_sums = np.zeros((len(groups), errors.draws))
     c_sums = np.zeros((len(groups), errors.draws))
     for k in range(errors.draws):
         dk = dbh_draw(rng, d, errors.dbh_error)
-        hk = truncated_normal(rng, h, errors.height_sd_m, 1.3, h_upper) if errors.height_sd_m else h
+        hk = truncated_normal(rng, h, errors.height_sd_m, 1.3, h_upper) if errors.height_sd_m else h.copy()
+        for model, idx in modelled:
+            hk[idx] = model.draw(rng, dk[idx])
         rk = truncated_normal(rng, rho, errors.wood_density_sd, 0.08, 1.39) if errors.wood_density_sd else rho
         agb = np.empty(len(t))
         for eq, idx in eq_of:

@@ -214,6 +214,8 @@ def _summaries(t: pd.DataFrame) -> pd.DataFrame:
         "lorey_height_m": g["bah"].sum(min_count=1) / g["ba"].sum(),
         "dominant_height_m": t.groupby("plot_id")[list({"dbh_cm", "expansion_ha", *(["height_m"] if "height_m" in t else [])})]
                               .apply(_dominant_height),
+        "n_heights_modelled": (t["height_source"].astype(str).str.startswith("hd_model") if "height_source" in t
+                               else pd.Series(False, index=t.index)).groupby(t["plot_id"]).sum(),
         "equations_verified": g["equation_verified"].all(),
         "equations": g["equation_id"].agg(lambda s: ";".join(sorted(set(s)))),
         "equation_mix": t.groupby("plot_id")[["agb_kg", "expansion_ha", "equation_id"]].apply(_equation_mix),
