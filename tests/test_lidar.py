@@ -182,6 +182,15 @@ def test_lidar_metrics_cli_on_real_file(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: LAS/LAZ file not found")
     assert not (tmp_path / "x.tif").exists()
+    # Topography (not normalised): metrics, a pit-free CHM and the DTM with slope and aspect in one pass
+    topo = shared("lidar/lidR/Topography.laz")
+    res = subprocess.run([str(exe), "lidar-metrics", str(topo), "--res", "20", "--out", str(tmp_path / "t.tif"),
+                          "--ground", "2,9", "--chm", str(tmp_path / "chm.tif"), "--dtm", str(tmp_path / "dtm.tif"),
+                          "--pitfree"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with rasterio.open(tmp_path / "chm.tif") as c, rasterio.open(tmp_path / "dtm.tif") as d:
+        assert c.res == (1.0, 1.0) and "pit-free" in c.tags()["method"]
+        assert d.descriptions == ("dtm_m", "slope_deg", "aspect_deg") and np.nanmin(d.read(1)) > 700
 
 
 def test_chm_at_field_trees_correlates_with_measured_heights():

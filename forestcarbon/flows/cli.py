@@ -178,8 +178,12 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
                   normalized: Optional[bool] = typer.Option(None, "--normalized/--not-normalized",
                                                             help="heights are already above ground (default: detect from the ground returns)"),
                   crs: Optional[str] = typer.Option(None, help="CRS for files whose header has none"),
-                  ground: str = typer.Option("2", help="ground classes, comma separated")):
-    """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent."""
+                  ground: str = typer.Option("2", help="ground classes, comma separated"),
+                  chm: Optional[Path] = typer.Option(None, help="also write a canopy height model (COG) here"),
+                  dtm: Optional[Path] = typer.Option(None, help="also write the ground TIN, slope and aspect (COG) here"),
+                  fine_res: float = typer.Option(1.0, help="cell size of the CHM and DTM, metres"),
+                  pitfree: bool = typer.Option(False, "--pitfree", help="pit-free CHM (lidR pitfree) instead of the highest return per cell")):
+    """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent (and optionally CHM and DTM)."""
     _setup_logging()
     from ..rs import lidar
 
@@ -190,12 +194,19 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
                 raise InputNotFoundError(f"LAS/LAZ file not found: {f}")
         tiles = lidar.index_tiles(files, crs)
         gbox = lidar.geobox_over_tiles(tiles, res)
+        fine = lidar.geobox_over_tiles(tiles, fine_res) if (chm or dtm) else None
         opts = lidar.Options(normalized="auto" if normalized is None else normalized,
-                             ground_classes=tuple(int(c) for c in ground.split(",")))
-        lidar.lidar_products(tiles, lidar.Targets(metrics=gbox), opts, {"metrics": out})
+                             ground_classes=tuple(int(c) for c in ground.split(",")),
+                             chm_algorithm="pitfree" if pitfree else "p2r")
+        targets = lidar.Targets(metrics=gbox, chm=fine if chm else None, dtm=fine if dtm else None)
+        outs = {"metrics": out, **({"chm": chm} if chm else {}), **({"dtm": dtm} if dtm else {})}
+        run = lidar.lidar_products(tiles, targets, opts, outs)
     except ForestCarbonError as err:
         _fail(err)
-    typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m")
+    typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m"
+               + "".join(f"; {p}" for k, p in run.files.items() if k != "metrics"))
+    if dtm and "dtm" not in run.files:
+        typer.echo(f"no DTM written: the heights of every tile are already above ground ({dtm})")
 
 
 @app.command()
