@@ -394,3 +394,25 @@ def test_plots_stage_fills_missing_heights(tmp_path):
     no_model = config_from_dict({**cfg.model_dump(mode="json"), "ground": {}})
     with pytest.raises(FieldError, match=r"height_m must be >= 1.3 m for height-based equation"):
         stage_plots(Context(no_model, ctx.gbox))
+
+
+def test_trees_cli_fills_missing_heights(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(7)
+    d = rng.uniform(8, 40, 15)
+    h = np.round(np.exp(1.0 + 0.6 * np.log(d)), 1)
+    h[0] = np.nan
+    src = tmp_path / "t.csv"
+    pd.DataFrame({"species": "杉木", "dbh_cm": d, "height_m": h}).to_csv(src, index=False)
+    exe = Path(sys.executable).parent / "forestcarbon"
+    out = tmp_path / "o.csv"
+    r = subprocess.run([str(exe), "trees", str(src), "--out", str(out), "--height-model", "log1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    t = pd.read_csv(out)
+    assert t.height_source[0] == "hd_model:chinese_fir:log1" and np.isfinite(t.agb_kg).all()
+    r = subprocess.run([str(exe), "trees", str(src), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "height_m must be >= 1.3 m" in r.stderr and not (tmp_path / "x.csv").exists()

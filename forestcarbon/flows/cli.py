@@ -138,6 +138,7 @@ def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx
           equation: Optional[str] = typer.Option(None, help="use this aboveground equation id for every tree"),
           fallback: Optional[list[str]] = typer.Option(None, help="SPECIES=GROUP for species the table lacks; *=GROUP for all others"),
           dbh_out_of_range: str = typer.Option("warn", help="warn (flag and count) or reject trees outside the equations' DBH ranges"),
+          height_model: Optional[str] = typer.Option(None, help="fill missing heights from an H-D model fitted on the measured trees: log1, log2 or michaelis"),
           sheet: Optional[str] = typer.Option(None, help="Excel sheet or GeoPackage layer"),
           crs: Optional[str] = typer.Option(None, help="CRS of the x/y columns"),
           allometry: Optional[Path] = typer.Option(None, help="allometry table (default: the packaged one)")):
@@ -155,8 +156,15 @@ def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx
             mapping["height_m"] = height_col
         df = rename_columns(df, mapping, str(table))
         groups = dict(f.split("=", 1) for f in (fallback or []))
-        res = tree_biomass(df, load_registry(allometry or default_allometry_path()), source=str(table),
-                           fallback=groups, equation=equation, dbh_out_of_range=dbh_out_of_range)
+        registry = load_registry(allometry or default_allometry_path())
+        if height_model is not None:
+            from ..models.allometry import species_groups
+            from ..models.height import fill_heights
+
+            sg, _ = species_groups(df["species"], registry, groups, str(table))
+            df = fill_heights(df.assign(species_group=sg), height_model)[0].drop(columns="species_group")
+        res = tree_biomass(df, registry, source=str(table), fallback=groups, equation=equation,
+                           dbh_out_of_range=dbh_out_of_range)
     except (ForestCarbonError, ValueError) as err:
         _fail(err)
     if out.suffix == ".gpkg":
