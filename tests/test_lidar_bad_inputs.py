@@ -133,3 +133,20 @@ def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
     np.testing.assert_allclose(np.nanmax(right), np.max(z2[keep]) - 100, atol=0.006)  # 1 cm LAS quantisation
     with pytest.raises(LidarError, match=r"b\.laz: fewer than 3 ground points"):
         grid_metrics(index_tiles([b]), GeoBox.from_bbox((500_100, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10))
+
+
+def test_empty_tile_among_neighbours(tmp_path):
+    """A tile with a header but no points (a flight-block corner) leaves its cells empty and the rest intact."""
+    rng = np.random.default_rng(6)
+    a = _las(tmp_path / "a.laz", *_flat_tile(rng))
+    hdr = laspy.LasHeader(point_format=6, version="1.4")
+    hdr.offsets = np.array([500_100.0, 3_200_000.0, 0.0])
+    hdr.scales = np.array([0.01, 0.01, 0.01])
+    hdr.add_crs(CRS.from_user_input("EPSG:4549"))
+    empty = tmp_path / "empty.laz"
+    laspy.LasData(hdr).write(empty)
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
+    alone = grid_metrics(index_tiles([a]), gbox)
+    both = grid_metrics(index_tiles([a, empty]), gbox)
+    for k in ("zmax", "zq95", "n_points"):
+        np.testing.assert_array_equal(both[k], alone[k], err_msg=k)
