@@ -189,14 +189,17 @@ class TileResult:
     plots: list  # (plot_id, {metric: value})
 
 
-def process_tile(i: int, tiles: list[TileInfo], bounds: list[Bounds], near: list[int], spills: dict[int, Spill],
+def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: dict[int, Spill],
                  grid_crs_wkt: str, targets: Targets, opts: Options, outdir: str) -> TileResult:
-    """Read tile ``i`` with its buffer, normalise the heights, and write its windows of each target."""
-    own, grid_crs = bounds[i], CRS.from_wkt(grid_crs_wkt)
+    """Read tile ``i`` with its buffer, normalise the heights, and write its windows of each target.
+
+    ``near_b`` are the grid-CRS bounds of the tiles within the buffer (this one at position ``me``);
+    ``spills`` the decoded points of those tiles by tile index (empty: read ``tile`` directly).
+    Only what this tile needs travels to the worker, whatever the number of tiles.
+    """
+    own, grid_crs = near_b[me], CRS.from_wkt(grid_crs_wkt)
     buf = expand(own, opts.buffer_m)
-    x, y, z, cls, ret = _gather(tiles[i], grid_crs, buf, spills, i)
-    me = near.index(i)
-    near_b = [bounds[j] for j in near]
+    x, y, z, cls, ret = _gather(tile, grid_crs, buf, spills, i)
     normalized = opts.normalized
     if normalized == "auto":
         normalized = looks_normalized(z, cls, opts.ground_classes)
@@ -210,7 +213,7 @@ def process_tile(i: int, tiles: list[TileInfo], bounds: list[Bounds], near: list
         try:
             surface = ground_surface(x[g], y[g], z[g])
         except LidarError as err:
-            raise LidarError(f"{tiles[i].path}: {err} (ground classes {list(opts.ground_classes)}, "
+            raise LidarError(f"{tile.path}: {err} (ground classes {list(opts.ground_classes)}, "
                              f"{opts.buffer_m:g} m buffer from neighbours included)") from None
         h = heights_above(x, y, z, g, surface)
     ok = (h >= opts.min_height_m) & (h <= opts.max_height_m)

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import numpy as np
 import pandas as pd
+import shapely
 from pyproj import CRS
 
 from ..cog import cog_from_windows
-from .blocks import Options, Targets, TileResult, expand, intersects, process_tile, spill_tile
+from .blocks import Options, Targets, TileResult, expand, process_tile, spill_tile
 from .io import TileInfo, tile_bounds_in
 from .metrics import METRICS
 
@@ -41,15 +43,31 @@ class Plan:
     """Tile bounds in the grid CRS, each tile's neighbours within the buffer, and a spatial processing order."""
 
     bounds: list
-    near: list  # list[list[int]], each including the tile itself
+    near: list  # list[list[int]]: the tiles within each tile's buffer, itself included
+    users: list  # list[list[int]]: the other tiles whose buffer reaches each tile
     order: list
 
     @classmethod
     def of(cls, tiles: list[TileInfo], crs: CRS, buffer_m: float) -> "Plan":
+        """Neighbours from an R-tree of the tile boxes (O(n log n), for tens of thousands of tiles)."""
         b = tile_bounds_in(tiles, crs)
-        near = [[j for j in range(len(b)) if j == i or intersects(b[j], expand(b[i], buffer_m))] for i in range(len(b))]
+        arr = np.asarray(b, dtype="float64").reshape(-1, 4)
+        grown = arr + np.array([-buffer_m, -buffer_m, buffer_m, buffer_m])
+        tree = shapely.STRtree(shapely.box(*arr.T))
+        i_idx, j_idx = tree.query(shapely.box(*grown.T), predicate="intersects") if len(b) else (np.empty(0, int),) * 2
+        strict = (arr[j_idx, 0] < grown[i_idx, 2]) & (grown[i_idx, 0] < arr[j_idx, 2]) & \
+                 (arr[j_idx, 1] < grown[i_idx, 3]) & (grown[i_idx, 1] < arr[j_idx, 3])  # as blocks.intersects
+        near = [{i} for i in range(len(b))]
+        for i, j in zip(i_idx[strict].tolist(), j_idx[strict].tolist()):
+            near[i].add(j)
+        near = [sorted(s) for s in near]
+        users = [[] for _ in b]
+        for i, ns in enumerate(near):
+            for j in ns:
+                if j != i:
+                    users[j].append(i)
         order = sorted(range(len(b)), key=lambda i: (-round(b[i][3], 3), b[i][0]))  # north to south, west to east
-        return cls(b, near, order)
+        return cls(b, near, users, order)
 
 
 @dataclass
@@ -106,7 +124,8 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
         win_dir.mkdir(parents=True, exist_ok=True)
         kw, workers = stack.enter_context(_tile_scheduler(len(tiles)))
         batch = batch or max(8, 16 * workers)  # tiles per graph: spilled points live at most a batch long
-        needs = {j: sum(j in plan.near[i] for i in range(len(tiles)) if len(plan.near[i]) > 1) for j in range(len(tiles))}
+        needs = {j: len(plan.users[j]) + (len(plan.near[j]) > 1) for j in range(len(tiles))}
+        plots_of = _plots_by_tile(targets.plots, plan, opts.buffer_m)
         spilled: dict = {}
         for k in range(0, len(plan.order), batch):
             todo = plan.order[k:k + batch]
@@ -115,14 +134,15 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
                 if len(plan.near[i]) > 1:
                     for j in plan.near[i]:
                         if j not in spilled and j not in spill_tasks:
-                            shared = [expand(plan.bounds[m], opts.buffer_m) for m in range(len(tiles))
-                                      if m != j and j in plan.near[m]]
+                            shared = [expand(plan.bounds[m], opts.buffer_m) for m in plan.users[j]]
                             spill_tasks[j] = dask.delayed(spill_tile)(j, tiles[j], wkt, shared, str(spill_dir))
             tasks = []
             for i in todo:
                 sp = {j: spilled.get(j, spill_tasks.get(j)) for j in plan.near[i]} if len(plan.near[i]) > 1 else {}
-                tasks.append(dask.delayed(process_tile)(i, tiles, plan.bounds, plan.near[i], sp, wkt, targets, opts,
-                                                        str(win_dir)))
+                near_b = [plan.bounds[j] for j in plan.near[i]]
+                tile_targets = dataclasses.replace(targets, plots=plots_of.get(i, ()))
+                tasks.append(dask.delayed(process_tile)(i, tiles[i], near_b, plan.near[i].index(i), sp, wkt, tile_targets,
+                                                        opts, str(win_dir)))
             keys = list(spill_tasks)
             done = dask.compute(*[spill_tasks[j] for j in keys], *tasks, **kw)
             spilled.update(zip(keys, done[:len(keys)]))
@@ -145,6 +165,20 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
         rows = [{"plot_id": pid, **vals} for r in results for pid, vals in r.plots]
         run.plot_metrics = pd.DataFrame(rows, columns=["plot_id", *METRICS])
     return run
+
+
+def _plots_by_tile(plots: tuple, plan: Plan, buffer_m: float) -> dict[int, tuple]:
+    """The plots each tile may own: those whose centroid lies within its buffer (the tile decides ownership)."""
+    if not plots:
+        return {}
+    cents = shapely.centroid(np.array([g for _, g in plots], dtype=object))
+    tree = shapely.STRtree(cents)
+    out: dict[int, tuple] = {}
+    for i, b in enumerate(plan.bounds):
+        hit = tree.query(shapely.box(*expand(b, buffer_m)))
+        if len(hit):
+            out[i] = tuple(plots[k] for k in sorted(hit.tolist()))
+    return out
 
 
 _PRODUCTS = {
