@@ -414,3 +414,25 @@ def test_tiles_on_a_distributed_cluster_equal_in_process(tmp_path):
         remote = grid_metrics(index_tiles(pieces), gbox, buffer_m=45)
     for k in METRICS:
         np.testing.assert_array_equal(remote[k], local[k], err_msg=k)
+
+
+def test_tile_workers_run_from_a_script_without_main_guard(tmp_path):
+    """Analysts call the LiDAR functions from plain scripts (no `if __name__ == "__main__"`) or stdin: the
+    tile workers must not re-run the caller's main module."""
+    import subprocess
+    import sys
+
+    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+    pieces = _cut_in_four(path, tmp_path)
+    script = (
+        "import dask\n"
+        "from forestcarbon.rs.lidar import index_tiles, grid_metrics, geobox_over_tiles\n"
+        f"tiles = index_tiles({[str(p) for p in pieces]!r})\n"
+        "print('start', flush=True)\n"
+        "with dask.config.set(scheduler='threads', num_workers=2):\n"
+        "    m = grid_metrics(tiles, geobox_over_tiles(tiles, 10.0), buffer_m=45)\n"
+        "print('cells', int((m['n_points'] > 0).sum()))\n"
+    )
+    res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("start") == 1 and "cells" in res.stdout

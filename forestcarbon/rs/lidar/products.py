@@ -8,7 +8,7 @@ size, not by the number of tiles.  Decoded points spilled for neighbours are
 deleted as soon as every tile that needs them is done.
 
 The triangulation holds the GIL, so on the local threaded scheduler tiles run
-in a pool of worker processes instead; on a distributed cluster (a
+in a pool of worker processes instead (loky, as joblib uses); on a distributed cluster (a
 ``distributed.Client`` is active) they run on its workers.
 """
 
@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import dask
 import numpy as np
 import pandas as pd
 import shapely
+from joblib.externals.loky import get_reusable_executor
 from pyproj import CRS
 
 from ..cog import cog_from_windows
@@ -94,8 +93,13 @@ def _tile_scheduler(n_tiles: int):
         yield {"scheduler": "sync"}, 1
         return
     workers = min(workers, n_tiles)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # loky's pool: fresh interpreters that never re-run the caller's __main__ (scripts without a main
+    # guard, notebooks and stdin work), shut down when the run ends
+    pool = get_reusable_executor(max_workers=workers, timeout=300)
+    try:
         yield {"scheduler": "processes", "pool": pool, "chunksize": 1}, workers  # one tile per submission
+    finally:
+        pool.shutdown(wait=True)
 
 
 def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: dict[str, Path],
