@@ -65,10 +65,6 @@ def expand(b: Bounds, d: float) -> Bounds:
     return (b[0] - d, b[1] - d, b[2] + d, b[3] + d)
 
 
-def intersects(a: Bounds, b: Bounds) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def inside(x, y, b: Bounds) -> np.ndarray:
     """Half-open containment [xmin, xmax) x [ymin, ymax)."""
     return (x >= b[0]) & (x < b[2]) & (y >= b[1]) & (y < b[3])

@@ -55,7 +55,7 @@ class Plan:
         tree = shapely.STRtree(shapely.box(*arr.T))
         i_idx, j_idx = tree.query(shapely.box(*grown.T), predicate="intersects") if len(b) else (np.empty(0, int),) * 2
         strict = (arr[j_idx, 0] < grown[i_idx, 2]) & (grown[i_idx, 0] < arr[j_idx, 2]) & \
-                 (arr[j_idx, 1] < grown[i_idx, 3]) & (grown[i_idx, 1] < arr[j_idx, 3])  # as blocks.intersects
+                 (arr[j_idx, 1] < grown[i_idx, 3]) & (grown[i_idx, 1] < arr[j_idx, 3])  # open overlap: touching is not near
         near = [{i} for i in range(len(b))]
         for i, j in zip(i_idx[strict].tolist(), j_idx[strict].tolist()):
             near[i].add(j)
