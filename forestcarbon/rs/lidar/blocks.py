@@ -194,69 +194,72 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
     Only what this tile needs travels to the worker, whatever the number of tiles.
     """
     own, grid_crs = near_b[me], CRS.from_wkt(grid_crs_wkt)
-    buf = expand(own, opts.buffer_m)
-    x, y, z, cls, ret = _gather(tile, grid_crs, buf, spills, i)
-    normalized = opts.normalized
-    if normalized == "auto":
-        normalized = looks_normalized(z, cls, opts.ground_classes)
-    surface = None
-    if x.size == 0:
-        h = z
-    elif normalized:
-        h = z
-    else:
-        g = np.isin(cls, opts.ground_classes)
-        try:
-            surface = ground_surface(x[g], y[g], z[g])
-        except LidarError as err:
-            raise LidarError(f"{tile.path}: {err} (ground classes {list(opts.ground_classes)}, "
-                             f"{opts.buffer_m:g} m buffer from neighbours included)") from None
-        h = heights_above(x, y, z, g, surface)
+    x, y, z, cls, ret = _gather(tile, grid_crs, expand(own, opts.buffer_m), spills, i)
+    h, surface, normalized = _heights(tile, x, y, z, cls, opts)
     ok = (h >= opts.min_height_m) & (h <= opts.max_height_m)
     files = {}
-    dropped = int((inside(x, y, own) & ~ok).sum())
     out = Path(outdir)
     for name, gbox in (("metrics", targets.metrics), ("chm", targets.chm)):
-        if gbox is None or x.size == 0:
-            continue
-        w = window(gbox, own, near_b, me)
+        w = window(gbox, own, near_b, me) if gbox is not None and x.size else None
         if w is None:
             continue
-        idx, mine = _local_cells(x, y, gbox, w)
-        sel = mine & ok
-        n_cells = w.owned.size
-        if name == "metrics":
-            vals = cell_metrics(idx[sel], h[sel], n_cells)
-            stack = np.stack([vals[k] for k in METRICS])
-            empty = vals["n_points"] == 0
-            stack[:, empty] = np.nan
-            descr = METRICS
-        elif opts.chm_algorithm == "pitfree":
-            first = ok & (ret <= 1)  # return number 1 (0 in files that leave it unset)
-            a = gbox.affine
-            stack = pitfree_chm(x[first], y[first], h[first], a.c + w.c0 * a.a, a.f + w.r0 * a.e, a.a, w.shape,
-                                opts.pitfree_thresholds_m, opts.pitfree_max_edge_m)[None]
-            descr = ("chm_m",)
-        else:
-            stack = cell_max(idx[sel], h[sel], n_cells)["chm"][None]
-            descr = ("chm_m",)
-        stack = stack.reshape(len(descr), *w.shape)
+        stack, descr = (_cell_metrics if name == "metrics" else _chm)(x, y, h, ok, ret, gbox, w, opts)
         if np.isfinite(stack).any():
             files[name] = (write_window(out / f"{name}-{i:06d}.tif", gbox, w, stack, descr), (w.r0, w.r1, w.c0, w.c1))
-    if targets.dtm is not None and surface is not None:
-        w = window(targets.dtm, own, near_b, me, halo=1)
-        if w is not None:
-            a = targets.dtm.affine
-            cx = a.c + (np.arange(w.c0, w.c1) + 0.5) * a.a
-            cy = a.f + (np.arange(w.r0, w.r1) + 0.5) * a.e
-            gx, gy = np.meshgrid(cx, cy)
-            dtm = surface(gx.ravel(), gy.ravel()).reshape(w.shape)
-            slope, aspect = slope_aspect(dtm, abs(a.a), abs(a.e))
-            files["dtm"] = (write_window(out / f"dtm-{i:06d}.tif", targets.dtm, w, np.stack([dtm, slope, aspect]),
-                                         ("dtm_m", "slope_deg", "aspect_deg")), (w.r0, w.r1, w.c0, w.c1))
+    w = window(targets.dtm, own, near_b, me, halo=1) if targets.dtm is not None and surface is not None else None
+    if w is not None:
+        files["dtm"] = (write_window(out / f"dtm-{i:06d}.tif", targets.dtm, w, _terrain(surface, targets.dtm, w),
+                                     ("dtm_m", "slope_deg", "aspect_deg")), (w.r0, w.r1, w.c0, w.c1))
     plots = _plot_metrics(targets.plots, x, y, h, ok, own, near_b, me, opts.buffer_m) if targets.plots else []
-    n_own = int(inside(x, y, own).sum())
-    return TileResult(i, n_own, dropped, bool(normalized), files, plots)
+    mine = inside(x, y, own)
+    return TileResult(i, int(mine.sum()), int((mine & ~ok).sum()), bool(normalized), files, plots)
+
+
+def _heights(tile: TileInfo, x, y, z, cls, opts: Options):
+    """(height above ground, ground surface or None, whether the heights were already normalised)."""
+    normalized = looks_normalized(z, cls, opts.ground_classes) if opts.normalized == "auto" else opts.normalized
+    if x.size == 0 or normalized:
+        return z, None, normalized
+    g = np.isin(cls, opts.ground_classes)
+    try:
+        surface = ground_surface(x[g], y[g], z[g])
+    except LidarError as err:
+        raise LidarError(f"{tile.path}: {err} (ground classes {list(opts.ground_classes)}, "
+                         f"{opts.buffer_m:g} m buffer from neighbours included)") from None
+    return heights_above(x, y, z, g, surface), surface, normalized
+
+
+def _cell_metrics(x, y, h, ok, ret, gbox: GeoBox, w: Window, opts: Options):
+    """stdmetrics_z of the returns in each owned cell of the window (NaN where a cell has none)."""
+    idx, mine = _local_cells(x, y, gbox, w)
+    sel = mine & ok
+    vals = cell_metrics(idx[sel], h[sel], w.owned.size)
+    stack = np.stack([vals[k] for k in METRICS])
+    stack[:, vals["n_points"] == 0] = np.nan
+    return stack.reshape(len(METRICS), *w.shape), METRICS
+
+
+def _chm(x, y, h, ok, ret, gbox: GeoBox, w: Window, opts: Options):
+    """Canopy height on the window: highest return per cell, or pit-free from the first returns of the buffer."""
+    if opts.chm_algorithm == "pitfree":
+        first = ok & (ret <= 1)  # return number 1 (0 in files that leave it unset)
+        a = gbox.affine
+        chm = pitfree_chm(x[first], y[first], h[first], a.c + w.c0 * a.a, a.f + w.r0 * a.e, a.a, w.shape,
+                          opts.pitfree_thresholds_m, opts.pitfree_max_edge_m)
+    else:
+        idx, mine = _local_cells(x, y, gbox, w)
+        sel = mine & ok
+        chm = cell_max(idx[sel], h[sel], w.owned.size)["chm"].reshape(w.shape)
+    return chm[None], ("chm_m",)
+
+
+def _terrain(surface, gbox: GeoBox, w: Window) -> np.ndarray:
+    """Ground TIN at the window's cell centres, with slope and aspect (Horn 1981; the window has a one-cell halo)."""
+    a = gbox.affine
+    gx, gy = np.meshgrid(a.c + (np.arange(w.c0, w.c1) + 0.5) * a.a, a.f + (np.arange(w.r0, w.r1) + 0.5) * a.e)
+    dtm = surface(gx.ravel(), gy.ravel()).reshape(w.shape)
+    slope, aspect = slope_aspect(dtm, abs(a.a), abs(a.e))
+    return np.stack([dtm, slope, aspect])
 
 
 def _plot_metrics(plots, x, y, h, ok, own, near_b, me, buffer_m):
