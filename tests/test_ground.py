@@ -416,3 +416,37 @@ def test_trees_cli_fills_missing_heights(tmp_path):
     assert t.height_source[0] == "hd_model:chinese_fir:log1" and np.isfinite(t.agb_kg).all()
     r = subprocess.run([str(exe), "trees", str(src), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "height_m must be >= 1.3 m" in r.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_group_root_shoot_ratio_and_carbon_fraction_source(tmp_path):
+    """A group's own root-to-shoot ratio (one value, or by density) replaces the default, is named per tree,
+    carries its verified flag, and is listed with its source in the equations table."""
+    yml = tmp_path / "allom.yaml"
+    yml.write_text("""
+version: t
+defaults:
+  carbon_fraction: 0.47
+  carbon_fraction_source: IPCC
+  root_shoot: {threshold_agb_mg_ha: 125, low: 0.230, high: 0.246, source: IPCC 2019}
+groups:
+  bamboo:
+    names: [毛竹]
+    carbon_fraction_above: 0.5
+    carbon_fraction_source: "test carbon content"
+    root_shoot: {ratio: 0.35, source: "test bamboo rhizome ratio", verified: false}
+    aboveground:
+      - {id: b1, form: power, a: 0.1, b: 2.0, source: "test", verified: true}
+  fir:
+    names: [杉木]
+    aboveground:
+      - {id: f1, form: power, a: 0.1, b: 2.0, source: "test", verified: true}
+""", encoding="utf-8")
+    r = load_registry(yml)
+    out = tree_biomass(pd.DataFrame({"species": ["毛竹", "杉木"], "dbh_cm": [10.0, 10.0]}), r, plot_agb_mg_ha=np.array([200.0, 200.0]))
+    np.testing.assert_allclose(out.agb_kg, [10.0, 10.0])
+    np.testing.assert_allclose(out.bgb_kg, [3.5, 2.46])
+    np.testing.assert_allclose(out.carbon_kg, [10 * 0.5 + 3.5 * 0.47, 12.46 * 0.47])
+    assert list(out.equation_id) == ["bamboo:b1;bamboo_rs", "fir:f1;ipcc2019_rs_high"]
+    assert list(out.equation_verified) == [False, True]
+    eq = r.equations_table()
+    assert "test bamboo rhizome ratio" in set(eq.source) and "test carbon content" in set(eq.carbon_fraction_source.dropna())

@@ -90,19 +90,42 @@ class SpeciesGroup:
     belowground: tuple[Equation, ...] = ()
     carbon_fraction_above: float | None = None
     carbon_fraction_below: float | None = None
+    carbon_fraction_source: str | None = None
     wood_density_g_cm3: float | None = None
     wood_density_source: str | None = None
+    root_shoot: "RootShoot | None" = None  # the group's own ratio, instead of the default
 
 
 @dataclass(frozen=True)
 class RootShoot:
+    """Root-to-shoot ratio by stand AGB density: ``low`` up to ``threshold_agb_mg_ha`` (Mg/ha), ``high`` above."""
+
     threshold_agb_mg_ha: float
     low: float
     high: float
     source: str
+    id: str = "ipcc2019_rs"
+    verified: bool = True
 
     def ratio(self, agb_mg_ha) -> np.ndarray:
         return np.where(np.asarray(agb_mg_ha) <= self.threshold_agb_mg_ha, self.low, self.high)
+
+    def ids(self, agb_mg_ha) -> np.ndarray:
+        """Equation id of the ratio each tree gets (``<id>_low`` / ``<id>_high``; ``<id>`` for a single ratio)."""
+        if np.isinf(self.threshold_agb_mg_ha):
+            return np.full(np.shape(agb_mg_ha), self.id, dtype=object)
+        low = np.asarray(agb_mg_ha) <= self.threshold_agb_mg_ha
+        return np.where(low, f"{self.id}_low", f"{self.id}_high").astype(object)
+
+    @classmethod
+    def from_yaml(cls, raw: dict, where: str) -> "RootShoot":
+        if "ratio" in raw:  # one ratio whatever the density
+            raw = {**raw, "threshold_agb_mg_ha": np.inf, "low": raw["ratio"], "high": raw["ratio"]}
+        missing = [k for k in ("threshold_agb_mg_ha", "low", "high", "source") if k not in raw]
+        if missing:
+            raise AllometryError(f"{where}: root_shoot lacks {', '.join(missing)}")
+        return cls(float(raw["threshold_agb_mg_ha"]), float(raw["low"]), float(raw["high"]), raw["source"],
+                   raw.get("id", "ipcc2019_rs"), bool(raw.get("verified", True)))
 
 
 @dataclass(frozen=True)
@@ -136,11 +159,21 @@ class AllometryRegistry:
             for part, eqs in (("aboveground", g.aboveground), ("belowground", g.belowground)):
                 for e in eqs:
                     rows.append({"group": g.name, "part": part, **{k: getattr(e, k) for k in Equation.__dataclass_fields__},
-                                 "wood_density_g_cm3": g.wood_density_g_cm3, "wood_density_source": g.wood_density_source})
-        rs = self.root_shoot
-        rows.append({"group": "*", "part": "belowground", "id": "ipcc2019_rs_low / ipcc2019_rs_high", "form": "root_shoot",
-                     "a": rs.low, "b": rs.high, "c": rs.threshold_agb_mg_ha, "source": rs.source, "verified": True})
+                                 "wood_density_g_cm3": g.wood_density_g_cm3, "wood_density_source": g.wood_density_source,
+                                 "carbon_fraction": g.carbon_fraction_above if part == "aboveground" else g.carbon_fraction_below,
+                                 "carbon_fraction_source": g.carbon_fraction_source})
+            if g.root_shoot is not None:
+                rows.append(self._root_shoot_row(g.name, g.root_shoot))
+        rows.append(self._root_shoot_row("*", self.root_shoot))
+        rows.append({"group": "*", "part": "carbon", "id": "default_carbon_fraction", "form": "carbon_fraction",
+                     "carbon_fraction": self.carbon_fraction, "source": self.carbon_fraction_source, "verified": True})
         return pd.DataFrame(rows)
+
+    @staticmethod
+    def _root_shoot_row(group: str, rs: "RootShoot") -> dict:
+        """Root-to-shoot ratio as a table row: a = ratio up to the threshold c (Mg/ha), b = ratio above."""
+        return {"group": group, "part": "belowground", "id": f"{rs.id}_low / {rs.id}_high", "form": "root_shoot",
+                "a": rs.low, "b": rs.high, "c": rs.threshold_agb_mg_ha, "source": rs.source, "verified": rs.verified}
 
 
 _NEEDS = {"power": ("a", "b"), "chave2014": (), "volume_bcef": ("a", "b", "bcef_mg_m3"),
@@ -196,6 +229,8 @@ def load_registry(path: Path | str) -> AllometryRegistry:
             belowground=below,
             carbon_fraction_above=g.get("carbon_fraction_above"),
             carbon_fraction_below=g.get("carbon_fraction_below"),
+            carbon_fraction_source=g.get("carbon_fraction_source"),
+            root_shoot=RootShoot.from_yaml({"id": f"{gname}_rs", **g["root_shoot"]}, where) if g.get("root_shoot") else None,
             wood_density_g_cm3=g.get("wood_density_g_cm3"),
             wood_density_source=g.get("wood_density_source"),
         )
@@ -213,7 +248,7 @@ def load_registry(path: Path | str) -> AllometryRegistry:
         groups=groups,
         carbon_fraction=float(defaults["carbon_fraction"]),
         carbon_fraction_source=defaults["carbon_fraction_source"],
-        root_shoot=RootShoot(float(rs["threshold_agb_mg_ha"]), float(rs["low"]), float(rs["high"]), rs["source"]),
+        root_shoot=RootShoot.from_yaml(rs, f"{path}: defaults"),
         source_path=str(path),
         species=species,
         _lookup=lookup,
@@ -389,9 +424,10 @@ def tree_biomass(
                 m = ib == i
                 bgb[sel[m]] = eq.evaluate(d[sel][m], h[sel][m], rho[m], age[sel][m])
         else:
-            r = registry.root_shoot.ratio(density[sel])
-            bgb[sel] = agb[sel] * r
-            ids_b = np.where(r == registry.root_shoot.low, "ipcc2019_rs_low", "ipcc2019_rs_high").astype(object)
+            rs = g.root_shoot or registry.root_shoot
+            bgb[sel] = agb[sel] * rs.ratio(density[sel])
+            ids_b = rs.ids(density[sel])
+            ver &= rs.verified
         eq_ids[sel] = [f"{gname}:{a};{b}" for a, b in zip(ids_a, ids_b)]
         verified[sel] = ver
         if g.carbon_fraction_above is not None:
