@@ -120,6 +120,7 @@ class UncertaintyConfig(_Strict):
     height_sd_m: float | None = Field(None, ge=0)
     wood_density_sd: float | None = Field(None, ge=0)
     model_error: bool = True
+    carbon_fraction_sd_rel: float | None = Field(None, ge=0, lt=1)
 
 
 class GroundConfig(_Strict):

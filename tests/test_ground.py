@@ -450,3 +450,14 @@ groups:
     assert list(out.equation_verified) == [False, True]
     eq = r.equations_table()
     assert "test bamboo rhizome ratio" in set(eq.source) and "test carbon content" in set(eq.carbon_fraction_source.dropna())
+
+
+def test_carbon_fraction_error_alone(reg):
+    """Only the carbon-fraction error (BIOMASS Carbon = TRUE: 2.06 / 47.13): one tree's carbon has that relative SD,
+    its AGB none."""
+    one = tree_biomass(pd.DataFrame({"plot_id": "P", "species": ["杉木"], "dbh_cm": [20.0], "height_m": [15.0]}), reg)
+    e = ErrorModel(draws=4000, seed=1, dbh_error=None, model_error=False, carbon_fraction_sd_rel=2.06 / 47.13)
+    mc = monte_carlo(one, reg, e, weight=None).iloc[0]
+    assert mc.agb_mg_mc_sd == pytest.approx(0.0, abs=1e-12)
+    assert mc.carbon_mg_mc_sd / mc.carbon_mg_mc_mean == pytest.approx(2.06 / 47.13, rel=0.05)
+    assert mc.carbon_mg_mc_mean == pytest.approx(one.carbon_kg[0] / 1000, rel=0.005)

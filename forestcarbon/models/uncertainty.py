@@ -13,6 +13,9 @@ Each draw perturbs every tree independently, as BIOMASS (Réjou-Méchain et al.
   the residual standard error on the log scale that the equation's source
   reports (``rse_log`` in the allometry table).  Trees whose equation gives no
   RSE get no model error; the result says how many.
+* Carbon fraction (optional): a normal relative error per tree and draw, as
+  BIOMASS does with ``Carbon = TRUE`` (there 47.13 ± 2.06 %, Thomas & Martin
+  2012, i.e. a relative SD of 0.0437).
 
 Unlike BIOMASS, the equation coefficients are not drawn from a posterior (the
 MCMC chains of Chave et al. 2014 are not shipped), so intervals omit coefficient
@@ -43,6 +46,7 @@ class ErrorModel:
     height_sd_m: float | None = None  # SD of measured heights, m; None: no height error
     wood_density_sd: float | None = None  # g/cm³; None: no wood-density error
     model_error: bool = True
+    carbon_fraction_sd_rel: float | None = None  # relative SD of the carbon fraction per tree; None: none
 
     def __post_init__(self):
         if self.draws < 50:
@@ -124,7 +128,10 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
         eps = rng.normal(size=len(t)) * np.nan_to_num(rse)
         agb *= np.exp(eps)
         agb_sums[:, k] = np.bincount(codes, weights=agb * w / 1000.0, minlength=len(groups))
-        c_sums[:, k] = np.bincount(codes, weights=agb * carbon_per_agb * w / 1000.0, minlength=len(groups))
+        cf = carbon_per_agb
+        if errors.carbon_fraction_sd_rel:
+            cf = cf * (1.0 + rng.normal(size=len(t)) * errors.carbon_fraction_sd_rel)
+        c_sums[:, k] = np.bincount(codes, weights=agb * cf * w / 1000.0, minlength=len(groups))
     unit = "mg_ha" if weight else "mg"
     out = pd.DataFrame({by: groups})
     for name, sums in ((f"agb_{unit}", agb_sums), (f"carbon_{unit}", c_sums)):
