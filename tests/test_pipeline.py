@@ -165,6 +165,28 @@ def test_truncated_laz_fails_before_work(small_scene, tmp_path):
     assert not (tmp_path / "never-written").exists()
 
 
+@pytest.mark.parametrize("row,words", [
+    ({"species": "Quercus robur"}, "no allometric equation for species ['Quercus robur']"),
+    ({"plot_id": "NOPE"}, "name plots not in the plots layer: ['NOPE']"),
+    ({"dbh_cm": -4.0}, "dbh_cm must be a positive number"),
+])
+def test_bad_tree_rows_fail_before_work(small_scene, tmp_path, row, words):
+    """Tree tables are read at preflight: a bad row stops the run before the mosaic, in one line."""
+    import pandas as pd
+
+    raw = yaml.safe_load(small_scene.read_text())
+    trees = pd.read_csv(small_scene.parent / raw["inputs"]["trees"], dtype={"plot_id": str, "tree_id": str})
+    bad_row = {**trees.iloc[0].to_dict(), "tree_id": "extra", **row}
+    path = tmp_path / "trees.csv"
+    pd.concat([trees, pd.DataFrame([bad_row])]).to_csv(path, index=False)
+    bad = _edited(small_scene, tmp_path, lambda r: r["inputs"].__setitem__("trees", str(path)))
+    res = _cli("run", str(bad))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and words in lines[0], res.stderr
+    assert not (tmp_path / "never-written").exists()
+
+
 def test_prefect_flow_runs_stages(small_scene, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 

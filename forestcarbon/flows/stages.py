@@ -26,7 +26,7 @@ from ..config import Config, default_allometry_path
 from ..errors import ConfigError, CRSError, InputNotFoundError, SceneError, StageInputError
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
-from ..models.allometry import load_registry, species_groups
+from ..models.allometry import load_registry, species_groups, validate_trees
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
@@ -38,7 +38,7 @@ from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
 from ..vector.inventory import read_trees
-from ..vector.plots import plot_biomass, read_plots
+from ..vector.plots import check_plot_ids, plot_biomass, read_plots
 from ..vector.zonal import zonal_table
 from .layout import Layout
 
@@ -109,7 +109,21 @@ def preflight(cfg: Config) -> Context:
     unknown = sorted(set(cfg.allometry_fallback.values()) - set(registry.groups))
     if unknown:
         raise ConfigError(f"allometry_fallback: unknown species groups {unknown}; groups are {sorted(registry.groups)}")
-    return Context(cfg, geobox_from_config(cfg.grid))
+    ctx = Context(cfg, geobox_from_config(cfg.grid))
+    check_inventory(ctx, registry)
+    return ctx
+
+
+def check_inventory(ctx: "Context", registry) -> None:
+    """Read the plots and trees (small tables) up front: columns, ids, numbers, designs, plot areas, orphan
+    trees and species without an equation fail here, before the mosaic and LiDAR stages run."""
+    cfg, g = ctx.cfg, ctx.cfg.ground
+    plots = plot_footprints(ctx)
+    trees = read_trees(cfg.inputs.trees, g.trees_columns, g.trees_sheet)
+    source = str(cfg.inputs.trees)
+    check_plot_ids(trees, plots, source)
+    validate_trees(trees, source)
+    species_groups(trees["species"], registry, cfg.allometry_fallback, source)
 
 
 def preflight_mosaic(cfg: Config) -> Context:

@@ -143,6 +143,14 @@ def expansion_per_ha(trees: pd.DataFrame, plots: gpd.GeoDataFrame, designs: dict
     return exp
 
 
+def check_plot_ids(trees: pd.DataFrame, plots: gpd.GeoDataFrame, source: str = "trees") -> None:
+    """Every tree's plot_id must be a plot of the plots layer; the error names the rows and ids."""
+    orphan = ~trees["plot_id"].isin(plots["plot_id"])
+    if orphan.any():
+        raise FieldError(f"{source}: rows {data_rows(orphan)} name plots not in the plots layer: "
+                         f"{sorted(trees.loc[orphan, 'plot_id'].astype(str).unique())[:5]}")
+
+
 def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: AllometryRegistry,
                  source: str = "trees", fallback: dict[str, str] | None = None, designs: dict | None = None,
                  dbh_out_of_range: str = "warn", equation: str | None = None) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
@@ -151,10 +159,7 @@ def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: Allomet
     Groups without a belowground equation use the IPCC root-to-shoot ratio
     chosen by the plot's AGB density, so AGB is computed first.
     """
-    orphan = ~trees["plot_id"].isin(plots["plot_id"])
-    if orphan.any():
-        raise FieldError(f"{source}: rows {data_rows(orphan)} name plots not in the plots layer: "
-                         f"{sorted(trees.loc[orphan, 'plot_id'].astype(str).unique())[:5]}")
+    check_plot_ids(trees, plots, source)
     trees = trees.copy()
     trees["expansion_ha"] = expansion_per_ha(trees, plots, designs)
     below = ~np.isfinite(trees["expansion_ha"])
