@@ -70,7 +70,11 @@ def fit_height_model(dbh_cm, height_m, method: str = "log2") -> HeightModel:
     if d.size < max(MIN_PAIRS, p + 1):
         raise FieldError(f"a {method} height model needs at least {max(MIN_PAIRS, p + 1)} trees with measured heights, got {d.size}")
     if method == "michaelis":
-        coef, _ = curve_fit(_michaelis, d, h, p0=(float(h.max()) * 1.2, float(np.median(d))), maxfev=20_000)
+        try:
+            coef, _ = curve_fit(_michaelis, d, h, p0=(float(h.max()) * 1.2, float(np.median(d))), maxfev=20_000)
+        except RuntimeError as err:  # no convergence
+            raise FieldError(f"the michaelis height model did not converge on {d.size} trees ({err}); "
+                             "try log2") from None
         resid = h - _michaelis(d, *coef)
     else:
         ld = np.log(d)
