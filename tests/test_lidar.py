@@ -436,3 +436,36 @@ def test_tile_workers_run_from_a_script_without_main_guard(tmp_path):
     res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("start") == 1 and "cells" in res.stdout
+
+
+def test_efi_plots_on_megaplot_like_lidr_plot_metrics(tmp_path):
+    """Real data: lidR's efi_plot.shp (5 plot centres) with 11.28 m circles on Megaplot cut in 4 tiles, through
+    read_plots and the LiDAR stage's plot-footprint metrics, as lidR's plot_metrics(las, .stdmetrics_z, efi_plot,
+    radius = 11.28) computes them: each plot's metrics equal the lidR transcription over the returns within 11.28 m."""
+    import geopandas as gpd
+
+    from forestcarbon.rs.lidar import Options, Targets, lidar_products
+    from forestcarbon.vector.plots import read_plots
+
+    efi = gpd.read_file(shared("lidar/lidR/efi_plot.shp")).assign(radius_m=11.28)
+    efi.to_file(tmp_path / "efi.gpkg")
+    plots = read_plots(tmp_path / "efi.gpkg", None, "IDPEP", "EPSG:26917")
+    path = shared("lidar/lidR/Megaplot.laz")
+    run = lidar_products(index_tiles(_cut_in_four(path, tmp_path)), Targets(metrics=_geobox_over(path, 20.0),
+                         plots=tuple(zip(plots.plot_id, plots.geometry))), Options(normalized=True),
+                         {"metrics": tmp_path / "m.tif"})
+    got = run.plot_metrics.set_index("plot_id")
+    assert sorted(got.index) == sorted(efi.IDPEP)
+    las = laspy.read(path)
+    x, y, z = np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)
+    exact = 0
+    for pid, pt in zip(efi.IDPEP, efi.geometry):
+        d = np.hypot(x - pt.x, y - pt.y)
+        lo, hi = (d <= 11.28 * np.cos(np.pi / 256)).sum(), (d <= 11.28).sum()
+        assert lo <= got.loc[pid, "n_points"] <= hi  # the footprint is a 256-gon inscribed in the circle
+        if got.loc[pid, "n_points"] == hi:  # no return in the sliver between polygon and circle
+            ref = reference_metrics(z[d <= 11.28])
+            for k in METRICS:
+                np.testing.assert_allclose(got.loc[pid, k], ref[k], rtol=1e-6, atol=1e-6, equal_nan=True, err_msg=f"{pid} {k}")
+            exact += 1
+    assert exact >= 3
