@@ -118,7 +118,7 @@ class UncertaintyConfig(_Strict):
     seed: int = 0
     dbh_error: Literal["chave2004"] | float | None = "chave2004"
     height_sd_m: float | None = Field(None, ge=0)
-    wood_density_sd: float | None = Field(None, ge=0)
+    wood_density_sd_g_cm3: float | None = Field(None, ge=0)
     model_error: bool = True
     carbon_fraction_sd_rel: float | None = Field(None, ge=0, lt=1)
 

@@ -69,8 +69,8 @@ def test_dominant_height_equation_mix_and_dead_trees(tmp_path, reg):
     """Dominant height = mean height of the 100 thickest trees per ha; dead trees are counted, not summed."""
     path = _points(tmp_path, [{"plot_id": "P", "size_m2": 400.0}])  # 0.04 ha: one tree = 25 stems/ha
     plots = read_plots(path, None, "plot_id", CRS)
-    d = [30, 28, 26, 24, 22, 10, 8]
-    h = [20, 19, 18, 17, 16, 9, 7]
+    d = [30, 28, 26, 24, 22, 10, 4]  # the 4 cm tree takes the D < 5 cm equation
+    h = [20, 19, 18, 17, 16, 9, 3.5]
     trees = pd.DataFrame({"plot_id": "P", "tree_id": [str(i) for i in range(8)], "species": ["杉木"] * 7 + ["杉木"],
                           "dbh_cm": d + [35.0], "height_m": h + [21.0], "status": ["alive"] * 7 + ["dead"]})
     t, p = plot_biomass(trees, plots, reg)
@@ -79,8 +79,10 @@ def test_dominant_height_equation_mix_and_dead_trees(tmp_path, reg):
     assert row.n_trees == 7 and row.n_dead == 1
     live = t[t.status == "alive"]
     assert row.agb_mg_ha == pytest.approx(live.agb_kg.sum() * 25 / 1000, rel=1e-12)
-    small = live[live.dbh_cm < 5].agb_kg.sum()  # none: all trees use the D >= 5 cm equation
-    assert small == 0 and row.equation_mix == "chinese_fir:lyt2264_cula_agb_d5plus 100.0%"
+    small = 0.190713 * 4**1.35226 * 3.5**0.49452  # LY/T 2264 by hand
+    share = 100 * small / live.agb_kg.sum()
+    assert row.equation_mix == (f"chinese_fir:lyt2264_cula_agb_d5plus {100 - share:.1f}%; "
+                                f"chinese_fir:lyt2264_cula_agb_d5minus {share:.1f}%")
 
 
 def test_moso_bamboo_per_culm_equation_by_hand(reg):
@@ -238,7 +240,7 @@ def test_nouragues_four_plots_with_monte_carlo_intervals(tmp_path, reg):
     p = p.set_index("plot_id")
     ref = (_chave(t.dbh_cm, t.height_m, t.wood_density_g_cm3) / 1000).groupby(t.plot_id).sum() / fp.set_index("plot_id").area_ha
     np.testing.assert_allclose(p.agb_mg_ha, ref.loc[p.index], rtol=1e-9)
-    errors = ErrorModel(draws=400, seed=0, dbh_error="chave2004", height_sd_m=h_sd, wood_density_sd=wd_sd)
+    errors = ErrorModel(draws=400, seed=0, dbh_error="chave2004", height_sd_m=h_sd, wood_density_sd_g_cm3=wd_sd)
     mc = monte_carlo(out, reg, errors).set_index("plot_id")
     assert ((mc.agb_mg_ha_mc_q2_5 < p.agb_mg_ha) & (p.agb_mg_ha < mc.agb_mg_ha_mc_q97_5)).all()
     assert (mc.agb_mg_ha_mc_mean / p.agb_mg_ha).between(0.95, 1.15).all()

@@ -422,6 +422,8 @@ def test_tile_workers_run_from_a_script_without_main_guard(tmp_path):
     import subprocess
     import sys
 
+    from forestcarbon.rs.lidar import geobox_over_tiles
+
     path = shared("lidar/lidaRtRee/las_chablais3.laz")
     pieces = _cut_in_four(path, tmp_path)
     script = (
@@ -435,7 +437,10 @@ def test_tile_workers_run_from_a_script_without_main_guard(tmp_path):
     )
     res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("start") == 1 and "cells" in res.stdout
+    assert res.stdout.count("start") == 1  # the workers did not re-run the script
+    tiles = index_tiles(pieces)
+    here = grid_metrics(tiles, geobox_over_tiles(tiles, 10.0), buffer_m=45)
+    assert f"cells {int((here['n_points'] > 0).sum())}" in res.stdout
 
 
 def test_efi_plots_on_megaplot_like_lidr_plot_metrics(tmp_path):

@@ -275,8 +275,6 @@ def stage_plots(ctx: Context) -> dict:
         groups, _ = species_groups(trees["species"], registry, cfg.allometry_fallback, str(i.trees))
         trees, height_models = fill_heights(trees.assign(species_group=groups), g.height_model)
         trees = trees.drop(columns="species_group")
-        write_table(pd.DataFrame([{"key": k, "method": m.method, "coef": list(m.coef), "rse": m.rse, "n_measured": m.n}
-                                  for k, m in height_models.items()]), ctx.out.height_models)
     tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback,
                                       designs=g.designs, dbh_out_of_range=g.dbh_out_of_range)
     errors = ErrorModel(**g.uncertainty.model_dump())
@@ -284,6 +282,10 @@ def stage_plots(ctx: Context) -> dict:
     if len(live):
         plot_out = plot_out.merge(monte_carlo(live, registry, errors, height_models=height_models), on="plot_id",
                                   how="left")
+    # written only once everything is computed: a failed stage leaves none of its files
+    if height_models:
+        write_table(pd.DataFrame([{"key": k, "method": m.method, "coef": list(m.coef), "rse": m.rse, "n_measured": m.n}
+                                  for k, m in height_models.items()]), ctx.out.height_models)
     write_table(plot_out, ctx.out.plots, layer="plots")
     write_table(tree_out, ctx.out.trees)
     write_table(registry.equations_table(), ctx.out.equations)

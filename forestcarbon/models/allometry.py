@@ -371,8 +371,8 @@ def tree_biomass(
     A copy of ``trees`` with ``species_group``, ``species_source``, ``agb_kg``, ``bgb_kg``,
     ``biomass_kg``, ``carbon_kg``, ``co2e_kg``, ``equation_id`` (above and
     below, ``;``-joined), ``equation_verified``, ``rse_log`` (aboveground
-    residual standard error on the log scale, NaN where the source gives none)
-    and ``dbh_in_range``.
+    residual standard error on the log scale, NaN where the source gives none),
+    ``dbh_in_range`` and ``wood_density_used_g_cm3``.
     """
     if dbh_out_of_range not in DBH_POLICIES:
         raise AllometryError(f"dbh_out_of_range must be one of {DBH_POLICIES}, not {dbh_out_of_range!r}")
@@ -390,6 +390,7 @@ def tree_biomass(
     h = _column(out, "height_m")
     age = _column(out, "age")
     rho_tree = _column(out, "wood_density_g_cm3")
+    rho_used = np.full(n, np.nan)
     agb, bgb, rse = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     cf_a = np.full(n, registry.carbon_fraction)
     cf_b = np.full(n, registry.carbon_fraction)
@@ -404,6 +405,7 @@ def tree_biomass(
         rho = rho_tree[sel].copy()
         if g.wood_density_g_cm3 is not None:
             rho = np.where(np.isfinite(rho), rho, g.wood_density_g_cm3)
+        rho_used[sel] = rho
         ia = _pick(above, d[sel])
         in_range[sel] = ia >= 0
         ia = np.where(ia >= 0, ia, _nearest_range(above, d[sel]))
@@ -450,6 +452,7 @@ def tree_biomass(
     out["equation_verified"] = verified
     out["rse_log"] = rse
     out["dbh_in_range"] = in_range
+    out["wood_density_used_g_cm3"] = rho_used  # the tree's own, else its group's (NaN where none applies)
     return out
 
 

@@ -44,7 +44,7 @@ class ErrorModel:
     seed: int = 0
     dbh_error: str | float | None = "chave2004"  # "chave2004", an SD in cm, or None
     height_sd_m: float | None = None  # SD of measured heights, m; None: no height error
-    wood_density_sd: float | None = None  # g/cm³; None: no wood-density error
+    wood_density_sd_g_cm3: float | None = None  # None: no wood-density error
     model_error: bool = True
     carbon_fraction_sd_rel: float | None = None  # relative SD of the carbon fraction per tree; None: none
 
@@ -101,7 +101,7 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
     rng = np.random.default_rng(errors.seed)
     d = t["dbh_cm"].to_numpy(float)
     h = t["height_m"].to_numpy(float) if "height_m" in t else np.full(len(t), np.nan)
-    rho = _wood_density(t, registry)
+    rho = t["wood_density_used_g_cm3"].to_numpy(float)
     age = t["age"].to_numpy(float) if "age" in t else np.full(len(t), np.nan)
     rse = t["rse_log"].to_numpy(float) if errors.model_error else np.full(len(t), np.nan)
     w = t[weight].to_numpy(float) if weight else np.ones(len(t))
@@ -121,7 +121,8 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
         hk = truncated_normal(rng, h, errors.height_sd_m, 1.3, h_upper) if errors.height_sd_m else h.copy()
         for model, idx in modelled:
             hk[idx] = model.draw(rng, dk[idx])
-        rk = truncated_normal(rng, rho, errors.wood_density_sd, 0.08, 1.39) if errors.wood_density_sd else rho
+        rk = (truncated_normal(rng, rho, errors.wood_density_sd_g_cm3, 0.08, 1.39) if errors.wood_density_sd_g_cm3
+              else rho)
         agb = np.empty(len(t))
         for eq, idx in eq_of:
             agb[idx] = eq.evaluate(dk[idx], hk[idx], rk[idx], age[idx])
@@ -143,12 +144,6 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
     out["mc_draws"] = errors.draws
     out["mc_trees_without_model_error"] = np.bincount(codes, weights=~np.isfinite(rse), minlength=len(groups)).astype(int)
     return out
-
-
-def _wood_density(t: pd.DataFrame, registry: AllometryRegistry) -> np.ndarray:
-    rho = t["wood_density_g_cm3"].to_numpy(float) if "wood_density_g_cm3" in t else np.full(len(t), np.nan)
-    group_rho = t["species_group"].map(lambda g: registry.groups[g].wood_density_g_cm3).to_numpy(float)
-    return np.where(np.isfinite(rho), rho, group_rho)
 
 
 def _aboveground_equations(t: pd.DataFrame, registry: AllometryRegistry):
