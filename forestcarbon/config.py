@@ -176,17 +176,18 @@ class ModelConfig(_Strict):
 
 
 class CarbonConfig(_Strict):
-    """Conversion of mapped AGB to carbon.
+    """Where the map finds each pixel's species group for the carbon conversion.
 
-    Defaults are IPCC 2006 / 2019 Refinement, Vol. 4, Ch. 4: carbon fraction
-    0.47 (Table 4.3) and root-to-shoot ratios for subtropical humid forest,
-    Asia (2019 Refinement, Table 4.4): 0.230 where AGB <= 125 t/ha, 0.246 above.
+    The conversion itself (carbon fractions, root-to-shoot rules, per-group
+    overrides, each with its source) lives in the allometry table, so that
+    trees, plots, the Monte Carlo, the map and the parcels share it.
+    ``group_field`` names the parcels' dominant-species field (e.g. the
+    inventory's ``YOU_SHI_SZ``, 优势树种); its names resolve to groups like tree
+    species do, and pixels outside parcels or with an unknown species take the
+    default rule.  ``None``: the default rule everywhere.
     """
 
-    carbon_fraction: float = Field(0.47, gt=0, lt=1)
-    root_shoot_threshold_mg_ha: float = Field(125.0, gt=0)
-    root_shoot_low: float = Field(0.230, ge=0)
-    root_shoot_high: float = Field(0.246, ge=0)
+    group_field: str | None = None
 
 
 class ComputeConfig(_Strict):

@@ -53,21 +53,9 @@ NON_FOREST_SHARE = 0.10
 SOIL = (0.075, 0.105, 0.135, 0.21, 0.22, 0.27, 0.21)
 BANDS = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
 
-# IPCC defaults used to turn true AGB into true carbon (the same definitions the
-# pipeline's CarbonConfig defaults to: CF 0.47, IPCC 2019 Table 4.4 R).
-CARBON_FRACTION = 0.47
-ROOT_SHOOT = (125.0, 0.230, 0.246)
-
-
 def canopy_height_m(agb_mg_ha, h_coef):
     return h_coef * np.power(np.maximum(agb_mg_ha, 0.0), 0.45)
 
 
 def canopy_cover(agb_mg_ha):
     return 1.0 - np.exp(-np.maximum(agb_mg_ha, 0.0) / 35.0)
-
-
-def true_carbon_mg_ha(agb_mg_ha):
-    thr, lo, hi = ROOT_SHOOT
-    r = np.where(agb_mg_ha <= thr, lo, hi)
-    return agb_mg_ha * (1.0 + r) * CARBON_FRACTION

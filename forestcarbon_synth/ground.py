@@ -2,9 +2,9 @@
 
 Each plot is a 0.0667 ha (1 mu) square, as in Chinese forest inventories.
 Its target AGB is the true AGB field averaged over the plot footprint; trees
-are drawn (DBH, height) and kept until their summed AGB -- computed here with
-the same published equations the pipeline's allometry table ships, written
-out independently -- is closest to that target.
+are drawn (DBH, height) and kept until their summed AGB -- computed with the
+county's own allometry (:func:`tree_agb_kg`), published equations written out
+here, for some types not the ones the pipeline picks -- is closest to that target.
 """
 
 from __future__ import annotations
@@ -21,21 +21,42 @@ from .forest_types import FOREST_TYPES, canopy_height_m
 from .landscape import CRS, Frame
 
 PLOT_SIDE_M = float(np.sqrt(10_000 / 15))  # 1 mu = 666.7 m2
-STAND_IN_WOOD_DENSITY = {"masson_pine": 0.47, "camellia_oleifera": 0.70, "broadleaf": 0.55}
+
+
+def _ln_sum(d, parts):
+    return sum(np.exp(a + b * np.log(d)) for a, b in parts)
 
 
 def tree_agb_kg(ftype: str, d, h, age_du=None):
-    """AGB (kg) per tree: LY/T 2264-2014 for Chinese fir, Zhou & Jiang (2004) per Moso bamboo culm
-    (age in du), Chave et al. 2014 eq. 4 otherwise."""
+    """The synthetic county's own "true" allometry, AGB (kg) per tree.
+
+    Nature follows one published equation per type, not always the one the
+    pipeline's table picks, so the demo carries a realistic equation error:
+
+    * Chinese fir: LY/T 2264-2014 (D >= 5 cm: 0.065388 D^2.01735 H^0.49425; below: 0.190713 D^1.35226 H^0.49452),
+      the same standard the pipeline uses.
+    * Masson pine: Zhou et al. 2018 (Science Press, Zhejiang, per organ a D^b):
+      0.2931 D^1.97 + 0.0048 D^2.63 + 0.0670 D^1.46 -- the pipeline uses Xiang et al. 2016.
+    * Moso bamboo: Zhou & Jiang 2004 per culm, 747.787 D^2.771 (0.148 A/(0.028 + A))^5.555 + 3.772 (A in du).
+    * Camellia oleifera: Xiang et al. 2016 Schima superba (same family), stem + branches + foliage,
+      exp(-2.963 + 2.621 ln D) + exp(-2.378 + 2.022 ln D) + exp(-2.680 + 1.690 ln D), × 1.091.
+    * Broadleaf: Xiang et al. 2016 Cyclobalanopsis glauca (a dominant evergreen oak of Zhejiang),
+      exp(-1.798 + 2.3235 ln D) + exp(-4.849 + 2.774 ln D) + exp(-5.600 + 2.832 ln D), × 1.042.
+    """
     d = np.asarray(d, float)
     h = np.asarray(h, float)
     if ftype == "chinese_fir":
         return np.where(d >= 5, 0.065388 * d**2.01735 * h**0.49425, 0.190713 * d**1.35226 * h**0.49452)
+    if ftype == "masson_pine":
+        return 0.2931 * d**1.97 + 0.0048 * d**2.63 + 0.0670 * d**1.46
     if ftype == "moso_bamboo":
         a = np.asarray(age_du, float)
         return 747.787 * d**2.771 * (0.148 * a / (0.028 + a)) ** 5.555 + 3.772
-    rho = STAND_IN_WOOD_DENSITY[ftype]
-    return 0.0673 * (rho * d**2 * h) ** 0.976
+    if ftype == "camellia_oleifera":
+        return 1.091 * _ln_sum(d, [(-2.963, 2.621), (-2.378, 2.022), (-2.680, 1.690)])
+    if ftype == "broadleaf":
+        return 1.042 * _ln_sum(d, [(-1.798, 2.3235), (-4.849, 2.774), (-5.600, 2.832)])
+    raise ValueError(f"no synthetic allometry for {ftype!r}")
 
 
 def footprint_mean(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> float:

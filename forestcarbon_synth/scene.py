@@ -10,7 +10,8 @@ import rasterio
 import yaml
 
 from . import ground, landscape, lidar, sentinel2
-from .forest_types import true_carbon_mg_ha
+from forestcarbon.config import default_allometry_path
+from forestcarbon.models.allometry import load_registry
 
 
 def _write_truth_raster(path: Path, arr: np.ndarray, frame: landscape.Frame, description: str):
@@ -19,6 +20,17 @@ def _write_truth_raster(path: Path, arr: np.ndarray, frame: landscape.Frame, des
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(arr.astype("float32"), 1)
         dst.set_band_description(1, description)
+
+
+def true_carbon_mg_ha(agb: np.ndarray, parcels, frame: landscape.Frame) -> np.ndarray:
+    """True carbon density: the one carbon conversion the pipeline uses (a definition, not an estimate),
+    with each cell's rule from its parcel's dominant species."""
+    registry = load_registry(default_allometry_path())
+    conversion = registry.conversion
+    groups = [registry.resolve(s) if s else None for s in parcels.dom_species]
+    code = np.append(conversion.code_of(groups), 0)[landscape.rasterize_ids(parcels, frame)]  # -1 (outside) -> 0
+    _, c_above, c_below = conversion.pools_mg_ha(agb.astype("float64"), code)
+    return c_above + c_below
 
 
 def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
@@ -48,13 +60,14 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
     _write_truth_raster(truth / "agb_truth.tif", agb, frame, "true AGB (Mg/ha)")
-    carbon = true_carbon_mg_ha(agb.astype("float64"))
+    carbon = true_carbon_mg_ha(agb, parcels, frame)
     ptruth = landscape.parcel_truth(parcels, frame, carbon)
     ptruth["land_class"] = parcels.land_class.to_numpy()
     ptruth.to_csv(truth / "parcel_carbon_truth.csv", index=False)
     (truth / "README.json").write_text(json.dumps({
         "seed": seed, "size_km": size_km, "crs": landscape.CRS,
-        "carbon_definition": "carbon_t = integral of AGB*(1+R)*0.47 over the parcel; R = 0.230 (AGB<=125 Mg/ha) else 0.246",
+        "carbon_definition": "carbon_t = integral over the parcel of the pipeline's carbon conversion "
+                             "(forestcarbon.models.carbon, rule by the parcel's dom_species) applied to true AGB",
         "total_true_carbon_t_forest": float(ptruth.true_carbon_t[ptruth.land_class == "forest"].sum()),
     }, indent=1))
 
@@ -72,6 +85,7 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
             "project_id": "project_id",
         },
         "mosaic": {"start": "2024-09-01", "end": "2025-01-31"},
+        "carbon": {"group_field": "dom_species"},
         "output": "output",
         "truth": {"agb": "truth/agb_truth.tif", "parcels": "truth/parcel_carbon_truth.csv"},
     }

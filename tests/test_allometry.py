@@ -21,31 +21,88 @@ def reg():
 def test_chinese_fir_both_sides_of_5cm(reg):
     trees = pd.DataFrame({"species": ["杉木", "Cunninghamia lanceolata", "CULA"],
                           "dbh_cm": [4.0, 5.0, 20.0], "height_m": [3.5, 5.0, 16.0]})
-    out = tree_biomass(trees, reg)
+    out = tree_biomass(trees, reg, plot_agb_mg_ha=np.array([80.0, 80.0, 200.0]))
     # hand computation, LY/T 2264-2014 (StemAnalysis allomPardata.csv)
-    agb = [0.190713 * 4**1.35226 * 3.5**0.49452,
-           0.065388 * 5**2.01735 * 5**0.49425,
-           0.065388 * 20**2.01735 * 16**0.49425]
-    bgb = [0.034655 * 4**2.06398 * 3.5**-0.11744,
-           0.016385 * 5**2.52941 * 5**-0.11744,
-           0.016385 * 20**2.52941 * 16**-0.11744]
+    agb = np.array([0.190713 * 4**1.35226 * 3.5**0.49452,
+                    0.065388 * 5**2.01735 * 5**0.49425,
+                    0.065388 * 20**2.01735 * 16**0.49425])
+    bgb_eq = [0.034655 * 4**2.06398 * 3.5**-0.11744,
+              0.016385 * 5**2.52941 * 5**-0.11744,
+              0.016385 * 20**2.52941 * 16**-0.11744]
+    r = np.array([0.230, 0.230, 0.246])  # IPCC 2019 Table 4.4 p. 4.18, by the plot's AGB density
     np.testing.assert_allclose(out.agb_kg, agb, rtol=1e-12)
-    np.testing.assert_allclose(out.bgb_kg, bgb, rtol=1e-12)
-    np.testing.assert_allclose(out.carbon_kg, np.array(agb) * 0.5003 + np.array(bgb) * 0.488, rtol=1e-12)
+    np.testing.assert_allclose(out.bgb_kg, agb * r, rtol=1e-12)
+    np.testing.assert_allclose(out.bgb_kg_equation, bgb_eq, rtol=1e-12)
+    np.testing.assert_allclose(out.carbon_kg, agb * 0.5003 + agb * r * 0.488, rtol=1e-12)
+    np.testing.assert_allclose(out.carbon_above_kg + out.carbon_below_kg, out.carbon_kg, rtol=1e-12)
     np.testing.assert_allclose(out.co2e_kg, out.carbon_kg * 44 / 12, rtol=1e-12)
     assert out.equation_id[0].startswith("chinese_fir:lyt2264_cula_agb_d5minus")
     assert out.equation_id[1].startswith("chinese_fir:lyt2264_cula_agb_d5plus")
     assert out.equation_verified.all()
 
 
-def test_ipcc_root_shoot_chosen_by_plot_density(reg):
-    trees = pd.DataFrame({"species": ["masson pine"] * 2, "dbh_cm": [20.0, 20.0], "height_m": [15.0, 15.0]})
-    out = tree_biomass(trees, reg, plot_agb_mg_ha=np.array([100.0, 150.0]))
-    agb = 0.0673 * (0.47 * 20**2 * 15) ** 0.976
-    np.testing.assert_allclose(out.agb_kg, agb, rtol=1e-12)
-    np.testing.assert_allclose(out.bgb_kg, [agb * 0.230, agb * 0.246], rtol=1e-12)
-    np.testing.assert_allclose(out.carbon_kg, [agb * 1.230 * 0.47, agb * 1.246 * 0.47], rtol=1e-12)
-    assert not out.equation_verified.any()  # stand-in wood density is flagged, not hidden
+# Xiang et al. 2016 (Eur. J. For. Res. 135:963), as allodb tabulates it: per component exp(a + b ln D),
+# total aboveground = stem + branches + foliage, times the printed bias-correction factor.
+XIANG_2016 = {
+    "马尾松": ([(-1.754, 2.154), (-5.060, 2.569), (-5.595, 2.348)], 1.034),
+    "Schima superba": ([(-2.963, 2.621), (-2.378, 2.022), (-2.680, 1.690)], 1.091),
+    "枫香": ([(-1.522, 2.185), (-6.345, 3.218), (-10.080, 3.842)], 1.021),
+    "青冈": ([(-1.798, 2.3235), (-4.849, 2.774), (-5.600, 2.832)], 1.042),
+    "阔叶树": ([(-2.567, 2.532), (-1.603, 1.905), (-3.412, 2.131)], 1.042),
+    "麻栎": ([(-2.644, 2.453), (-4.852, 2.684), (-5.895, 2.682)], 1.053),
+}
+
+
+@pytest.mark.parametrize("species", list(XIANG_2016))
+def test_xiang2016_regional_equations_by_hand(reg, species):
+    parts, cf = XIANG_2016[species]
+    d = np.array([6.0, 20.0, 31.5])
+    out = tree_biomass(pd.DataFrame({"species": species, "dbh_cm": d}), reg)
+    hand = cf * sum(np.exp(a + b * np.log(d)) for a, b in parts)
+    np.testing.assert_allclose(out.agb_kg, hand, rtol=1e-12)
+    assert out.equation_verified.all() and (out.log_bias == "corrected").all()
+
+
+def test_xiang2016_totals_at_20cm_match_an_independent_computation(reg):
+    """At D = 20 cm the uncorrected component sums are 127.9903 (Masson pine), 183.2525 (Schima),
+    183.1304 (sweetgum), 224.3531 (C. glauca) and 231.2415 kg (evergreen broad-leaved) -- computed
+    by a reviewer from allodb's equation strings, not from this table."""
+    t = pd.DataFrame({"species": ["马尾松", "木荷", "枫香", "青冈", "常绿阔叶树"], "dbh_cm": 20.0})
+    out = tree_biomass(t, reg)
+    np.testing.assert_allclose(out.agb_kg, np.array([127.9903, 183.2525, 183.1304, 224.3531, 231.2415])
+                               * [1.034, 1.091, 1.021, 1.042, 1.042], rtol=1e-6)
+
+
+def test_alternatives_by_hand(reg):
+    """Luo et al. 2018 (Zhejiang, 10^(a + b log10 D)), Zhou et al. 2018 (a D^b per organ) and Xiang et al. 2021
+    (exp(a + b ln(D^2 H)) per organ) alternatives."""
+    from forestcarbon.models.allometry import candidate_agb
+
+    t = tree_biomass(pd.DataFrame({"species": ["马尾松", "杉木"], "dbh_cm": [10.0, 10.0], "height_m": [9.0, 9.0]}), reg)
+    c = candidate_agb(t, reg).set_index(["tree", "equation_id"]).agb_kg
+    np.testing.assert_allclose(c[(0, "luo2018_pima_zhejiang")], 10 ** (-1.3855 + 2.7751), rtol=1e-12)
+    np.testing.assert_allclose(c[(0, "zhou2018_pima_zhejiang")], 0.2931 * 10**1.97 + 0.0048 * 10**2.63 + 0.0670 * 10**1.46,
+                               rtol=1e-12)
+    np.testing.assert_allclose(c[(1, "luo2018_cula_zhejiang")], 10 ** (-0.9513 + 2.2746), rtol=1e-12)
+    d2h = 10.0**2 * 9.0
+    np.testing.assert_allclose(c[(1, "xiang2021_cula_d2h")], np.exp(-4.295 + 1.006 * np.log(d2h))
+                               + np.exp(-6.837 + 1.028 * np.log(d2h)) + np.exp(-4.499 + 0.697 * np.log(d2h)), rtol=1e-12)
+    # an independent evaluation of allodb's string for f79f0f at D = 10 cm gave 24.5245 kg
+    assert c[(0, "luo2018_pima_zhejiang")] == pytest.approx(24.5245, abs=1e-4)
+
+
+def test_species_names_as_bureaus_write_them(reg):
+    t = pd.DataFrame({"species": ["Pinus massoniana Lamb.", "马尾松", "PIMA", "Cunninghamia lanceolata (Lamb.) Hook.",
+                                  "杉树", "  Schima   superba ", "荷木", "楠竹", "Quercus glauca Thunb."],
+                      "dbh_cm": 12.0, "height_m": 10.0, "age": 2})
+    out = tree_biomass(t, reg)
+    assert list(out.species_group) == ["masson_pine"] * 3 + ["chinese_fir"] * 2 + ["schima_superba"] * 2 + [
+        "moso_bamboo", "cyclobalanopsis_glauca"]
+    assert (out.species_source == "table").all()
+    out2 = tree_biomass(pd.DataFrame({"species": ["Liquidambar formosana Hance var. x"], "dbh_cm": [12.0]}), reg)
+    assert out2.species_source[0] == "binomial" and out2.species_group[0] == "liquidambar_formosana"
+    with pytest.raises(AllometryError, match="'Pinus'"):  # one word is not a binomial
+        tree_biomass(pd.DataFrame({"species": ["Pinus"], "dbh_cm": [12.0]}), reg)
 
 
 def test_unknown_species_names_species_and_rows(reg):
@@ -99,10 +156,11 @@ def test_chablais3_species_codes_through_fallback_groups(tmp_path):
     assert len(t) == len(raw) and t.crs.to_epsg() == 2154
     assert (t.species_source == "fallback").all()
     conifer = t.species.isin(["PIAB", "ABAL"])
-    assert (t.species_group[conifer] == "masson_pine").all() and (t.species_group[~conifer] == "broadleaf").all()
-    rho = np.where(conifer, 0.47, 0.55)  # the groups' wood densities in allometry.yaml
-    np.testing.assert_allclose(t.agb_kg, 0.0673 * (rho * t.dbh_cm**2 * t.height_m) ** 0.976, rtol=1e-9)
-    assert not t.equation_verified.any()  # stand-ins stay flagged
+    assert (t.species_group[conifer] == "masson_pine").all() and (t.species_group[~conifer] == "evergreen_broadleaf").all()
+    d = t.dbh_cm  # Xiang et al. 2016 by hand: Masson pine and evergreen broad-leaved, with their correction factors
+    pine = 1.034 * (np.exp(-1.754 + 2.154 * np.log(d)) + np.exp(-5.060 + 2.569 * np.log(d)) + np.exp(-5.595 + 2.348 * np.log(d)))
+    broad = 1.042 * (np.exp(-2.567 + 2.532 * np.log(d)) + np.exp(-1.603 + 1.905 * np.log(d)) + np.exp(-3.412 + 2.131 * np.log(d)))
+    np.testing.assert_allclose(t.agb_kg, np.where(conifer, pine, broad), rtol=1e-9)
     missing = subprocess.run([str(exe), "trees", str(src), "--out", str(tmp_path / "x.csv"), "--species-col", "s",
                               "--dbh-col", "d", "--height-col", "h"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no allometric equation for species" in missing.stderr

@@ -9,8 +9,6 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_squared_error, r2_score
 
 from forestcarbon.errors import ModelError
-from forestcarbon.models.carbon import carbon_mg_ha
-from forestcarbon.config import CarbonConfig
 from forestcarbon.models.regressor import accuracy, fit_agb_model, predict_block, spatial_blocks
 
 
@@ -77,10 +75,3 @@ def test_predict_block_masks_missing_optical_but_not_lidar():
                         np.array([True, False]))
     assert np.isnan(out[0, 1])  # optical missing -> no estimate
     assert np.isfinite(out[0, 0]) and out[0, 2] == pytest.approx(50.0)
-
-
-def test_carbon_conversion_ipcc():
-    agb = np.array([100.0, 125.0, 126.0, np.nan], dtype="float32")
-    c = carbon_mg_ha(agb, CarbonConfig())
-    np.testing.assert_allclose(c[:3], [100 * 1.230 * 0.47, 125 * 1.230 * 0.47, 126 * 1.246 * 0.47], rtol=1e-6)
-    assert np.isnan(c[3])

@@ -141,7 +141,10 @@ def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx
           height_model: Optional[str] = typer.Option(None, help="fill missing heights from an H-D model fitted on the measured trees: log1, log2 or michaelis"),
           sheet: Optional[str] = typer.Option(None, help="Excel sheet or GeoPackage layer"),
           crs: Optional[str] = typer.Option(None, help="CRS of the x/y columns"),
-          allometry: Optional[Path] = typer.Option(None, help="allometry table (default: the packaged one)")):
+          allometry: Optional[Path] = typer.Option(None, help="allometry table (default: the packaged one)"),
+          compare_equations: bool = typer.Option(False, "--compare-equations",
+                                                 help="also give each tree's AGB under every credible equation of its "
+                                                      "group (columns agb_kg__<id>) and print the totals per plot")):
     """Per-tree AGB, BGB, carbon and CO2e for a register of single trees (e.g. scattered village trees)."""
     _setup_logging()
     from ..config import default_allometry_path
@@ -165,8 +168,13 @@ def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx
             df = fill_heights(df.assign(species_group=sg), height_model)[0].drop(columns="species_group")
         res = tree_biomass(df, registry, source=str(table), fallback=groups, equation=equation,
                            dbh_out_of_range=dbh_out_of_range)
+        comparison = _compare_equations(res, registry) if compare_equations else None
     except (ForestCarbonError, ValueError) as err:
         _fail(err)
+    if comparison is not None:
+        per_tree, per_plot = comparison
+        res = res.join(per_tree)
+        typer.echo(per_plot.to_string(float_format=lambda v: f"{v:,.3f}"))
     if out.suffix == ".gpkg":
         if crs is None or not {"x", "y"} <= set(res.columns):
             _fail(FieldError(f"{out}: a GeoPackage needs x/y columns in {table} and --crs"))
@@ -177,6 +185,27 @@ def trees(table: Path = typer.Argument(..., help="trees table: CSV, Excel (.xlsx
     typer.echo(f"wrote {out}: {len(res)} trees, {res.carbon_kg.sum() / 1000:,.3f} t C "
                f"({(res.species_source == 'fallback').sum()} by fallback group, {(~res.equation_verified).sum()} with unverified equations, "
                f"{(~res.dbh_in_range).sum()} outside their equations' DBH ranges)")
+
+
+def _compare_equations(trees, registry):
+    """(per-tree AGB under each candidate equation, as columns ``agb_kg__<id>``; per plot (or the whole
+    register) and candidate: AGB in Mg, difference from the table's equations in %, trees outside the
+    candidate's DBH range)."""
+    import pandas as pd
+
+    from ..models.allometry import candidate_agb
+
+    cands = candidate_agb(trees, registry)
+    per_tree = cands.pivot(index="tree", columns="equation_id", values="agb_kg").add_prefix("agb_kg__")
+    by = trees["plot_id"] if "plot_id" in trees else pd.Series("all trees", index=trees.index)
+    cands["plot_id"] = by.loc[cands["tree"]].to_numpy()
+    cands["out"] = ~cands["in_range"].astype(bool)
+    cands["own_kg"] = trees["agb_kg"].loc[cands["tree"]].to_numpy()
+    g = cands.groupby(["plot_id", "group", "equation_id"])
+    per_plot = pd.DataFrame({"trees": g.size(), "agb_mg": g["agb_kg"].sum(min_count=1) / 1000,
+                             "agb_mg_table": g["own_kg"].sum() / 1000, "trees_out_of_range": g["out"].sum()})
+    per_plot["difference_pct"] = (per_plot["agb_mg"] / per_plot["agb_mg_table"] - 1) * 100
+    return per_tree, per_plot
 
 
 @app.command("lidar-metrics")

@@ -45,6 +45,8 @@ class Layout:
     def equations(self) -> Path: return self.root / "plots" / "equations.csv"
     @property
     def height_models(self) -> Path: return self.root / "plots" / "height_models.csv"
+    @property
+    def equation_spread(self) -> Path: return self.root / "plots" / "equation_spread.csv"
     # 4 model
     @property
     def model(self) -> Path: return self.root / "model" / "model.joblib"
@@ -57,6 +59,8 @@ class Layout:
     def agb(self) -> Path: return self.root / "maps" / "agb.tif"
     @property
     def carbon(self) -> Path: return self.root / "maps" / "carbon.tif"
+    @property
+    def carbon_rule(self) -> Path: return self.root / "maps" / "carbon_rule.tif"
     # 6 parcels
     @property
     def parcels_gpkg(self) -> Path: return self.root / "parcels" / "parcels_carbon.gpkg"

@@ -125,6 +125,8 @@ def build_report(ctx) -> dict:
         "forest_parcels": int(forest.sum()),
         "total_carbon_t": float(np.nansum(parcels.loc[forest, "carbon_t"])),
         "total_co2e_t": float(np.nansum(parcels.loc[forest, "co2e_t"])),
+        "total_carbon_above_t": float(np.nansum(parcels.loc[forest, "carbon_above_t"])),
+        "total_carbon_below_t": float(np.nansum(parcels.loc[forest, "carbon_below_t"])),
         "total_carbon_t_all_parcels": float(np.nansum(parcels["carbon_t"])),
         # totals skip parcels without any mapped pixel: say how many and how large they are
         "forest_parcels_without_estimate": int((forest & parcels["carbon_t"].isna()).sum()),
@@ -134,14 +136,15 @@ def build_report(ctx) -> dict:
         "model": {"model_id": card["model_id"], "estimator": card["estimator"], "cv_r2": card["cv"]["r2"],
                   "cv_rmse_mg_ha": card["cv"]["rmse"], "cv_rrmse": card["cv"]["rrmse"],
                   "cv_bias_mg_ha": card["cv"]["bias"], "n_plots": card["cv"]["n"], "features": card["features"]},
-        "carbon_conversion": cfg.carbon.model_dump(),
+        "carbon_conversion": _conversion_tags(out.carbon),
+        "equations": _equation_summary(out),
         "grid": {"crs": str(ctx.gbox.crs), "shape": list(ctx.gbox.shape), "resolution_m": cfg.grid.resolution_m,
                  "bounds": list(ctx.gbox.extent.boundingbox)},
     }
     if out.projects_gpkg.exists():
         pr = gpd.read_file(out.projects_gpkg, layer="projects_carbon")
         summary["projects"] = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                               for r in pd.DataFrame(pr.drop(columns="geometry"))[["project_id", "area_ha", "n_parcels", "carbon_t", "carbon_t_direct", "co2e_t"]].to_dict("records")]
+                               for r in pd.DataFrame(pr.drop(columns="geometry"))[[c for c in ("project_id", "area_ha", "n_parcels", "carbon_above_t", "carbon_below_t", "carbon_t", "carbon_t_direct", "co2e_t") if c in pr]].to_dict("records")]
     if cfg.truth is not None:
         summary["truth"] = truth_comparison(parcels, cfg.truth.parcels, out.agb, cfg.truth.agb)
     inputs = [cfg.inputs.stac_items, cfg.inputs.plots, cfg.inputs.trees, cfg.inputs.parcels]
@@ -165,6 +168,10 @@ def build_report(ctx) -> dict:
         parcels.plot(column="carbon_t_ha", cmap="YlGn", legend=True, ax=ax, vmin=0,
                      legend_kwds={"label": "carbon t/ha", "shrink": 0.8}),
         ax.set_title("Parcel carbon density (t C/ha)"))))
+    if out.plots.exists():
+        plots = gpd.read_file(out.plots, layer="plots")
+        if "agb_mg_ha_eq_min" in plots and "agb_mg_ha_mc_q2_5" in plots:
+            pngs.append(_quicklook(rep / "equation_spread.png", lambda fig, ax: spread_figure(plots, ax), axes=True))
     tt = pd.read_csv(out.training_table)
 
     def scatter(fig, ax):
@@ -182,6 +189,50 @@ def build_report(ctx) -> dict:
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
         {"truth": summary["truth"]} if "truth" in summary else {})
+
+
+def _conversion_tags(carbon_tif: Path) -> dict:
+    """The carbon conversion's rules and the mapped area each served, as the map stage tagged them."""
+    with rasterio.open(carbon_tif) as src:
+        tags, bands = src.tags(), list(src.descriptions)
+    return {"rules": json.loads(tags.get("rules", "{}")), "rule_area_ha": json.loads(tags.get("rule_area_ha", "{}")),
+            "bands": bands}
+
+
+def _equation_summary(out) -> dict:
+    """Trees per aboveground equation and per species-resolution route, and how often the equation choice
+    (the plot's AGB under each credible equation) spreads wider than the plot's Monte Carlo interval."""
+    if not out.trees.exists():
+        return {}
+    trees = pd.read_csv(out.trees, usecols=lambda c: c in ("equation_id", "species_source", "equation_verified",
+                                                           "conversion_verified"))
+    res = {"trees_per_equation": {k: int(v) for k, v in trees["equation_id"].str.split(";").str[0].value_counts().items()},
+           "trees_per_species_route": {k: int(v) for k, v in trees["species_source"].value_counts().items()},
+           "tree_share_equation_verified": float(trees["equation_verified"].mean()),
+           "tree_share_conversion_verified": float(trees["conversion_verified"].mean())}
+    if out.plots.exists():
+        p = gpd.read_file(out.plots, layer="plots")
+        if "equation_spread_pct" in p:
+            res["plot_equation_spread_pct_median"] = float(p["equation_spread_pct"].median())
+            res["plot_equation_spread_pct_max"] = float(p["equation_spread_pct"].max())
+            res["plots_equation_spread_wider_than_mc_interval"] = int(p["equation_spread_exceeds_mc"].fillna(False).sum())
+            res["plots"] = int(len(p))
+    return res
+
+
+def spread_figure(plots: pd.DataFrame, ax) -> None:
+    """Per plot (sorted by AGB): the 95 % Monte Carlo interval beside the range of AGB under the credible equations."""
+    p = plots.sort_values("agb_mg_ha").reset_index(drop=True)
+    x = np.arange(len(p))
+    ax.vlines(x - 0.15, p["agb_mg_ha_mc_q2_5"], p["agb_mg_ha_mc_q97_5"], color="tab:blue", lw=1.5,
+              label="Monte Carlo 95 % interval")
+    ax.vlines(x + 0.15, p["agb_mg_ha_eq_min"], p["agb_mg_ha_eq_max"], color="tab:orange", lw=1.5,
+              label="range over credible equations")
+    ax.plot(x, p["agb_mg_ha"], "k.", ms=3, label="plot AGB (table's equation)")
+    ax.set_xlabel("plots, sorted by AGB")
+    ax.set_ylabel("AGB (Mg/ha)")
+    ax.set_title("Equation choice vs measurement and model error")
+    ax.legend(fontsize=8, loc="upper left")
 
 
 def _version(pkg: str) -> str | None:

@@ -14,6 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import json
+
+import dask
+import dask.array as da
 import geopandas as gpd
 import joblib
 import numpy as np
@@ -23,10 +27,10 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import ConfigError, CRSError, InputNotFoundError, SceneError, StageInputError
+from ..errors import AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, SceneError, StageInputError
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
-from ..models.allometry import load_registry, species_groups, validate_trees
+from ..models.allometry import candidate_agb, load_registry, resolve_fallback, species_groups, validate_trees
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
@@ -38,7 +42,8 @@ from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
 from ..vector.inventory import read_trees
-from ..vector.plots import check_plot_ids, plot_biomass, read_plots
+from ..vector.plots import check_plot_ids, equation_spread, plot_biomass, read_plots
+from ..vector.rasterize import burn_values
 from ..vector.zonal import zonal_table
 from .layout import Layout
 
@@ -84,7 +89,7 @@ def preflight(cfg: Config) -> Context:
     for key, p in must:
         if not Path(p).exists():
             raise InputNotFoundError(f"{key}: file not found: {p}")
-    check_layer(i.parcels, i.parcels_layer, (i.parcel_id,))
+    check_layer(i.parcels, i.parcels_layer, (i.parcel_id,) + ((cfg.carbon.group_field,) if cfg.carbon.group_field else ()))
     if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
         if cfg.ground.plots_crs is None:
             raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
@@ -106,9 +111,10 @@ def preflight(cfg: Config) -> Context:
     if missing_bands:
         raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
     registry = load_registry(cfg.allometry or default_allometry_path())
-    unknown = sorted(set(cfg.allometry_fallback.values()) - set(registry.groups))
-    if unknown:
-        raise ConfigError(f"allometry_fallback: unknown species groups {unknown}; groups are {sorted(registry.groups)}")
+    try:
+        resolve_fallback(cfg.allometry_fallback, registry)
+    except AllometryError as err:
+        raise ConfigError(str(err)) from None
     ctx = Context(cfg, geobox_from_config(cfg.grid))
     check_inventory(ctx, registry)
     return ctx
@@ -279,9 +285,14 @@ def stage_plots(ctx: Context) -> dict:
                                       designs=g.designs, dbh_out_of_range=g.dbh_out_of_range)
     errors = ErrorModel(**g.uncertainty.model_dump())
     live = tree_out[tree_out["status"] == "alive"]
+    spread = pd.DataFrame()
     if len(live):
         plot_out = plot_out.merge(monte_carlo(live, registry, errors, height_models=height_models), on="plot_id",
                                   how="left")
+        spread, per_plot = equation_spread(live, candidate_agb(live, registry))
+        plot_out = plot_out.merge(per_plot, on="plot_id", how="left")
+        plot_out["equation_spread_exceeds_mc"] = ((plot_out["agb_mg_ha_eq_max"] - plot_out["agb_mg_ha_eq_min"])
+                                                  > (plot_out["agb_mg_ha_mc_q97_5"] - plot_out["agb_mg_ha_mc_q2_5"]))
     # written only once everything is computed: a failed stage leaves none of its files
     if height_models:
         write_table(pd.DataFrame([{"key": k, "method": m.method, "coef": list(m.coef), "rse": m.rse, "n_measured": m.n}
@@ -289,13 +300,19 @@ def stage_plots(ctx: Context) -> dict:
     write_table(plot_out, ctx.out.plots, layer="plots")
     write_table(tree_out, ctx.out.trees)
     write_table(registry.equations_table(), ctx.out.equations)
+    write_table(spread, ctx.out.equation_spread)
+    above = tree_out["equation_id"].str.split(";").str[0]
     return {"plots": len(plot_out), "trees": len(tree_out), "dead_trees": int((tree_out["status"] == "dead").sum()),
             "allometry_version": registry.version,
             "unverified_tree_share": float(1 - tree_out["equation_verified"].mean()),
             "trees_dbh_out_of_range": int((~tree_out["dbh_in_range"]).sum()),
             "trees_with_modelled_height": int(tree_out.get("height_source", pd.Series(dtype=str)).astype(str)
                                               .str.startswith("hd_model").sum()),
-            "monte_carlo_draws": errors.draws}
+            "monte_carlo_draws": errors.draws,
+            "trees_per_equation": {k: int(v) for k, v in above.value_counts().items()},
+            "trees_per_species_route": {k: int(v) for k, v in tree_out["species_source"].value_counts().items()},
+            "plots_equation_spread_pct_median": (float(plot_out["equation_spread_pct"].median())
+                                                 if "equation_spread_pct" in plot_out else None)}
 
 
 # 4 ------------------------------------------------------------------- model
@@ -354,10 +371,58 @@ def stage_map(ctx: Context) -> dict:
     tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
     write_cog(agb, ctx.gbox, ctx.out.agb, descriptions=["agb_mg_ha"], units="Mg/ha", tags=tags, block=cfg.compute.chunk_px)
     agb_w = open_stack(ctx.out.agb, cfg.compute.chunk_px).data[0]
-    carbon = agb_w.map_blocks(carbon_model.carbon_mg_ha, cfg.carbon, dtype="float32")
-    ctags = tags | {"units": "Mg C/ha", "carbon": "AGB*(1+R)*CF, above+below ground", **cfg.carbon.model_dump()}
-    write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=["carbon_mg_ha"], units="Mg C/ha", tags=ctags, block=cfg.compute.chunk_px)
-    return {"model_id": bundle["model_id"]}
+    registry = load_registry(cfg.allometry or default_allometry_path())
+    conversion = registry.conversion
+    rule = carbon_rule_layer(ctx, registry)
+    write_cog(rule, ctx.gbox, ctx.out.carbon_rule, nodata=None, descriptions=["carbon_rule"], block=cfg.compute.chunk_px,
+              tags={"rules": json.dumps({k: v["group"] for k, v in conversion.describe().items()}),
+                    "group_field": str(cfg.carbon.group_field)})
+    rule_w = open_stack(ctx.out.carbon_rule, cfg.compute.chunk_px).data[0]
+    carbon = da.map_blocks(conversion.carbon_bands, agb_w, rule_w, new_axis=0,
+                           chunks=((3,), *agb_w.chunks), dtype="float32")
+    area = _rule_area_ha(ctx, agb_w, rule_w, conversion)
+    ctags = tags | {"units": "Mg C/ha", "carbon": "C = AGB*CF_above(rule) + AGB*R(rule, AGB)*CF_below(rule)",
+                    "rules": json.dumps(conversion.describe(), ensure_ascii=False),
+                    "rule_area_ha": json.dumps(area, ensure_ascii=False)}
+    write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=list(CARBON_BANDS), units="Mg C/ha", tags=ctags,
+              block=cfg.compute.chunk_px)
+    return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area}
+
+
+CARBON_BANDS = ("carbon_mg_ha", "carbon_above_mg_ha", "carbon_below_mg_ha")
+
+
+def carbon_rule_layer(ctx: Context, registry) -> "da.Array":
+    """Per pixel, the code of the conversion rule its parcel's dominant species gets (0: the default)."""
+    cfg, i = ctx.cfg, ctx.cfg.inputs
+    field = cfg.carbon.group_field
+    if field is None:
+        return da.zeros(tuple(ctx.gbox.shape), chunks=cfg.compute.chunk_px, dtype="uint8")
+    parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
+    groups = parcel_groups(parcels, field, i.parcels, registry)
+    return burn_values(parcels, registry.conversion.code_of(groups), ctx.gbox, chunk_px=cfg.compute.chunk_px)
+
+
+def parcel_groups(parcels: gpd.GeoDataFrame, field: str, source, registry) -> list:
+    """Species group of each parcel from its dominant-species field (None where empty or unknown, logged)."""
+    if field not in parcels.columns:
+        raise FieldError(f"{source}: carbon.group_field {field!r} is not a field of the parcels layer "
+                         f"(fields: {[c for c in parcels.columns if c != 'geometry']})")
+    names = parcels[field].fillna("").astype(str)
+    groups = [registry.resolve(n) if n.strip() else None for n in names]
+    unknown = sorted({n for n, g in zip(names, groups) if g is None and n.strip()})
+    if unknown:
+        log.warning("carbon: %d parcels name species without a species group %s; they take the default conversion",
+                    sum(g is None and n.strip() != "" for n, g in zip(names, groups)), unknown[:5])
+    return groups
+
+
+def _rule_area_ha(ctx: Context, agb, rule, conversion) -> dict:
+    """Mapped area (ha) served by each conversion rule."""
+    valid = da.isfinite(agb)
+    counts = dask.compute(*[((rule == k) & valid).sum() for k in range(len(conversion.rules_by_code()))])
+    px = pixel_area_ha(ctx.gbox)
+    return {r.group: float(c) * px for r, c in zip(conversion.rules_by_code(), counts)}
 
 
 # 6 ----------------------------------------------------------------- parcels
@@ -369,7 +434,7 @@ def parcel_carbon(ctx: Context, polygons: gpd.GeoDataFrame, id_field: str) -> pd
     polygon's mean.  ``carbon_t_mapped`` is the exact sum over mapped pixels.
     """
     ctx.need(ctx.out.carbon, ctx.out.agb)
-    zc = zonal_table(ctx.out.carbon, polygons, id_field, ("mean", "sum", "count"), band_names=["c"])
+    zc = zonal_table(ctx.out.carbon, polygons, id_field, ("mean", "sum", "count"), band_names=["c", "ca", "cb"])
     za = zonal_table(ctx.out.agb, polygons, id_field, ("mean",), band_names=["agb"])
     px_ha = pixel_area_ha(ctx.gbox)
     area_ha = polygons.geometry.area.to_numpy() / 10_000
@@ -377,6 +442,8 @@ def parcel_carbon(ctx: Context, polygons: gpd.GeoDataFrame, id_field: str) -> pd
     df["valid_fraction"] = np.clip(zc["c_count"].to_numpy() * px_ha / area_ha, 0, 1)
     df["agb_mg_ha"] = za["agb_mean"].to_numpy()
     df["carbon_t_ha"] = zc["c_mean"].to_numpy()
+    df["carbon_above_t"] = zc["ca_mean"].to_numpy() * area_ha
+    df["carbon_below_t"] = zc["cb_mean"].to_numpy() * area_ha
     df["carbon_t"] = df["carbon_t_ha"] * df["area_ha"]
     df["carbon_t_mapped"] = zc["c_sum"].to_numpy() * px_ha
     df["co2e_t"] = carbon_model.co2e(df["carbon_t"].to_numpy())
@@ -391,6 +458,10 @@ def stage_parcels(ctx: Context) -> dict:
     keep = [c for c in parcels.columns if c not in stats.columns or c in (i.parcel_id,)]
     out = parcels[keep].merge(stats, on=i.parcel_id).rename(columns={i.parcel_id: "parcel_id"})
     out["model_id"] = model_id
+    if ctx.cfg.carbon.group_field is not None:
+        registry = load_registry(ctx.cfg.allometry or default_allometry_path())
+        groups = parcel_groups(parcels, ctx.cfg.carbon.group_field, i.parcels, registry)
+        out["carbon_rule"] = [registry.conversion.rule(g).group for g in groups]
     write_table(out, ctx.out.parcels_gpkg, layer="parcels_carbon")
     write_table(out, ctx.out.parcels_parquet)  # GeoParquet
     return {"parcels": len(out), "total_carbon_t": float(np.nansum(out["carbon_t"]))}

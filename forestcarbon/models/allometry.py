@@ -21,18 +21,51 @@ import pandas as pd
 import yaml
 
 from ..errors import AllometryError, FieldError
+from .carbon import CO2_PER_C, CarbonConversion
 
 log = logging.getLogger(__name__)
 
-CO2_PER_C = 44.0 / 12.0
-"""Molar mass ratio CO2 / C (IPCC)."""
+FORMS = ("power", "ln_power", "log10_power", "power_d2h", "ln_d2h", "chave2014", "volume_bcef", "bamboo_age")
 
-FORMS = ("power", "chave2014", "volume_bcef", "bamboo_age")
+
+LOG_BIAS = ("included", "corrected", "none", "unknown")
+"""How an equation's printed coefficients relate to the log back-transformation bias:
+
+* ``included``  -- the coefficients already give the mean (e.g. Chave et al. 2014's 0.0673
+  = exp(-2.7616 + 0.3574²/2) with BIOMASS's posterior intercept -2.7616, residual SD 0.3574);
+* ``corrected`` -- fitted on the log scale, the source prints a correction factor
+  (``bias_correction_factor``, e.g. Baskerville 1972 exp(SEE²/2)); it is applied here;
+* ``none``      -- fitted on the original scale (nonlinear least squares): no back-transformation;
+* ``unknown``   -- the source does not say; nothing is applied and outputs say so.
+
+Every evaluated equation therefore estimates mean biomass (except ``unknown``), and the
+Monte Carlo's residual draws are mean-one: exp(ε − σ²/2).
+"""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One additive part of an equation (e.g. stem, branches, foliage), in the equation's form."""
+
+    part: str
+    a: float
+    b: float
+    c: float = 0.0
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Multivariate-normal summary of a coefficient posterior on the log scale:
+    ln AGB = θ0 + θ1·ln(x) + N(0, θ2) (Chave et al. 2014 eq. 4 with x = ρD²H, as BIOMASS ``AGBmonteCarlo``)."""
+
+    mean: tuple[float, float, float]
+    cov: tuple[tuple[float, float, float], ...]
+    source: str
 
 
 @dataclass(frozen=True)
 class Equation:
-    """One allometric equation; ``evaluate`` returns kg of dry biomass."""
+    """One allometric equation; ``evaluate`` returns kg of dry biomass (mean estimate, see :data:`LOG_BIAS`)."""
 
     id: str
     form: str
@@ -46,36 +79,71 @@ class Equation:
     e: float = np.nan
     f: float = 0.0
     bcef_mg_m3: float = np.nan
+    components: tuple[Component, ...] = ()
+    log_bias: str = "unknown"
+    bias_correction_factor: float | None = None
     rse_log: float | None = None
     rse_source: str | None = None
+    posterior: Posterior | None = None
+    n_trees: int | None = None
+    region: str | None = None
+    biomass_parts: str | None = None
     verified: bool = False
     note: str | None = None
 
     @property
     def uses_height(self) -> bool:
-        return self.form in ("chave2014", "volume_bcef") or (self.form == "power" and self.c != 0)
+        if self.form in ("chave2014", "volume_bcef", "power_d2h", "ln_d2h"):
+            return True
+        if self.form in ("power", "ln_power", "log10_power"):
+            return any(k.c != 0 for k in self.components) if self.components else self.c != 0
+        return False
+
+    @property
+    def correction(self) -> float:
+        """Factor applied to the printed equation (the source's log-bias correction where ``corrected``)."""
+        return float(self.bias_correction_factor) if self.log_bias == "corrected" else 1.0
+
+    def _printed(self, a, b, c, dbh, h, rho, age):
+        if self.form == "power":
+            return a * dbh**b * h**c if c else a * dbh**b
+        if self.form == "ln_power":
+            return np.exp(a + b * np.log(dbh) + (c * np.log(h) if c else 0.0))
+        if self.form == "log10_power":
+            return 10.0 ** (a + b * np.log10(dbh) + (c * np.log10(h) if c else 0.0))
+        if self.form == "power_d2h":
+            return a * (dbh**2 * h) ** b
+        if self.form == "ln_d2h":
+            return np.exp(a + b * np.log(dbh**2 * h))
+        if self.form == "chave2014":
+            return 0.0673 * (rho * dbh**2 * h) ** 0.976
+        if self.form == "volume_bcef":
+            return a * dbh**b * h**c * self.bcef_mg_m3 * 1000.0
+        if self.form == "bamboo_age":
+            return a * dbh**b * (c * age / (self.d + age)) ** self.e + self.f
+        raise AllometryError(f"equation {self.id!r}: unknown form {self.form!r}")
 
     def evaluate(self, dbh_cm, height_m, wood_density_g_cm3=None, age=None) -> np.ndarray:
-        """Dry biomass (kg) of each tree.
+        """Dry biomass (kg) of each tree: the printed equation (summed over ``components``) × ``correction``.
 
         power       : a · D^b · H^c
+        ln_power    : exp(a + b·ln D + c·ln H)
+        log10_power : 10^(a + b·log10 D + c·log10 H)
+        power_d2h   : a · (D²·H)^b
+        ln_d2h      : exp(a + b·ln(D²·H))
         chave2014   : 0.0673 · (ρ · D² · H)^0.976 (Chave et al. 2014, eq. 4; BIOMASS::computeAGB × 1000)
         volume_bcef : V · BCEF · 1000 with stem volume V = a · D^b · H^c (m³) and BCEF in Mg/m³
         bamboo_age  : a · D^b · (c·A / (d + A))^e + f per culm, A the culm age in the source's unit
         """
         dbh = np.asarray(dbh_cm, dtype="float64")
         h = np.asarray(height_m, dtype="float64")
-        if self.form == "power":
-            return self.a * dbh**self.b * h**self.c
-        if self.form == "chave2014":
-            rho = np.asarray(wood_density_g_cm3, dtype="float64")
-            return 0.0673 * (rho * dbh**2 * h) ** 0.976
-        if self.form == "volume_bcef":
-            return self.a * dbh**self.b * h**self.c * self.bcef_mg_m3 * 1000.0
-        if self.form == "bamboo_age":
-            a_ = np.asarray(age, dtype="float64")
-            return self.a * dbh**self.b * (self.c * a_ / (self.d + a_)) ** self.e + self.f
-        raise AllometryError(f"equation {self.id!r}: unknown form {self.form!r}")
+        rho = np.asarray(wood_density_g_cm3 if wood_density_g_cm3 is not None else np.nan, dtype="float64")
+        age_ = np.asarray(age if age is not None else np.nan, dtype="float64")
+        if self.components:
+            total = sum(self._printed(k.a, k.b, k.c, dbh, h, rho, age_) for k in self.components)
+        else:
+            total = self._printed(self.a, self.b, self.c, dbh, h, rho, age_)
+        return total * self.correction
 
     def in_range(self, dbh_cm) -> np.ndarray:
         d = np.asarray(dbh_cm, dtype="float64")
@@ -88,171 +156,189 @@ class SpeciesGroup:
     names: tuple[str, ...]
     aboveground: tuple[Equation, ...]
     belowground: tuple[Equation, ...] = ()
-    carbon_fraction_above: float | None = None
-    carbon_fraction_below: float | None = None
-    carbon_fraction_source: str | None = None
+    alternatives: tuple[Equation, ...] = ()  # other credible aboveground equations, for the equation spread
     wood_density_g_cm3: float | None = None
     wood_density_source: str | None = None
-    root_shoot: "RootShoot | None" = None  # the group's own ratio, instead of the default
-
-
-@dataclass(frozen=True)
-class RootShoot:
-    """Root-to-shoot ratio by stand AGB density: ``low`` up to ``threshold_agb_mg_ha`` (Mg/ha), ``high`` above."""
-
-    threshold_agb_mg_ha: float
-    low: float
-    high: float
-    source: str
-    id: str = "ipcc2019_rs"
-    verified: bool = True
-
-    def ratio(self, agb_mg_ha) -> np.ndarray:
-        return np.where(np.asarray(agb_mg_ha) <= self.threshold_agb_mg_ha, self.low, self.high)
-
-    def ids(self, agb_mg_ha) -> np.ndarray:
-        """Equation id of the ratio each tree gets (``<id>_low`` / ``<id>_high``; ``<id>`` for a single ratio)."""
-        if np.isinf(self.threshold_agb_mg_ha):
-            return np.full(np.shape(agb_mg_ha), self.id, dtype=object)
-        low = np.asarray(agb_mg_ha) <= self.threshold_agb_mg_ha
-        return np.where(low, f"{self.id}_low", f"{self.id}_high").astype(object)
-
-    @classmethod
-    def from_yaml(cls, raw: dict, where: str) -> "RootShoot":
-        if "ratio" in raw:  # one ratio whatever the density
-            raw = {**raw, "threshold_agb_mg_ha": np.inf, "low": raw["ratio"], "high": raw["ratio"]}
-        missing = [k for k in ("threshold_agb_mg_ha", "low", "high", "source") if k not in raw]
-        if missing:
-            raise AllometryError(f"{where}: root_shoot lacks {', '.join(missing)}")
-        return cls(float(raw["threshold_agb_mg_ha"]), float(raw["low"]), float(raw["high"]), raw["source"],
-                   raw.get("id", "ipcc2019_rs"), bool(raw.get("verified", True)))
 
 
 @dataclass(frozen=True)
 class AllometryRegistry:
     version: str
     groups: dict[str, SpeciesGroup]
-    carbon_fraction: float
-    carbon_fraction_source: str
-    root_shoot: RootShoot
+    conversion: CarbonConversion
     source_path: str = ""
     species: pd.DataFrame | None = field(default=None, repr=False)
     _lookup: dict[str, str] = field(default_factory=dict, repr=False)
 
     def resolve(self, species: str) -> str | None:
         """Species group for a species name (Latin, Chinese, common or code), case-insensitive."""
-        return self._lookup.get(str(species).strip().casefold())
+        return resolve_name(self._lookup, species)[0]
 
     def equation(self, equation_id: str) -> tuple[str, Equation]:
         """(group, equation) of an equation id."""
         for g in self.groups.values():
-            for e in (*g.aboveground, *g.belowground):
+            for e in (*g.aboveground, *g.belowground, *g.alternatives):
                 if e.id == equation_id:
                     return g.name, e
-        known = sorted({e.id for g in self.groups.values() for e in (*g.aboveground, *g.belowground)})
+        known = sorted({e.id for g in self.groups.values() for e in (*g.aboveground, *g.belowground, *g.alternatives)})
         raise AllometryError(f"{self.source_path}: no equation with id {equation_id!r} (known: {', '.join(known)})")
 
     def equations_table(self) -> pd.DataFrame:
-        """One row per (group, equation): form, coefficients, DBH range, residual error, source, verified."""
+        """One row per (group, equation): form, coefficients, DBH range, residual error, log-bias rule, source,
+        verified; then the carbon conversion's factors (:meth:`CarbonConversion.table`)."""
         rows = []
+        skip = {"components", "posterior"}
         for g in self.groups.values():
-            for part, eqs in (("aboveground", g.aboveground), ("belowground", g.belowground)):
+            for part, eqs in (("aboveground", g.aboveground), ("belowground", g.belowground),
+                              ("aboveground_alternative", g.alternatives)):
                 for e in eqs:
-                    rows.append({"group": g.name, "part": part, **{k: getattr(e, k) for k in Equation.__dataclass_fields__},
-                                 "wood_density_g_cm3": g.wood_density_g_cm3, "wood_density_source": g.wood_density_source,
-                                 "carbon_fraction": g.carbon_fraction_above if part == "aboveground" else g.carbon_fraction_below,
-                                 "carbon_fraction_source": g.carbon_fraction_source})
-            if g.root_shoot is not None:
-                rows.append(self._root_shoot_row(g.name, g.root_shoot))
-        rows.append(self._root_shoot_row("*", self.root_shoot))
-        rows.append({"group": "*", "part": "carbon", "id": "default_carbon_fraction", "form": "carbon_fraction",
-                     "carbon_fraction": self.carbon_fraction, "source": self.carbon_fraction_source, "verified": True})
-        return pd.DataFrame(rows)
-
-    @staticmethod
-    def _root_shoot_row(group: str, rs: "RootShoot") -> dict:
-        """Root-to-shoot ratio as a table row: a = ratio up to the threshold c (Mg/ha), b = ratio above."""
-        return {"group": group, "part": "belowground", "id": f"{rs.id}_low / {rs.id}_high", "form": "root_shoot",
-                "a": rs.low, "b": rs.high, "c": rs.threshold_agb_mg_ha, "source": rs.source, "verified": rs.verified}
+                    row = {"group": g.name, "part": part, **{k: getattr(e, k) for k in Equation.__dataclass_fields__
+                                                             if k not in skip}}
+                    row["components"] = "; ".join(f"{k.part}: a={k.a:g} b={k.b:g}" + (f" c={k.c:g}" if k.c else "")
+                                                  for k in e.components)
+                    row["posterior"] = e.posterior.source if e.posterior else None
+                    row["wood_density_g_cm3"] = g.wood_density_g_cm3
+                    row["wood_density_source"] = g.wood_density_source
+                    rows.append(row)
+        return pd.concat([pd.DataFrame(rows), self.conversion.table()], ignore_index=True)
 
 
-_NEEDS = {"power": ("a", "b"), "chave2014": (), "volume_bcef": ("a", "b", "bcef_mg_m3"),
-          "bamboo_age": ("a", "b", "c", "d", "e")}
+_NEEDS = {"power": ("a", "b"), "ln_power": ("a", "b"), "log10_power": ("a", "b"), "power_d2h": ("a", "b"),
+          "ln_d2h": ("a", "b"),
+          "chave2014": (), "volume_bcef": ("a", "b", "bcef_mg_m3"), "bamboo_age": ("a", "b", "c", "d", "e")}
 
 
 def _equation(raw: dict, where: str) -> Equation:
+    raw = dict(raw)
     missing = [k for k in ("id", "form", "source") if not raw.get(k)]
     if missing:
         raise AllometryError(f"{where}: equation lacks {', '.join(missing)}")
+    eid = raw["id"]
     if raw["form"] not in FORMS:
-        raise AllometryError(f"{where}: equation {raw['id']!r} has unknown form {raw['form']!r} (known: {', '.join(FORMS)})")
-    lacking = [k for k in _NEEDS[raw["form"]] if k not in raw]
-    if lacking:
-        raise AllometryError(f"{where}: {raw['form']} equation {raw['id']!r} needs coefficients {', '.join(lacking)}")
+        raise AllometryError(f"{where}: equation {eid!r} has unknown form {raw['form']!r} (known: {', '.join(FORMS)})")
+    comps = raw.pop("components", None) or []
+    if comps:
+        bad = [k for k in comps if not {"part", "a", "b"} <= set(k) or set(k) - {"part", "a", "b", "c"}]
+        if bad:
+            raise AllometryError(f"{where}: equation {eid!r}: each component needs part, a, b (optional c), got {bad[0]}")
+        raw["components"] = tuple(Component(str(k["part"]), float(k["a"]), float(k["b"]), float(k.get("c", 0.0)))
+                                  for k in comps)
+    else:
+        lacking = [k for k in _NEEDS[raw["form"]] if k not in raw]
+        if lacking:
+            raise AllometryError(f"{where}: {raw['form']} equation {eid!r} needs coefficients {', '.join(lacking)}")
     if raw.get("rse_log") is not None and not raw.get("rse_source"):
-        raise AllometryError(f"{where}: equation {raw['id']!r} gives rse_log without rse_source")
+        raise AllometryError(f"{where}: equation {eid!r} gives rse_log without rse_source")
+    lb = raw.get("log_bias", "unknown")
+    if lb not in LOG_BIAS:
+        raise AllometryError(f"{where}: equation {eid!r}: log_bias must be one of {LOG_BIAS}, not {lb!r}")
+    if (lb == "corrected") != (raw.get("bias_correction_factor") is not None):
+        raise AllometryError(f"{where}: equation {eid!r}: bias_correction_factor goes with log_bias 'corrected' only")
+    if raw.get("bias_correction_factor") is not None and not (1.0 <= float(raw["bias_correction_factor"]) < 2.0):
+        raise AllometryError(f"{where}: equation {eid!r}: bias_correction_factor {raw['bias_correction_factor']} "
+                             "is not in [1, 2)")
+    if raw.get("posterior") is not None:
+        p = raw["posterior"]
+        try:
+            mean = tuple(float(v) for v in p["mean"])
+            cov = tuple(tuple(float(v) for v in row) for row in p["cov"])
+            src = str(p["source"])
+        except (KeyError, TypeError, ValueError):
+            raise AllometryError(f"{where}: equation {eid!r}: posterior needs mean [3], cov [3x3] and source") from None
+        if len(mean) != 3 or np.shape(cov) != (3, 3) or np.any(np.linalg.eigvalsh(np.array(cov)) < -1e-15):
+            raise AllometryError(f"{where}: equation {eid!r}: posterior mean must have 3 values and cov be a 3x3 "
+                                 "positive semi-definite matrix")
+        if raw["form"] != "chave2014":
+            raise AllometryError(f"{where}: equation {eid!r}: a coefficient posterior is supported for chave2014 only")
+        raw["posterior"] = Posterior(mean, cov, src)
     keys = set(Equation.__dataclass_fields__)
     unknown = sorted(set(raw) - keys)
     if unknown:
-        raise AllometryError(f"{where}: equation {raw['id']!r} has unknown keys {unknown}")
+        raise AllometryError(f"{where}: equation {eid!r} has unknown keys {unknown}")
     return Equation(**raw)
 
 
+_GROUP_KEYS = {"names", "aboveground", "belowground", "alternatives", "wood_density_g_cm3", "wood_density_source",
+               "carbon_fraction_above", "carbon_fraction_below", "carbon_fraction_source", "carbon_fraction_verified",
+               "root_shoot"}
+
+
 def load_registry(path: Path | str) -> AllometryRegistry:
-    """Load and check an allometry YAML file and the species table it names."""
+    """Load and check an allometry YAML file, the species table it names and its carbon conversion."""
     path = Path(path)
     if not path.is_file():
         raise AllometryError(f"allometry table not found: {path}")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    defaults = raw.get("defaults", {})
     groups: dict[str, SpeciesGroup] = {}
     lookup: dict[str, str] = {}
 
     def add(name, gname, where):
-        key = str(name).strip().casefold()
+        key = normalise_name(name)
         if not key or key == "nan":
             return
         if key in lookup and lookup[key] != gname:
             raise AllometryError(f"{where}: name {name!r} is listed in groups {lookup[key]!r} and {gname!r}")
         lookup[key] = gname
 
-    for gname, g in (raw.get("groups") or {}).items():
+    raw_groups = raw.get("groups") or {}
+    for gname, g in raw_groups.items():
         where = f"{path}: group {gname!r}"
+        unknown = sorted(set(g) - _GROUP_KEYS)
+        if unknown:
+            raise AllometryError(f"{where}: unknown keys {unknown}")
         above = tuple(_equation(e, where) for e in g.get("aboveground", []))
         if not above:
             raise AllometryError(f"{where}: no aboveground equation")
-        below = tuple(_equation(e, where) for e in g.get("belowground", []))
         groups[gname] = SpeciesGroup(
             name=gname,
             names=tuple(g.get("names", [])),
             aboveground=above,
-            belowground=below,
-            carbon_fraction_above=g.get("carbon_fraction_above"),
-            carbon_fraction_below=g.get("carbon_fraction_below"),
-            carbon_fraction_source=g.get("carbon_fraction_source"),
-            root_shoot=RootShoot.from_yaml({"id": f"{gname}_rs", **g["root_shoot"]}, where) if g.get("root_shoot") else None,
+            belowground=tuple(_equation(e, where) for e in g.get("belowground", [])),
+            alternatives=tuple(_equation(e, where) for e in g.get("alternatives", [])),
             wood_density_g_cm3=g.get("wood_density_g_cm3"),
             wood_density_source=g.get("wood_density_source"),
         )
         for n in (gname, *g.get("names", [])):
             add(n, gname, path)
+    ids = [e.id for g in groups.values() for e in (*g.aboveground, *g.belowground, *g.alternatives)]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise AllometryError(f"{path}: equation ids {dup} are used twice")
     species = None
     if raw.get("species_table"):
         species = read_species_table(path.parent / raw["species_table"], set(groups))
         for row in species.itertuples():
-            for n in (row.species_code, row.latin_name, row.chinese_name, row.common_name):
+            names = [row.species_code, row.latin_name, row.chinese_name, row.common_name,
+                     *str(getattr(row, "other_names", "") or "").split("|")]
+            for n in names:
                 add(n, row.group, species.attrs["path"])
-    rs = defaults["root_shoot"]
     return AllometryRegistry(
         version=str(raw.get("version", "")),
         groups=groups,
-        carbon_fraction=float(defaults["carbon_fraction"]),
-        carbon_fraction_source=defaults["carbon_fraction_source"],
-        root_shoot=RootShoot.from_yaml(rs, f"{path}: defaults"),
+        conversion=CarbonConversion.from_yaml(raw.get("defaults") or {}, raw_groups, str(path)),
         source_path=str(path),
         species=species,
         _lookup=lookup,
     )
+
+
+def normalise_name(name) -> str:
+    """A species name as looked up: stripped, case-folded, inner white space (also full-width) single."""
+    return " ".join(str(name).replace("\u3000", " ").split()).casefold()
+
+
+def resolve_name(lookup: dict[str, str], name) -> tuple[str | None, str]:
+    """(group, route) of a species name: ``table`` when the name is listed; ``binomial`` when its first two
+    words are (a Latin name written with its authority, "Pinus massoniana Lamb."); else (None, "")."""
+    key = normalise_name(name)
+    if key in lookup:
+        return lookup[key], "table"
+    words = key.split(" ")
+    if len(words) > 2 and words[0].isascii() and words[0].isalpha():
+        two = " ".join(words[:2])
+        if two in lookup:
+            return lookup[two], "binomial"
+    return None, ""
 
 
 SPECIES_COLUMNS = ("species_code", "latin_name", "chinese_name", "common_name", "group")
@@ -309,18 +395,33 @@ def _column(trees: pd.DataFrame, col: str) -> np.ndarray:
 DBH_POLICIES = ("warn", "reject")
 
 
+def resolve_fallback(fallback: dict[str, str], registry: AllometryRegistry) -> dict[str, str]:
+    """``allometry_fallback`` with each target as a group: a group name, or any name the table resolves
+    (``broadleaf``, ``阔叶树``); an unknown target is an error naming it."""
+    out = {}
+    for sp, target in fallback.items():
+        group = target if target in registry.groups else registry.resolve(target)
+        if group is None:
+            raise AllometryError(f"allometry_fallback: {sp!r} maps to {target!r}, which is neither a species group "
+                                 f"nor a name the table resolves; groups are {sorted(registry.groups)}")
+        out[sp] = group
+    return out
+
+
 def species_groups(species: pd.Series, registry: AllometryRegistry, fallback: dict[str, str] | None = None,
                    source: str = "trees") -> tuple[pd.Series, np.ndarray]:
-    """(group of each tree, ``table`` or ``fallback``): names resolve through the registry, then ``fallback``
-    (species or code → group, ``"*"`` for all others); a species nobody maps is an error naming it and its rows."""
-    groups = species.map(registry.resolve)
-    how = np.where(groups.isna(), "fallback", "table")
+    """(group of each tree, how it resolved): ``table`` (a listed name or code), ``binomial`` (a Latin name
+    with its authority, matched on genus and species), then ``fallback`` (species or code → group, ``"*"`` for
+    all others); a species nobody maps is an error naming it and its rows."""
+    uniq = pd.unique(species.astype(str))
+    found = {sp: resolve_name(registry._lookup, sp) for sp in uniq}
+    s = species.astype(str)
+    groups = s.map(lambda sp: found[sp][0])
+    how = s.map(lambda sp: found[sp][1] or "fallback").to_numpy(dtype=object)
     if fallback:
-        bad = sorted(set(fallback.values()) - set(registry.groups))
-        if bad:
-            raise AllometryError(f"fallback maps to unknown species groups {bad}; groups are {sorted(registry.groups)}")
+        fallback = resolve_fallback(fallback, registry)
         miss = groups.isna()
-        mapped = species[miss].astype(str).map(lambda sp: fallback.get(sp, fallback.get("*")))
+        mapped = s[miss].map(lambda sp: fallback.get(sp, fallback.get("*")))
         groups = groups.where(~miss, mapped)
     unknown = groups.isna().to_numpy()
     if unknown.any():
@@ -341,7 +442,7 @@ def tree_biomass(
     equation: str | None = None,
     dbh_out_of_range: str = "warn",
 ) -> pd.DataFrame:
-    """Per-tree AGB, BGB, carbon and CO2e.
+    """Per-tree AGB by the group's equations, and BGB, carbon and CO2e by the registry's carbon conversion.
 
     Parameters
     ----------
@@ -352,15 +453,15 @@ def tree_biomass(
         equation's unit).
     plot_agb_mg_ha
         AGB density (Mg/ha) of the stand each tree stands in, aligned with
-        ``trees``; selects the IPCC root-to-shoot ratio for groups without a
-        belowground equation.  ``None``: the ratio for the low-density class.
+        ``trees``; selects the root-to-shoot ratio (:class:`~forestcarbon.models.carbon.CarbonConversion`).
+        ``None``: the ratio for the low-density class.
     fallback
         Species (name or code) → group for species the table does not know;
         the key ``"*"`` maps every other unknown species.  Such rows get
         ``species_source = "fallback"`` so the mapping stays visible.
     equation
         An aboveground equation id applied to every tree instead of the
-        species' own (belowground then by the IPCC root-to-shoot ratio).
+        species' own.
     dbh_out_of_range
         ``"warn"``: trees outside every DBH range of their group use the
         nearest range's equation, are flagged (``dbh_in_range``) and counted in
@@ -368,11 +469,14 @@ def tree_biomass(
 
     Returns
     -------
-    A copy of ``trees`` with ``species_group``, ``species_source``, ``agb_kg``, ``bgb_kg``,
-    ``biomass_kg``, ``carbon_kg``, ``co2e_kg``, ``equation_id`` (above and
-    below, ``;``-joined), ``equation_verified``, ``rse_log`` (aboveground
-    residual standard error on the log scale, NaN where the source gives none),
-    ``dbh_in_range`` and ``wood_density_used_g_cm3``.
+    A copy of ``trees`` with ``species_group``, ``species_source`` (``table``, ``binomial``, ``fallback``
+    or ``forced``), ``agb_kg``, ``bgb_kg``, ``biomass_kg``, ``carbon_above_kg``, ``carbon_below_kg``,
+    ``carbon_kg``, ``co2e_kg``, ``equation_id`` (``group:aboveground;root-to-shoot``),
+    ``equation_verified`` (the aboveground equation), ``conversion_verified`` (its carbon fractions and
+    root-to-shoot ratio), ``log_bias``, ``rse_log`` (aboveground residual
+    standard error on the log scale, NaN where the source gives none), ``dbh_in_range``,
+    ``wood_density_used_g_cm3`` and, where the group has belowground equations, ``bgb_kg_equation``
+    (what those give, beside the conversion's ratio).
     """
     if dbh_out_of_range not in DBH_POLICIES:
         raise AllometryError(f"dbh_out_of_range must be one of {DBH_POLICIES}, not {dbh_out_of_range!r}")
@@ -391,17 +495,14 @@ def tree_biomass(
     age = _column(out, "age")
     rho_tree = _column(out, "wood_density_g_cm3")
     rho_used = np.full(n, np.nan)
-    agb, bgb, rse = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    cf_a = np.full(n, registry.carbon_fraction)
-    cf_b = np.full(n, registry.carbon_fraction)
+    agb, bgb_eq, rse = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     eq_ids = np.empty(n, dtype=object)
+    log_bias = np.empty(n, dtype=object)
     verified = np.zeros(n, dtype=bool)
     in_range = np.ones(n, dtype=bool)
-    density = np.full(n, -np.inf) if plot_agb_mg_ha is None else np.asarray(plot_agb_mg_ha, dtype=float)
     for gname, sel in out.groupby("species_group").indices.items():
         g = registry.groups[gname]
         above = (forced,) if equation is not None else g.aboveground
-        below = () if equation is not None else g.belowground
         rho = rho_tree[sel].copy()
         if g.wood_density_g_cm3 is not None:
             rho = np.where(np.isfinite(rho), rho, g.wood_density_g_cm3)
@@ -409,33 +510,18 @@ def tree_biomass(
         ia = _pick(above, d[sel])
         in_range[sel] = ia >= 0
         ia = np.where(ia >= 0, ia, _nearest_range(above, d[sel]))
-        ib = _pick(below, d[sel]) if below else None
-        if ib is not None:
-            ib = np.where(ib >= 0, ib, _nearest_range(below, d[sel]))
-        _check_inputs(out, sel, [(above, ia)] + ([(below, ib)] if below else []), h, rho, age, gname, source)
-        ids_a = np.array([above[i].id for i in ia], dtype=object)
-        ver = np.array([above[i].verified for i in ia])
+        picks = [(above, ia)]
+        if g.belowground:
+            ib = _pick(g.belowground, d[sel])
+            picks.append((g.belowground, np.where(ib >= 0, ib, _nearest_range(g.belowground, d[sel]))))
+        _check_inputs(out, sel, picks, h, rho, age, gname, source)
+        agb[sel] = _evaluate_picked(above, ia, d[sel], h[sel], rho, age[sel])
+        if g.belowground:
+            bgb_eq[sel] = _evaluate_picked(g.belowground, picks[1][1], d[sel], h[sel], rho, age[sel])
+        eq_ids[sel] = [above[i].id for i in ia]
+        log_bias[sel] = [above[i].log_bias for i in ia]
+        verified[sel] = [above[i].verified for i in ia]
         rse[sel] = [np.nan if above[i].rse_log is None else above[i].rse_log for i in ia]
-        for i, eq in enumerate(above):
-            m = ia == i
-            agb[sel[m]] = eq.evaluate(d[sel][m], h[sel][m], rho[m], age[sel][m])
-        if below:
-            ids_b = np.array([below[i].id for i in ib], dtype=object)
-            ver &= np.array([below[i].verified for i in ib])
-            for i, eq in enumerate(below):
-                m = ib == i
-                bgb[sel[m]] = eq.evaluate(d[sel][m], h[sel][m], rho[m], age[sel][m])
-        else:
-            rs = g.root_shoot or registry.root_shoot
-            bgb[sel] = agb[sel] * rs.ratio(density[sel])
-            ids_b = rs.ids(density[sel])
-            ver &= rs.verified
-        eq_ids[sel] = [f"{gname}:{a};{b}" for a, b in zip(ids_a, ids_b)]
-        verified[sel] = ver
-        if g.carbon_fraction_above is not None:
-            cf_a[sel] = g.carbon_fraction_above
-        if g.carbon_fraction_below is not None:
-            cf_b[sel] = g.carbon_fraction_below
     if not in_range.all():
         rows = _rows(~in_range, out.index)
         msg = (f"{source}: {int((~in_range).sum())} trees have DBH outside every range of their equations "
@@ -443,17 +529,35 @@ def tree_biomass(
         if dbh_out_of_range == "reject":
             raise AllometryError(msg + "; dbh_out_of_range is 'reject'")
         log.warning("%s; the nearest range's equation is used and the rows are flagged dbh_in_range = false", msg)
+    density = np.full(n, -np.inf) if plot_agb_mg_ha is None else np.asarray(plot_agb_mg_ha, dtype=float)
+    pools = registry.conversion.tree_pools(agb, groups.to_numpy(), density)
     out["agb_kg"] = agb
-    out["bgb_kg"] = bgb
-    out["biomass_kg"] = agb + bgb
-    out["carbon_kg"] = agb * cf_a + bgb * cf_b
+    out["bgb_kg"] = pools["bgb_kg"].to_numpy(float)
+    out["biomass_kg"] = agb + out["bgb_kg"]
+    out["carbon_above_kg"] = pools["carbon_above_kg"].to_numpy(float)
+    out["carbon_below_kg"] = pools["carbon_below_kg"].to_numpy(float)
+    out["carbon_kg"] = out["carbon_above_kg"] + out["carbon_below_kg"]
     out["co2e_kg"] = out["carbon_kg"] * CO2_PER_C
-    out["equation_id"] = eq_ids
+    out["equation_id"] = [f"{g}:{a};{b}" for g, a, b in zip(groups, eq_ids, pools["root_shoot_id"])]
     out["equation_verified"] = verified
+    out["conversion_verified"] = pools["conversion_verified"].to_numpy(bool)
+    out["log_bias"] = log_bias
     out["rse_log"] = rse
     out["dbh_in_range"] = in_range
     out["wood_density_used_g_cm3"] = rho_used  # the tree's own, else its group's (NaN where none applies)
+    if np.isfinite(bgb_eq).any():
+        out["bgb_kg_equation"] = bgb_eq
     return out
+
+
+def _evaluate_picked(equations, idx, d, h, rho, age) -> np.ndarray:
+    """Biomass (kg) of each tree by the equation ``idx`` picks for it."""
+    res = np.full(d.shape, np.nan)
+    for i, eq in enumerate(equations):
+        m = idx == i
+        if m.any():
+            res[m] = eq.evaluate(d[m], h[m], rho[m], age[m])
+    return res
 
 
 def _check_inputs(trees, sel, picks, h, rho, age, gname, source):
@@ -489,3 +593,36 @@ def _nearest_range(equations: tuple[Equation, ...], dbh_cm: np.ndarray) -> np.nd
     """For trees outside every range: the equation whose range is nearest (flagged by ``dbh_in_range``)."""
     gaps = np.stack([np.maximum(e.dbh_min_cm - dbh_cm, dbh_cm - e.dbh_max_cm) for e in equations])
     return np.argmin(gaps, axis=0)
+
+
+def candidate_agb(trees: pd.DataFrame, registry: AllometryRegistry) -> pd.DataFrame:
+    """AGB (kg) of each tree under every credible equation of its group: its own set and each alternative.
+
+    ``trees`` is the output of :func:`tree_biomass` (``species_group``, ``dbh_cm``, ``height_m``,
+    ``wood_density_used_g_cm3``, ``age``).  One row per (tree, candidate): ``tree`` (the tree's row
+    label), ``group``, ``equation_id`` (the group's own set is named by its equation ids joined with
+    ``+``), ``agb_kg``, ``in_range`` (the tree's DBH inside the candidate's range; outside it the
+    equation is extrapolated) and ``verified``.  Candidates that need a height a tree lacks give NaN.
+    """
+    d = trees["dbh_cm"].to_numpy(float)
+    h = _column(trees, "height_m")
+    rho = _column(trees, "wood_density_used_g_cm3")
+    age = _column(trees, "age")
+    parts = []
+    for gname, sel in trees.groupby("species_group").indices.items():
+        g = registry.groups[gname]
+        own = "+".join(e.id for e in g.aboveground)
+        ia = _pick(g.aboveground, d[sel])
+        in_own = ia >= 0
+        ia = np.where(in_own, ia, _nearest_range(g.aboveground, d[sel]))
+        cands = [(own, _evaluate_picked(g.aboveground, ia, d[sel], h[sel], rho[sel], age[sel]), in_own,
+                  all(e.verified for e in g.aboveground))]
+        for e in g.alternatives:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = e.evaluate(d[sel], h[sel], rho[sel], age[sel])
+            cands.append((e.id, np.where(np.isfinite(v), v, np.nan), e.in_range(d[sel]), e.verified))
+        for eid, agb, rng, ver in cands:
+            parts.append(pd.DataFrame({"tree": trees.index[sel], "group": gname, "equation_id": eid,
+                                       "agb_kg": agb, "in_range": rng, "verified": ver}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["tree", "group", "equation_id", "agb_kg", "in_range", "verified"])

@@ -9,17 +9,25 @@ Each draw perturbs every tree independently, as BIOMASS (Réjou-Méchain et al.
 * Height: a normal error with the given SD (m), truncated to [1.3, max H + 15] m.
 * Wood density: a normal error with the given SD (g/cm³), truncated to
   [0.08, 1.39] (the range of the Global Wood Density Database).
-* Equation: a multiplicative log-normal residual exp(ε), ε ~ N(0, RSE), with
-  the residual standard error on the log scale that the equation's source
-  reports (``rse_log`` in the allometry table).  Trees whose equation gives no
-  RSE get no model error; the result says how many.
+* Equation: a multiplicative log-normal residual exp(ε − σ²/2), ε ~ N(0, σ), with
+  σ the residual standard error on the log scale that the equation's source
+  reports (``rse_log``).  Every equation here estimates the mean (its printed
+  coefficients include the log-bias correction, or the correction is applied,
+  see :data:`~forestcarbon.models.allometry.LOG_BIAS`), so the residual draws are
+  mean-one and the Monte Carlo mean equals the deterministic estimate.  Trees
+  whose equation gives no RSE get no model error; the result says how many.
+* Coefficients: where the equation carries a posterior (Chave et al. 2014 eq. 4:
+  BIOMASS's ``param_4``, summarised by its mean and covariance), each draw takes
+  one coefficient set θ ~ N(mean, cov) for all trees, and
+  ln AGB = θ0 + θ1·ln(ρD²H) + N(0, θ2) per tree, exactly as BIOMASS
+  ``AGBmonteCarlo`` does with its posterior rows (there the residual is not
+  centred: θ0 is the log-scale intercept, and exp(θ0 + θ2²/2) ≈ 0.0673).
 * Carbon fraction (optional): a normal relative error per tree and draw, as
   BIOMASS does with ``Carbon = TRUE`` (there 47.13 ± 2.06 %, Thomas & Martin
   2012, i.e. a relative SD of 0.0437).
 
-Unlike BIOMASS, the equation coefficients are not drawn from a posterior (the
-MCMC chains of Chave et al. 2014 are not shipped), so intervals omit coefficient
-uncertainty.  Biomass draws are evaluated with each tree's deterministic
+Equations without a posterior (all but Chave 2014) omit coefficient
+uncertainty: their sources print no covariance.  Biomass draws are evaluated with each tree's deterministic
 equation; belowground biomass and carbon scale with the drawn AGB at the
 tree's deterministic ratio.  Draws are seeded (numpy PCG64) and reproducible.
 """
@@ -125,9 +133,14 @@ def monte_carlo(trees: pd.DataFrame, registry: AllometryRegistry, errors: ErrorM
               else rho)
         agb = np.empty(len(t))
         for eq, idx in eq_of:
-            agb[idx] = eq.evaluate(dk[idx], hk[idx], rk[idx], age[idx])
-        eps = rng.normal(size=len(t)) * np.nan_to_num(rse)
-        agb *= np.exp(eps)
+            if eq.posterior is not None and errors.model_error:
+                theta = rng.multivariate_normal(eq.posterior.mean, eq.posterior.cov)
+                x = np.log(rk[idx] * dk[idx] ** 2 * hk[idx])
+                agb[idx] = np.exp(theta[0] + theta[1] * x + rng.normal(size=idx.size) * max(theta[2], 0.0))
+            else:
+                sd = np.nan_to_num(rse[idx])
+                agb[idx] = eq.evaluate(dk[idx], hk[idx], rk[idx], age[idx]) * np.exp(rng.normal(size=idx.size) * sd
+                                                                                     - sd**2 / 2)
         agb_sums[:, k] = np.bincount(codes, weights=agb * w / 1000.0, minlength=len(groups))
         cf = carbon_per_agb
         if errors.carbon_fraction_sd_rel:

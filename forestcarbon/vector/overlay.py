@@ -25,12 +25,12 @@ def project_parcel_shares(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame,
 
 
 def project_totals(shares: pd.DataFrame, parcel_carbon: pd.DataFrame, project_id: str, parcel_id: str) -> pd.DataFrame:
-    """Per project: overlap area (ha), parcels touched, carbon (t) and CO2e (t) by share."""
-    m = shares.merge(parcel_carbon[[parcel_id, "carbon_t", "co2e_t"]], on=parcel_id, how="left")
-    m["carbon_t"] = m["carbon_t"] * m["share"]
-    m["co2e_t"] = m["co2e_t"] * m["share"]
+    """Per project: overlap area (ha), parcels touched, and by share the parcels' carbon pools (t):
+    ``carbon_above_t``, ``carbon_below_t`` (where the parcels carry them), ``carbon_t``, ``co2e_t``."""
+    pools = [c for c in ("carbon_above_t", "carbon_below_t", "carbon_t", "co2e_t") if c in parcel_carbon]
+    m = shares.merge(parcel_carbon[[parcel_id, *pools]], on=parcel_id, how="left")
+    for c in pools:
+        m[c] = m[c] * m["share"]
     g = m.groupby(project_id)
-    return pd.DataFrame({
-        "area_ha": g["overlap_ha"].sum(), "n_parcels": g.size(),
-        "carbon_t": g["carbon_t"].sum(), "co2e_t": g["co2e_t"].sum(),
-    }).reset_index()
+    return pd.DataFrame({"area_ha": g["overlap_ha"].sum(), "n_parcels": g.size(),
+                         **{c: g[c].sum() for c in pools}}).reset_index()

@@ -14,7 +14,9 @@ where trees of its DBH are measured × area_fraction) trees per hectare; in a
 nested design that is the ring whose DBH threshold it passes.  Trees below the
 smallest threshold are outside the inventory and are left out with a warning.
 
-Per-plot values (per hectare, live trees): AGB/BGB/carbon/CO2e (Mg/ha),
+Per-plot values (per hectare, live trees): AGB/BGB/carbon (total, above- and
+belowground)/CO2e (Mg/ha), BGB by the group's belowground equations where it
+has them (``bgb_mg_ha_equation``, a check beside the conversion's ratio),
 stems/ha, basal area (m²/ha, g = π/4 · (DBH/100)²), Lorey's height (basal-area-
 weighted mean height, m), dominant height (mean height of the 100 thickest
 trees per hectare, Assmann's top height, m), number of live and dead trees and
@@ -178,11 +180,11 @@ def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: Allomet
     res["n_dead"] = res["n_dead"].fillna(0).astype(int)
     empty = res["n_trees"].isna()
     if empty.any():  # plots without live trees: zero biomass, a measured fact
-        for col in summary.columns.drop(["plot_id", "equations", "equation_mix", "equations_verified",
+        for col in summary.columns.drop(["plot_id", "equations", "equation_mix", "equations_verified", "conversion_verified",
                                          "lorey_height_m", "dominant_height_m"]):
             res.loc[empty, col] = 0.0
         res.loc[empty, ["equations", "equation_mix"]] = ""
-        res.loc[empty, "equations_verified"] = True
+        res.loc[empty, ["equations_verified", "conversion_verified"]] = True
     return out, res
 
 
@@ -209,12 +211,16 @@ def _summaries(t: pd.DataFrame) -> pd.DataFrame:
     h = t["height_m"] if "height_m" in t else pd.Series(np.nan, index=t.index)
     g = t.assign(
         agb=t.agb_kg * w / 1000, bgb=t.bgb_kg * w / 1000, c=t.carbon_kg * w / 1000, co2=t.co2e_kg * w / 1000,
+        ca=t.carbon_above_kg * w / 1000, cb=t.carbon_below_kg * w / 1000,
+        bgbe=(t["bgb_kg_equation"] if "bgb_kg_equation" in t else np.nan) * w / 1000,
         stems=w, ba=ba * w, bah=ba * w * h,
     ).groupby("plot_id")
     s = pd.DataFrame({
         "n_trees": g.size(),
         "agb_mg_ha": g["agb"].sum(), "bgb_mg_ha": g["bgb"].sum(),
-        "carbon_mg_ha": g["c"].sum(), "co2e_mg_ha": g["co2"].sum(),
+        "carbon_mg_ha": g["c"].sum(), "carbon_above_mg_ha": g["ca"].sum(), "carbon_below_mg_ha": g["cb"].sum(),
+        "co2e_mg_ha": g["co2"].sum(),
+        "bgb_mg_ha_equation": g["bgbe"].agg(lambda x: x.sum() if x.notna().all() else np.nan),
         "stems_ha": g["stems"].sum(), "basal_area_m2_ha": g["ba"].sum(),
         "lorey_height_m": g["bah"].sum(min_count=1) / g["ba"].sum(),
         "dominant_height_m": t.groupby("plot_id")[list({"dbh_cm", "expansion_ha", *(["height_m"] if "height_m" in t else [])})]
@@ -222,7 +228,55 @@ def _summaries(t: pd.DataFrame) -> pd.DataFrame:
         "n_heights_modelled": (t["height_source"].astype(str).str.startswith("hd_model") if "height_source" in t
                                else pd.Series(False, index=t.index)).groupby(t["plot_id"]).sum(),
         "equations_verified": g["equation_verified"].all(),
+        "conversion_verified": g["conversion_verified"].all(),
         "equations": g["equation_id"].agg(lambda s: ";".join(sorted(set(s)))),
         "equation_mix": t.groupby("plot_id")[["agb_kg", "expansion_ha", "equation_id"]].apply(_equation_mix),
     })
     return s.reset_index()
+
+
+def equation_spread(trees: pd.DataFrame, candidates: pd.DataFrame,
+                    max_out_of_range: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plot AGB under each credible equation of each species group, beside the plot's own.
+
+    ``trees`` are live trees with ``plot_id``, ``expansion_ha``, ``species_group`` and ``agb_kg``;
+    ``candidates`` has one row per (tree, candidate equation of its group): the tree's row label
+    ``tree``, ``group``, ``equation_id``, ``agb_kg`` and ``in_range``
+    (:func:`~forestcarbon.models.allometry.candidate_agb`).  For each plot and candidate, the group's
+    trees take the candidate's AGB and every other tree keeps its own.
+
+    A candidate enters a plot's range only where at most ``max_out_of_range`` of the group's trees
+    lie outside its DBH range (an equation far outside its data is no credible alternative); the
+    long table lists every candidate with ``in_spread``.
+
+    Returns (long table: ``plot_id, group, equation_id, agb_mg_ha, agb_mg_ha_used, difference_pct,
+    trees, trees_out_of_range, in_spread``; per plot: ``agb_mg_ha_eq_min``, ``agb_mg_ha_eq_max``
+    (including the plot's own AGB), ``equation_spread_pct`` = (max − min) / own × 100 and
+    ``n_equations`` in the range).
+    """
+    w = trees["expansion_ha"]
+    used = (trees["agb_kg"] * w).groupby(trees["plot_id"]).sum() / 1000
+    c = candidates.join(trees[["plot_id", "expansion_ha", "agb_kg"]].rename(columns={"agb_kg": "agb_kg_used"}),
+                        on="tree", how="inner")
+    c["delta"] = (c["agb_kg"] - c["agb_kg_used"]) * c["expansion_ha"] / 1000
+    c["out"] = ~c["in_range"].astype(bool)
+    g = c.groupby(["plot_id", "group", "equation_id"], sort=True)
+    long = pd.DataFrame({"delta": g["delta"].agg(lambda x: x.sum() if x.notna().all() else np.nan),
+                         "trees": g.size(), "trees_out_of_range": g["out"].sum().astype(int)}).reset_index()
+    long["agb_mg_ha_used"] = long["plot_id"].map(used).to_numpy(float)
+    long["agb_mg_ha"] = long["agb_mg_ha_used"] + long["delta"]
+    long["difference_pct"] = np.where(long["agb_mg_ha_used"] > 0,
+                                      (long["agb_mg_ha"] / long["agb_mg_ha_used"] - 1) * 100, np.nan)
+    long = long.drop(columns="delta")[["plot_id", "group", "equation_id", "agb_mg_ha", "agb_mg_ha_used",
+                                       "difference_pct", "trees", "trees_out_of_range"]].copy()
+    long["in_spread"] = long["trees_out_of_range"] <= max_out_of_range * long["trees"]
+    pg = long[long["in_spread"]].groupby("plot_id")
+    idx = used.index
+    lo = np.fmin(pg["agb_mg_ha"].min().reindex(idx), used)
+    hi = np.fmax(pg["agb_mg_ha"].max().reindex(idx), used)
+    per_plot = pd.DataFrame({"agb_mg_ha_eq_min": lo, "agb_mg_ha_eq_max": hi,
+                             "n_equations": pg["equation_id"].nunique().reindex(idx).fillna(0).astype(int)})
+    u = used.reindex(per_plot.index)
+    per_plot["equation_spread_pct"] = np.where(u > 0, (per_plot["agb_mg_ha_eq_max"] - per_plot["agb_mg_ha_eq_min"]) / u * 100,
+                                               np.nan)
+    return long, per_plot.reset_index()
