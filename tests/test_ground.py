@@ -371,7 +371,15 @@ def test_plots_stage_from_config_with_excel_mapping_and_design(tmp_path):
     assert plots.loc["B", "agb_mg_ha"] == pytest.approx(b.agb_kg.sum() / 0.06667 / 1000, rel=1e-12)
     assert (plots.agb_mg_ha_mc_q2_5 < plots.agb_mg_ha_mc_q97_5).all() and (plots.mc_draws == 200).all()
     eq = pd.read_csv(ctx.out.equations)
-    assert {"lyt2264_cula_agb_d5plus", "zhou_jiang2004_moso_culm", "chave2014_eq4"} <= set(eq["id"]) and eq["source"].notna().all()
+    assert {"lyt2264_cula_agb_d5plus", "zhou_jiang2004_moso_culm", "xiang2016_scsu"} <= set(eq["id"]) and eq["source"].notna().all()
+    assert {"chinese_fir:cf_above", "moso_bamboo:cf_below", "ipcc2019_rs", "ouyang2022_moso_rs"} <= set(eq["id"])
+    # both pools, and the LY/T 2264 root equation beside the conversion's ratio for the fir trees
+    np.testing.assert_allclose(plots.carbon_above_mg_ha + plots.carbon_below_mg_ha, plots.carbon_mg_ha, rtol=1e-12)
+    assert trees.loc[trees.species == "杉木", "bgb_kg_equation"].notna().all()
+    # the equation spread: plot A under each alternative of fir and Schima, plot B has bamboo's one equation
+    sp = pd.read_csv(ctx.out.equation_spread)
+    assert set(sp[sp.plot_id == "A"].equation_id) >= {"luo2018_cula_zhejiang", "luo2018_scsu_zhejiang"}
+    assert plots.loc["B", "equation_spread_pct"] == 0 and plots.loc["A", "agb_mg_ha_eq_max"] >= plots.loc["A", "agb_mg_ha"]
 
 
 def test_height_diameter_models_on_nouragues_hd():
@@ -400,17 +408,18 @@ def test_fill_heights_per_group_or_pooled_and_mc_height_error(reg):
 
     rng = np.random.default_rng(0)
     d = rng.uniform(8, 40, 40)
-    t = pd.DataFrame({"plot_id": "P", "tree_id": [str(i) for i in range(40)], "species": ["杉木"] * 30 + ["木荷"] * 10,
-                      "species_group": ["chinese_fir"] * 30 + ["broadleaf"] * 10, "dbh_cm": d,
+    t = pd.DataFrame({"plot_id": "P", "tree_id": [str(i) for i in range(40)],
+                      "species": ["杉木"] * 30 + ["tropical_measured_wd"] * 10, "wood_density_g_cm3": 0.6,
+                      "species_group": ["chinese_fir"] * 30 + ["tropical_measured_wd"] * 10, "dbh_cm": d,
                       "height_m": np.exp(1.0 + 0.6 * np.log(d)) * rng.lognormal(0, 0.1, 40)})
-    t.loc[[0, 1, 30], "height_m"] = np.nan  # fir: 28 measured -> own model; broadleaf: 9 measured -> pooled
+    t.loc[[0, 1, 30], "height_m"] = np.nan  # fir: 28 measured -> own model; the other group: 9 measured -> pooled
     filled, models = fill_heights(t, "log1")
     assert set(models) == {"chinese_fir", "*"}
     assert list(filled.height_source[[0, 1, 30]]) == ["hd_model:chinese_fir:log1"] * 2 + ["hd_model:*:log1"]
     assert (filled.height_source.drop([0, 1, 30]) == "measured").all()
     np.testing.assert_array_equal(filled.height_m.drop([0, 1, 30]), t.height_m.drop([0, 1, 30]))
     assert filled.height_m[0] == pytest.approx(models["chinese_fir"].predict([d[0]])[0])
-    # one broadleaf tree (Chave 2014, AGB ∝ H^0.976) whose height comes from the pooled log model only:
+    # one tree of the Chave 2014 group (AGB ∝ H^0.976) whose height comes from the pooled log model only:
     # log AGB has SD 0.976 · RSE over the draws
     one = tree_biomass(filled.iloc[[30]], reg)
     mc = monte_carlo(one, reg, ErrorModel(draws=5000, seed=2, dbh_error=None, model_error=False), weight=None,
@@ -498,10 +507,10 @@ groups:
     np.testing.assert_allclose(out.agb_kg, [10.0, 10.0])
     np.testing.assert_allclose(out.bgb_kg, [3.5, 2.46])
     np.testing.assert_allclose(out.carbon_kg, [10 * 0.5 + 3.5 * 0.47, 12.46 * 0.47])
-    assert list(out.equation_id) == ["bamboo:b1;bamboo_rs", "fir:f1;ipcc2019_rs_high"]
-    assert list(out.equation_verified) == [False, True]
+    assert list(out.equation_id) == ["bamboo:b1;bamboo_rs", "fir:f1;default_rs_high"]
+    assert list(out.equation_verified) == [True, True] and list(out.conversion_verified) == [False, False]
     eq = r.equations_table()
-    assert "test bamboo rhizome ratio" in set(eq.source) and "test carbon content" in set(eq.carbon_fraction_source.dropna())
+    assert {"test bamboo rhizome ratio", "test carbon content"} <= set(eq.source)
 
 
 def test_carbon_fraction_error_alone(reg):
@@ -513,3 +522,44 @@ def test_carbon_fraction_error_alone(reg):
     assert mc.agb_mg_mc_sd == pytest.approx(0.0, abs=1e-12)
     assert mc.carbon_mg_mc_sd / mc.carbon_mg_mc_mean == pytest.approx(2.06 / 47.13, rel=0.05)
     assert mc.carbon_mg_mc_mean == pytest.approx(one.carbon_kg[0] / 1000, rel=0.005)
+
+
+def test_equation_spread_by_hand():
+    """Plot AGB under each candidate: the group's trees take the candidate, the others keep their own."""
+    from forestcarbon.vector.plots import equation_spread
+
+    trees = pd.DataFrame({"plot_id": ["P", "P", "Q"], "expansion_ha": [10.0, 10.0, 20.0],
+                          "species_group": ["a", "b", "a"], "agb_kg": [100.0, 50.0, 40.0]}, index=[7, 8, 9])
+    cands = pd.DataFrame({"tree": [7, 7, 8, 9, 9], "group": ["a", "a", "b", "a", "a"],
+                          "equation_id": ["own_a", "alt_a", "own_b", "own_a", "alt_a"],
+                          "agb_kg": [100.0, 130.0, 50.0, 40.0, 30.0], "in_range": [True, True, True, True, False]})
+    long, per_plot = equation_spread(trees, cands)
+    long = long.set_index(["plot_id", "equation_id"])
+    assert long.loc[("P", "alt_a"), "agb_mg_ha"] == pytest.approx((130 * 10 + 50 * 10) / 1000)
+    assert long.loc[("P", "alt_a"), "difference_pct"] == pytest.approx((1.8 / 1.5 - 1) * 100)
+    assert long.loc[("Q", "alt_a"), "trees_out_of_range"] == 1 and not long.loc[("Q", "alt_a"), "in_spread"]
+    pp = per_plot.set_index("plot_id")
+    assert (pp.loc["P", "agb_mg_ha_eq_min"], pp.loc["P", "agb_mg_ha_eq_max"]) == pytest.approx((1.5, 1.8))
+    assert pp.loc["P", "equation_spread_pct"] == pytest.approx(20.0)
+    assert pp.loc["Q", "equation_spread_pct"] == 0  # its only alternative is outside its DBH range
+
+
+def test_trees_cli_compares_equations(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "t.csv"
+    pd.DataFrame({"plot_id": ["P1", "P1", "P2"], "species": ["马尾松", "马尾松", "杉木"], "dbh_cm": [10.0, 12.0, 10.0],
+                  "height_m": [9.0, 10.0, 9.0]}).to_csv(src, index=False)
+    out = tmp_path / "o.csv"
+    exe = Path(sys.executable).parent / "forestcarbon"
+    r = subprocess.run([str(exe), "trees", str(src), "--out", str(out), "--compare-equations"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    t = pd.read_csv(out)
+    np.testing.assert_allclose(t["agb_kg__luo2018_pima_zhejiang"][:2], 10 ** (-1.3855 + 2.7751 * np.log10([10.0, 12.0])),
+                               rtol=1e-12)
+    assert np.isnan(t["agb_kg__luo2018_pima_zhejiang"][2])  # not a candidate for fir
+    luo_p1 = (10 ** (-1.3855 + 2.7751 * np.log10([10.0, 12.0]))).sum() / 1000
+    assert "luo2018_pima_zhejiang" in r.stdout and f"{luo_p1:,.3f}" in r.stdout and "P2" in r.stdout

@@ -36,6 +36,27 @@ def run(small_scene, tmp_path_factory):
     return cfg, out, results
 
 
+def test_map_and_plots_convert_alike(run):
+    """The same stands convert alike in the plots and on the map: carbon / AGB at each plot's pixels (exact
+    footprint means of the map) equals the plot's carbon / AGB, to within the root-to-shoot class boundary
+    at 125 Mg/ha (pixels and plot may fall on different sides of it)."""
+    from forestcarbon.vector.zonal import zonal_table
+
+    cfg, out, _ = run
+    plots = gpd.read_file(out / "plots/plots.gpkg")
+    zc = zonal_table(out / "maps/carbon.tif", plots, "plot_id", ("mean",), band_names=["c", "ca", "cb"])
+    za = zonal_table(out / "maps/agb.tif", plots, "plot_id", ("mean",), band_names=["agb"])
+    map_ratio = zc.c_mean.to_numpy() / za.agb_mean.to_numpy()
+    plot_ratio = (plots.carbon_mg_ha / plots.agb_mg_ha).to_numpy()
+    above_map = zc.ca_mean.to_numpy() / za.agb_mean.to_numpy()
+    above_plot = (plots.carbon_above_mg_ha / plots.agb_mg_ha).to_numpy()
+    np.testing.assert_allclose(above_map, above_plot, rtol=1e-5)  # carbon fractions: exactly the same
+    # R differs by 0.016 between classes: at most 0.016 * 0.47 / (0.47 * 1.23) = 1.3 % of the ratio
+    np.testing.assert_allclose(map_ratio, plot_ratio, rtol=0.014)
+    fir = plots.equations.str.contains("chinese_fir")
+    assert fir.any() and np.allclose(above_plot[fir], 0.5003)
+
+
 def test_output_contract(run):
     cfg, out, results = run
     missing = [p for p in CONTRACT if not (out / p).exists()]
@@ -77,18 +98,33 @@ def test_totals_are_consistent(run):
     assert s["forest_parcels_under_half_mapped"] == int((forest & (parcels.valid_fraction < 0.5)).sum())
     full = parcels.valid_fraction > 0.999
     np.testing.assert_allclose(parcels.carbon_t[full], parcels.carbon_t_mapped[full], rtol=2e-3)
-    # carbon raster = AGB raster converted with the IPCC factors
+    # carbon raster = AGB raster converted per pixel by its parcel's species (rasterised here by rasterio):
+    # Chinese fir LY/T 2264 fractions 0.5003 / 0.488; Moso bamboo R 0.37 (Ouyang et al. 2022); elsewhere IPCC
+    # CF 0.47 and R 0.230 / 0.246 (2019 Refinement Table 4.4, p. 4.18)
+    from rasterio.features import rasterize
+
     with rasterio.open(out / "maps/agb.tif") as a, rasterio.open(out / "maps/carbon.tif") as c:
-        agb, carb = a.read(1), c.read(1)
-    r = np.where(agb <= 125, 0.230, 0.246)
-    np.testing.assert_allclose(carb, agb * (1 + r) * 0.47, rtol=1e-5, equal_nan=True)
+        agb, carb, tr = a.read(1), c.read(), c.transform
+        assert list(c.descriptions) == ["carbon_mg_ha", "carbon_above_mg_ha", "carbon_below_mg_ha"]
+    layer = gpd.read_file(cfg.inputs.parcels)
+    code = rasterize(((g, {"杉木": 1, "毛竹": 2}.get(sp, 0)) for g, sp in zip(layer.geometry, layer.dom_species)),
+                     out_shape=agb.shape, transform=tr, fill=0, dtype="uint8")
+    cf_a = np.choose(code, [0.47, 0.5003, 0.47])
+    cf_b = np.choose(code, [0.47, 0.488, 0.47])
+    r = np.where(code == 2, 0.37, np.where(agb <= 125, 0.230, 0.246))
+    np.testing.assert_allclose(carb[1], agb * cf_a, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(carb[2], agb * r * cf_b, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(carb[0], carb[1] + carb[2], rtol=1e-5, equal_nan=True)
+    assert (code == 1).any() and (code == 2).any()
+    np.testing.assert_allclose(parcels.carbon_above_t + parcels.carbon_below_t, parcels.carbon_t, rtol=1e-5)
     # project totals = sum of share × parcel carbon, recomputed here
     pp = pd.read_csv(out / "projects/project_parcels.csv", dtype={"parcel_id": str})
     proj = gpd.read_file(out / "projects/projects_carbon.gpkg")
-    m = pp.merge(parcels[["parcel_id", "carbon_t"]], on="parcel_id")
-    ref = (m.share * m.carbon_t).groupby(m.project_id).sum()
-    got = proj.set_index("project_id").carbon_t
-    np.testing.assert_allclose(got.loc[ref.index], ref, rtol=1e-9)
+    m = pp.merge(parcels[["parcel_id", "carbon_t", "carbon_above_t", "carbon_below_t"]], on="parcel_id")
+    for pool in ("carbon_t", "carbon_above_t", "carbon_below_t"):
+        ref = (m.share * m[pool]).groupby(m.project_id).sum()
+        got = proj.set_index("project_id")[pool]
+        np.testing.assert_allclose(got.loc[ref.index], ref, rtol=1e-9)
     # shares of one parcel never exceed its area
     assert (pp.groupby("parcel_id").share.sum() <= 1 + 1e-9).all()
 
