@@ -16,7 +16,7 @@ import rasterio
 import yaml
 
 from forestcarbon.config import load_config
-from forestcarbon.errors import CRSError, FieldError, InputNotFoundError
+from forestcarbon.errors import ConfigError, CRSError, FieldError, InputNotFoundError
 from forestcarbon.flows.pipeline import run_pipeline
 from forestcarbon.flows.stages import preflight
 
@@ -171,6 +171,8 @@ def _edited(scene_cfg: Path, tmp: Path, edit) -> Path:
     (lambda r: r["inputs"].__setitem__("trees", "/nonexistent/trees.csv"), InputNotFoundError, "inputs.trees: file not found: /nonexistent/trees.csv"),
     (lambda r: r["inputs"].__setitem__("parcel_id", "XBH"), FieldError, "no field 'XBH'"),
     (lambda r: r["grid"].__setitem__("crs", "EPSG:999999"), CRSError, "grid.crs: 'EPSG:999999'"),
+    (lambda r: r["carbon"].__setitem__("group_field", "YOU_SHI_SZ"), FieldError, "no field 'YOU_SHI_SZ'"),
+    (lambda r: r.__setitem__("allometry_fallback", {"*": "palm"}), ConfigError, "maps to 'palm'"),
 ])
 def test_bad_input_fails_before_work(small_scene, tmp_path, edit, err, words):
     bad = _edited(small_scene, tmp_path, edit)

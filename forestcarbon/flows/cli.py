@@ -191,21 +191,15 @@ def _compare_equations(trees, registry):
     """(per-tree AGB under each candidate equation, as columns ``agb_kg__<id>``; per plot (or the whole
     register) and candidate: AGB in Mg, difference from the table's equations in %, trees outside the
     candidate's DBH range)."""
-    import pandas as pd
-
     from ..models.allometry import candidate_agb
+    from ..vector.plots import equation_spread
 
     cands = candidate_agb(trees, registry)
     per_tree = cands.pivot(index="tree", columns="equation_id", values="agb_kg").add_prefix("agb_kg__")
-    by = trees["plot_id"] if "plot_id" in trees else pd.Series("all trees", index=trees.index)
-    cands["plot_id"] = by.loc[cands["tree"]].to_numpy()
-    cands["out"] = ~cands["in_range"].astype(bool)
-    cands["own_kg"] = trees["agb_kg"].loc[cands["tree"]].to_numpy()
-    g = cands.groupby(["plot_id", "group", "equation_id"])
-    per_plot = pd.DataFrame({"trees": g.size(), "agb_mg": g["agb_kg"].sum(min_count=1) / 1000,
-                             "agb_mg_table": g["own_kg"].sum() / 1000, "trees_out_of_range": g["out"].sum()})
-    per_plot["difference_pct"] = (per_plot["agb_mg"] / per_plot["agb_mg_table"] - 1) * 100
-    return per_tree, per_plot
+    by = trees["plot_id"].astype(str) if "plot_id" in trees else "all trees"
+    long, _ = equation_spread(trees.assign(plot_id=by, expansion_ha=1.0), cands)  # weight 1: Mg per plot
+    long = long.rename(columns={"agb_mg_ha": "agb_mg", "agb_mg_ha_used": "agb_mg_table"})
+    return per_tree, long.drop(columns="in_spread").set_index(["plot_id", "group", "equation_id"])
 
 
 @app.command("lidar-metrics")
