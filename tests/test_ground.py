@@ -15,7 +15,8 @@ from forestcarbon.errors import AllometryError, FieldError
 from forestcarbon.models.allometry import load_registry, tree_biomass
 from forestcarbon.models.uncertainty import ErrorModel, dbh_draw, monte_carlo
 from forestcarbon.vector.inventory import read_trees
-from forestcarbon.vector.plots import plot_biomass, read_plots
+from forestcarbon.models.plots import plot_biomass
+from forestcarbon.vector.plots import read_plots
 
 from .conftest import shared
 

@@ -17,7 +17,7 @@ from forestcarbon.config import default_allometry_path
 from forestcarbon.models.allometry import load_registry
 from forestcarbon.models.regressor import fit_agb_model, predict_block, spatial_blocks
 from forestcarbon.vector.overlay import project_parcel_shares
-from forestcarbon.vector.plots import plot_biomass
+from forestcarbon.models.plots import plot_biomass
 
 from .conftest import shared
 

@@ -42,7 +42,8 @@ from ..rs.tiles import lonlat_footprint
 from ..vector.layers import check_layer, read_layer
 from ..vector.overlay import project_parcel_shares, project_totals
 from ..vector.inventory import read_trees
-from ..vector.plots import check_plot_ids, equation_spread, plot_biomass, read_plots
+from ..models.plots import plot_biomass
+from ..vector.plots import check_plot_ids, equation_spread, read_plots
 from ..vector.rasterize import burn_values
 from ..vector.zonal import zonal_table
 from .layout import Layout

@@ -433,16 +433,15 @@ def species_groups(species: pd.Series, registry: AllometryRegistry, fallback: di
     return groups, how
 
 
-def tree_biomass(
+def tree_agb(
     trees: pd.DataFrame,
     registry: AllometryRegistry,
-    plot_agb_mg_ha: pd.Series | np.ndarray | None = None,
     source: str = "trees",
     fallback: dict[str, str] | None = None,
     equation: str | None = None,
     dbh_out_of_range: str = "warn",
 ) -> pd.DataFrame:
-    """Per-tree AGB by the group's equations, and BGB, carbon and CO2e by the registry's carbon conversion.
+    """Per-tree AGB by the group's equations.
 
     Parameters
     ----------
@@ -451,10 +450,6 @@ def tree_biomass(
         uses height; optional ``wood_density_g_cm3`` (g/cm³, overrides the
         group's value) and ``age`` (culm age for bamboo equations, in the
         equation's unit).
-    plot_agb_mg_ha
-        AGB density (Mg/ha) of the stand each tree stands in, aligned with
-        ``trees``; selects the root-to-shoot ratio (:class:`~forestcarbon.models.carbon.CarbonConversion`).
-        ``None``: the ratio for the low-density class.
     fallback
         Species (name or code) → group for species the table does not know;
         the key ``"*"`` maps every other unknown species.  Such rows get
@@ -470,10 +465,8 @@ def tree_biomass(
     Returns
     -------
     A copy of ``trees`` with ``species_group``, ``species_source`` (``table``, ``binomial``, ``fallback``
-    or ``forced``), ``agb_kg``, ``bgb_kg``, ``biomass_kg``, ``carbon_above_kg``, ``carbon_below_kg``,
-    ``carbon_kg``, ``co2e_kg``, ``equation_id`` (``group:aboveground;root-to-shoot``),
-    ``equation_verified`` (the aboveground equation), ``conversion_verified`` (its carbon fractions and
-    root-to-shoot ratio), ``log_bias``, ``rse_log`` (aboveground residual
+    or ``forced``), ``agb_kg``, ``equation_id`` (``group:aboveground``),
+    ``equation_verified`` (the aboveground equation), ``log_bias``, ``rse_log`` (aboveground residual
     standard error on the log scale, NaN where the source gives none), ``dbh_in_range``,
     ``wood_density_used_g_cm3`` and, where the group has belowground equations, ``bgb_kg_equation``
     (what those give, beside the conversion's ratio).
@@ -529,18 +522,9 @@ def tree_biomass(
         if dbh_out_of_range == "reject":
             raise AllometryError(msg + "; dbh_out_of_range is 'reject'")
         log.warning("%s; the nearest range's equation is used and the rows are flagged dbh_in_range = false", msg)
-    density = np.full(n, -np.inf) if plot_agb_mg_ha is None else np.asarray(plot_agb_mg_ha, dtype=float)
-    pools = registry.conversion.tree_pools(agb, groups.to_numpy(), density)
     out["agb_kg"] = agb
-    out["bgb_kg"] = pools["bgb_kg"].to_numpy(float)
-    out["biomass_kg"] = agb + out["bgb_kg"]
-    out["carbon_above_kg"] = pools["carbon_above_kg"].to_numpy(float)
-    out["carbon_below_kg"] = pools["carbon_below_kg"].to_numpy(float)
-    out["carbon_kg"] = out["carbon_above_kg"] + out["carbon_below_kg"]
-    out["co2e_kg"] = out["carbon_kg"] * CO2_PER_C
-    out["equation_id"] = [f"{g}:{a};{b}" for g, a, b in zip(groups, eq_ids, pools["root_shoot_id"])]
+    out["equation_id"] = [f"{g}:{a}" for g, a in zip(groups, eq_ids)]
     out["equation_verified"] = verified
-    out["conversion_verified"] = pools["conversion_verified"].to_numpy(bool)
     out["log_bias"] = log_bias
     out["rse_log"] = rse
     out["dbh_in_range"] = in_range
@@ -548,6 +532,35 @@ def tree_biomass(
     if np.isfinite(bgb_eq).any():
         out["bgb_kg_equation"] = bgb_eq
     return out
+
+
+def with_carbon(trees: pd.DataFrame, conversion: CarbonConversion, stand_agb_mg_ha=None) -> pd.DataFrame:
+    """Trees from :func:`tree_agb` with ``bgb_kg``, ``biomass_kg``, ``carbon_above_kg``, ``carbon_below_kg``,
+    ``carbon_kg``, ``co2e_kg`` and ``conversion_verified`` by the one carbon conversion; the root-to-shoot
+    rule's id is appended to ``equation_id`` (``group:aboveground;rule``).
+
+    ``stand_agb_mg_ha``: AGB density (Mg/ha) of each tree's stand, which picks the ratio; ``None``: the
+    low-density class (a tree standing alone).
+    """
+    out = trees.copy()
+    agb = out["agb_kg"].to_numpy(float)
+    density = np.full(len(out), -np.inf) if stand_agb_mg_ha is None else np.asarray(stand_agb_mg_ha, dtype=float)
+    pools = conversion.tree_pools(agb, out["species_group"].to_numpy(), density)
+    out["bgb_kg"] = pools["bgb_kg"].to_numpy(float)
+    out["biomass_kg"] = agb + out["bgb_kg"]
+    out["carbon_above_kg"] = pools["carbon_above_kg"].to_numpy(float)
+    out["carbon_below_kg"] = pools["carbon_below_kg"].to_numpy(float)
+    out["carbon_kg"] = out["carbon_above_kg"] + out["carbon_below_kg"]
+    out["co2e_kg"] = out["carbon_kg"] * CO2_PER_C
+    out["equation_id"] = [f"{e};{r}" for e, r in zip(out["equation_id"], pools["root_shoot_id"])]
+    out["conversion_verified"] = pools["conversion_verified"].to_numpy(bool)
+    return out
+
+
+def tree_biomass(trees: pd.DataFrame, registry: AllometryRegistry, plot_agb_mg_ha=None, **kw) -> pd.DataFrame:
+    """Per-tree AGB (:func:`tree_agb`), then BGB, carbon and CO2e (:func:`with_carbon`) with the ratio picked
+    by ``plot_agb_mg_ha``, the AGB density (Mg/ha) of each tree's stand (``None``: the low-density class)."""
+    return with_carbon(tree_agb(trees, registry, **kw), registry.conversion, plot_agb_mg_ha)
 
 
 def _evaluate_picked(equations, idx, d, h, rho, age) -> np.ndarray:

@@ -34,7 +34,6 @@ import pandas as pd
 import shapely
 
 from ..errors import FieldError
-from ..models.allometry import AllometryRegistry, tree_biomass
 from .inventory import data_rows, read_table, rename_columns
 from .layers import read_layer
 
@@ -153,41 +152,6 @@ def check_plot_ids(trees: pd.DataFrame, plots: gpd.GeoDataFrame, source: str = "
                          f"{sorted(trees.loc[orphan, 'plot_id'].astype(str).unique())[:5]}")
 
 
-def plot_biomass(trees: pd.DataFrame, plots: gpd.GeoDataFrame, registry: AllometryRegistry,
-                 source: str = "trees", fallback: dict[str, str] | None = None, designs: dict | None = None,
-                 dbh_out_of_range: str = "warn", equation: str | None = None) -> tuple[pd.DataFrame, gpd.GeoDataFrame]:
-    """Per-tree biomass and per-plot per-hectare summaries (live trees).
-
-    Groups without a belowground equation use the IPCC root-to-shoot ratio
-    chosen by the plot's AGB density, so AGB is computed first.
-    """
-    check_plot_ids(trees, plots, source)
-    trees = trees.copy()
-    trees["expansion_ha"] = expansion_per_ha(trees, plots, designs)
-    below = ~np.isfinite(trees["expansion_ha"])
-    if below.any():
-        log.warning("%s: %d trees are below their plot design's smallest DBH threshold and are left out (rows %s)",
-                    source, int(below.sum()), data_rows(below))
-        trees = trees[~below]
-    kw = dict(source=source, fallback=fallback, dbh_out_of_range=dbh_out_of_range, equation=equation)
-    first = tree_biomass(trees, registry, **kw)
-    live = (first["status"] == "alive") if "status" in first else pd.Series(True, index=first.index)
-    density = (first["agb_kg"] * first["expansion_ha"] * live).groupby(first["plot_id"]).transform("sum") / 1000
-    out = tree_biomass(trees, registry, plot_agb_mg_ha=density.to_numpy(), **kw)
-    summary = _summaries(out[live.to_numpy()])
-    dead = (~live).groupby(out["plot_id"]).sum().rename("n_dead")
-    res = plots.merge(summary, on="plot_id", how="left").merge(dead, left_on="plot_id", right_index=True, how="left")
-    res["n_dead"] = res["n_dead"].fillna(0).astype(int)
-    empty = res["n_trees"].isna()
-    if empty.any():  # plots without live trees: zero biomass, a measured fact
-        for col in summary.columns.drop(["plot_id", "equations", "equation_mix", "equations_verified", "conversion_verified",
-                                         "lorey_height_m", "dominant_height_m"]):
-            res.loc[empty, col] = 0.0
-        res.loc[empty, ["equations", "equation_mix"]] = ""
-        res.loc[empty, ["equations_verified", "conversion_verified"]] = True
-    return out, res
-
-
 def _dominant_height(g: pd.DataFrame, per_ha: float = 100.0) -> float:
     """Mean height of the ``per_ha`` thickest trees per hectare (weights = stems/ha each tree stands for)."""
     g = g.sort_values("dbh_cm", ascending=False)
@@ -205,7 +169,8 @@ def _equation_mix(g: pd.DataFrame) -> str:
     return "; ".join(f"{k} {v:.1f}%" for k, v in share.sort_values(ascending=False).items())
 
 
-def _summaries(t: pd.DataFrame) -> pd.DataFrame:
+def plot_summaries(t: pd.DataFrame) -> pd.DataFrame:
+    """Per-plot per-hectare values of live trees (see the module docstring)."""
     w = t["expansion_ha"]
     ba = np.pi / 4 * (t["dbh_cm"] / 100) ** 2
     h = t["height_m"] if "height_m" in t else pd.Series(np.nan, index=t.index)
