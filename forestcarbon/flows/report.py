@@ -242,6 +242,26 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _ratio_text(rs) -> str:
+    low, high, threshold = rs
+    return f"{low:g}" if not np.isfinite(threshold) else f"{low:g} up to {threshold:g} Mg/ha AGB, {high:g} above"
+
+
+def _conversion_html(conv: dict) -> str:
+    """The carbon conversion's rules, the mapped area each served and their sources, as a table."""
+    rules, area = conv.get("rules", {}), conv.get("rule_area_ha", {})
+    if not rules:
+        return ""
+    rows = "".join(
+        f"<tr><td>{'default' if r['group'] == '*' else html.escape(r['group'])}</td>"
+        f"<td>{r['cf_above']:g} / {r['cf_below']:g}</td><td>{_ratio_text(r['root_shoot'])}</td>"
+        f"<td>{area.get(r['group'], 0):,.1f}</td><td>{'yes' if r['verified'] else 'no'}</td>"
+        f"<td>{'<br>'.join(html.escape(x) for x in r['sources'])}</td></tr>" for r in rules.values())
+    return ("<h2>Carbon conversion</h2><table><tr><th>rule (species group)</th><th>carbon fraction above / below</th>"
+            "<th>root-to-shoot ratio</th><th>mapped area (ha)</th><th>verified</th><th>sources</th></tr>"
+            f"{rows}</table>")
+
+
 def _write_html(path: Path, summary: dict, pngs: list[str]) -> None:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td><pre>{html.escape(json.dumps(v, indent=1, ensure_ascii=False, default=str))}</pre></td></tr>"
                    for k, v in summary.items())
@@ -250,9 +270,10 @@ def _write_html(path: Path, summary: dict, pngs: list[str]) -> None:
 <style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}
 table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}}pre{{margin:0}}</style></head>
 <body><h1>forestcarbon report: {html.escape(summary['name'])}</h1>
-<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels;
+<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels,
+{summary['total_carbon_above_t']:,.0f} t above ground and {summary['total_carbon_below_t']:,.0f} t below;
 {summary['forest_parcels_without_estimate']} forest parcels ({summary['forest_area_ha_without_estimate']:,.1f} ha) have no mapped pixel and are not in the total;
 {summary['forest_parcels_under_half_mapped']} are less than half mapped (their carbon extrapolates the mapped part).</p>
-{imgs}<h2>Summary</h2><table>{rows}</table></body></html>"""
+{_conversion_html(summary.get("carbon_conversion", {}))}{imgs}<h2>Summary</h2><table>{rows}</table></body></html>"""
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
