@@ -52,3 +52,12 @@ class StageInputError(ForestCarbonError, FileNotFoundError):
 
     def __str__(self) -> str:
         return " ".join(str(a) for a in self.args)
+
+
+class ForestCarbonWarning(UserWarning):
+    """Base class of the warnings forestcarbon issues for decisions a user may want to turn into errors
+    (``warnings.simplefilter("error", ForestCarbonWarning)`` or ``python -W error::...``)."""
+
+
+class UnresolvedSpeciesWarning(ForestCarbonWarning):
+    """Parcels name a species that resolves to no species group; their pixels take the default carbon conversion."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,36 +43,39 @@ def test_chinese_fir_both_sides_of_5cm(reg):
     assert out.equation_verified.all()
 
 
-# Xiang et al. 2016 (Eur. J. For. Res. 135:963), as allodb tabulates it: per component exp(a + b ln D),
-# total aboveground = stem + branches + foliage, times the printed bias-correction factor.
+# Xiang et al. 2016 (Eur. J. For. Res. 135:963), as allodb tabulates it: per part exp(a + b ln D) times the
+# part's printed bias-correction factor; total aboveground = stem + branches + foliage.
 XIANG_2016 = {
-    "马尾松": ([(-1.754, 2.154), (-5.060, 2.569), (-5.595, 2.348)], 1.034),
-    "Schima superba": ([(-2.963, 2.621), (-2.378, 2.022), (-2.680, 1.690)], 1.091),
-    "枫香": ([(-1.522, 2.185), (-6.345, 3.218), (-10.080, 3.842)], 1.021),
-    "青冈": ([(-1.798, 2.3235), (-4.849, 2.774), (-5.600, 2.832)], 1.042),
-    "阔叶树": ([(-2.567, 2.532), (-1.603, 1.905), (-3.412, 2.131)], 1.042),
-    "麻栎": ([(-2.644, 2.453), (-4.852, 2.684), (-5.895, 2.682)], 1.053),
+    "马尾松": [(-1.754, 2.154, 1.014), (-5.060, 2.569, 1.106), (-5.595, 2.348, 1.345)],
+    "Schima superba": [(-2.963, 2.621, 1.1), (-2.378, 2.022, 1.1), (-2.680, 1.690, 1.196)],
+    "枫香": [(-1.522, 2.185, 1.019), (-6.345, 3.218, 1.135), (-10.080, 3.842, 1.343)],
+    "青冈": [(-1.798, 2.3235, 1.041), (-4.849, 2.774, 1.297), (-5.600, 2.832, 1.27)],
+    "阔叶树": [(-2.567, 2.532, 1.041), (-1.603, 1.905, 1.297), (-3.412, 2.131, 1.27)],
+    "麻栎": [(-2.644, 2.453, 1.053), (-4.852, 2.684, 1.213), (-5.895, 2.682, 1.662)],
 }
 
 
 @pytest.mark.parametrize("species", list(XIANG_2016))
 def test_xiang2016_regional_equations_by_hand(reg, species):
-    parts, cf = XIANG_2016[species]
     d = np.array([6.0, 20.0, 31.5])
     out = tree_biomass(pd.DataFrame({"species": species, "dbh_cm": d}), reg)
-    hand = cf * sum(np.exp(a + b * np.log(d)) for a, b in parts)
+    hand = sum(cf * np.exp(a + b * np.log(d)) for a, b, cf in XIANG_2016[species])
     np.testing.assert_allclose(out.agb_kg, hand, rtol=1e-12)
     assert out.equation_verified.all() and (out.log_bias == "corrected").all()
 
 
-def test_xiang2016_totals_at_20cm_match_an_independent_computation(reg):
-    """At D = 20 cm the uncorrected component sums are 127.9903 (Masson pine), 183.2525 (Schima),
-    183.1304 (sweetgum), 224.3531 (C. glauca) and 231.2415 kg (evergreen broad-leaved) -- computed
-    by a reviewer from allodb's equation strings, not from this table."""
+def test_xiang2016_parts_at_20cm_match_an_independent_computation(reg):
+    """At D = 20 cm, stem / branches / foliage before correction are 109.8161 / 13.9578 / 4.2164 kg (Masson
+    pine), 132.7960 / 39.6215 / 10.8351 (Schima), 151.9688 / 26.9846 / 4.1770 (sweetgum), 174.6151 / 31.8539 /
+    17.8841 (C. glauca) and 151.1381 / 60.5743 / 19.5291 (evergreen broad-leaved) -- computed by a reviewer
+    from allodb's equation strings, not from this table; allodb's part factors as printed."""
     t = pd.DataFrame({"species": ["马尾松", "木荷", "枫香", "青冈", "常绿阔叶树"], "dbh_cm": 20.0})
     out = tree_biomass(t, reg)
-    np.testing.assert_allclose(out.agb_kg, np.array([127.9903, 183.2525, 183.1304, 224.3531, 231.2415])
-                               * [1.034, 1.091, 1.021, 1.042, 1.042], rtol=1e-6)
+    parts = np.array([[109.8161, 13.9578, 4.2164], [132.7960, 39.6215, 10.8351], [151.9688, 26.9846, 4.1770],
+                      [174.6151, 31.8539, 17.8841], [151.1381, 60.5743, 19.5291]])
+    factors = np.array([[1.014, 1.106, 1.345], [1.1, 1.1, 1.196], [1.019, 1.135, 1.343], [1.041, 1.297, 1.27],
+                        [1.041, 1.297, 1.27]])
+    np.testing.assert_allclose(out.agb_kg, (parts * factors).sum(axis=1), rtol=1e-6)
 
 
 def test_alternatives_by_hand(reg):
@@ -157,11 +162,40 @@ def test_chablais3_species_codes_through_fallback_groups(tmp_path):
     assert (t.species_source == "fallback").all()
     conifer = t.species.isin(["PIAB", "ABAL"])
     assert (t.species_group[conifer] == "masson_pine").all() and (t.species_group[~conifer] == "evergreen_broadleaf").all()
-    d = t.dbh_cm  # Xiang et al. 2016 by hand: Masson pine and evergreen broad-leaved, with their correction factors
-    pine = 1.034 * (np.exp(-1.754 + 2.154 * np.log(d)) + np.exp(-5.060 + 2.569 * np.log(d)) + np.exp(-5.595 + 2.348 * np.log(d)))
-    broad = 1.042 * (np.exp(-2.567 + 2.532 * np.log(d)) + np.exp(-1.603 + 1.905 * np.log(d)) + np.exp(-3.412 + 2.131 * np.log(d)))
+    d = t.dbh_cm  # Xiang et al. 2016 by hand: Masson pine and evergreen broad-leaved, parts with their correction factors
+    pine = sum(cf * np.exp(a + b * np.log(d)) for a, b, cf in XIANG_2016["马尾松"])
+    broad = sum(cf * np.exp(a + b * np.log(d)) for a, b, cf in XIANG_2016["阔叶树"])
     np.testing.assert_allclose(t.agb_kg, np.where(conifer, pine, broad), rtol=1e-9)
     missing = subprocess.run([str(exe), "trees", str(src), "--out", str(tmp_path / "x.csv"), "--species-col", "s",
                               "--dbh-col", "d", "--height-col", "h"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no allometric equation for species" in missing.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    ("a: 0.1", "a must be a number, not '0,1'"),
+    ("names: 杉木", "names must be a list"),
+    ("dbh_min_cm: 50", "dbh_min_cm 50.0 is not below dbh_max_cm 40.0"),
+    ("log_bias: corrected", "needs bias_correction_factor"),
+])
+def test_malformed_allometry_tables_name_the_equation(tmp_path, edit, msg):
+    base = {"a: 0.1": "a: '0,1'", "names: 杉木": "names: 杉木", "dbh_min_cm: 50": "dbh_min_cm: 50",
+            "log_bias: corrected": "log_bias: corrected"}[edit]
+    yml = tmp_path / "a.yaml"
+    yml.write_text(f"""
+version: t
+defaults: {{carbon_fraction: 0.47, carbon_fraction_source: t, root_shoot: {{ratio: 0.2, source: t}}}}
+groups:
+  g:
+    {base if edit == "names: 杉木" else "names: [x]"}
+    aboveground:
+      - id: e1
+        form: power
+        {base if edit == "a: 0.1" else "a: 0.1"}
+        b: 2.0
+        {base if edit in ("dbh_min_cm: 50", "log_bias: corrected") else "c: 0"}
+        dbh_max_cm: 40
+        source: t
+""", encoding="utf-8")
+    with pytest.raises(AllometryError, match=re.escape(msg)):
+        load_registry(yml)

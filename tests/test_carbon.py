@@ -82,3 +82,49 @@ def test_conversion_table_lists_sources(conv):
 def test_implausible_conversions_are_errors(defaults, groups, msg):
     with pytest.raises(AllometryError, match=msg):
         CarbonConversion.from_yaml(defaults, groups, "t.yaml")
+
+
+def test_nan_density_gives_nan_ratio(conv):
+    assert np.isnan(conv.default.root_shoot.ratio([np.nan])[0])
+    assert conv.default.root_shoot.ratio([125.0])[0] == 0.230  # "<= 125" takes the low class (p. 4.18)
+
+
+def test_rule_layer_equals_a_whole_array_rasterisation_by_blocks():
+    """burn_values (per block, polygons from the spatial index) equals rasterio's rasterisation of the whole
+    array in file order, overlaps included (the later polygon wins), for any chunk size."""
+    import geopandas as gpd
+    import shapely
+    from odc.geo.geobox import GeoBox
+    from rasterio.features import rasterize
+
+    from forestcarbon.vector.rasterize import burn_values
+
+    rng = np.random.default_rng(4)
+    gbox = GeoBox.from_bbox((500_000, 3_200_000, 501_000, 3_200_700), crs="EPSG:4549", resolution=10)
+    centres = rng.uniform([500_000, 3_200_000], [501_000, 3_200_700], (40, 2))
+    polys = [shapely.Point(x, y).buffer(r, quad_segs=8) for (x, y), r in zip(centres, rng.uniform(30, 160, 40))]
+    gdf = gpd.GeoDataFrame({"v": rng.integers(1, 6, 40)}, geometry=polys, crs="EPSG:4549")
+    ref = rasterize(zip(gdf.geometry, gdf.v), out_shape=gbox.shape, transform=gbox.affine, fill=0, dtype="uint8")
+    for chunk in (64, 17 * 4, 1024):
+        got = burn_values(gdf, gdf.v.to_numpy(), gbox, chunk_px=chunk).compute()
+        np.testing.assert_array_equal(got, ref)
+    # another CRS: reprojected onto the grid first
+    got = burn_values(gdf.to_crs("EPSG:4490"), gdf.v.to_numpy(), gbox, chunk_px=128).compute()
+    assert (got == ref).mean() > 0.99
+
+
+def test_parcel_species_resolve_with_fallback_and_warn_when_unknown():
+    import geopandas as gpd
+    import shapely
+
+    from forestcarbon.errors import UnresolvedSpeciesWarning
+    from forestcarbon.flows.stages import parcel_groups
+
+    reg = load_registry(default_allometry_path())
+    gdf = gpd.GeoDataFrame({"YOU_SHI_SZ": ["杉木", "Phyllostachys edulis (Carrière) J.Houz.", "枫杨", "", None, "030"]},
+                           geometry=[shapely.Point(i, 0).buffer(1) for i in range(6)], crs="EPSG:4549")
+    with pytest.warns(UnresolvedSpeciesWarning, match=r"2 parcels .*\['030', '枫杨'\]"):
+        g = parcel_groups(gdf, "YOU_SHI_SZ", "p.gpkg", reg)
+    assert g == ["chinese_fir", "moso_bamboo", None, None, None, None]
+    g = parcel_groups(gdf, "YOU_SHI_SZ", "p.gpkg", reg, {"030": "杉木", "*": "阔叶树"})
+    assert g == ["chinese_fir", "moso_bamboo", "evergreen_broadleaf", None, None, "chinese_fir"]

@@ -129,12 +129,13 @@ def test_forced_equation_and_dbh_range_policy(reg, caplog):
     out = tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus")
     np.testing.assert_allclose(out.agb_kg, 0.065388 * t.dbh_cm**2.01735 * t.height_m**0.49425, rtol=1e-12)
     assert (out.species_source == "forced").all()
-    assert list(out.dbh_in_range) == [True, False]  # 95 cm is beyond the 80 cm range
+    out = tree_biomass(t, reg, equation="xiang2016_pima")
+    assert list(out.dbh_in_range) == [True, False]  # Xiang et al. 2016 sampled Masson pine of 2.2-58 cm
     with caplog.at_level(logging.WARNING):
-        tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus")
+        tree_biomass(t, reg, equation="xiang2016_pima")
     assert "1 trees have DBH outside every range" in caplog.text and "rows [1]" in caplog.text
     with pytest.raises(AllometryError, match=r"rows \[1\], dbh_cm \[95.0\].*'reject'"):
-        tree_biomass(t, reg, equation="lyt2264_cula_agb_d5plus", dbh_out_of_range="reject")
+        tree_biomass(t, reg, equation="xiang2016_pima", dbh_out_of_range="reject")
     with pytest.raises(AllometryError, match="no equation with id 'nope'"):
         tree_biomass(t, reg, equation="nope")
 
@@ -543,6 +544,13 @@ def test_equation_spread_by_hand():
     assert (pp.loc["P", "agb_mg_ha_eq_min"], pp.loc["P", "agb_mg_ha_eq_max"]) == pytest.approx((1.5, 1.8))
     assert pp.loc["P", "equation_spread_pct"] == pytest.approx(20.0)
     assert pp.loc["Q", "equation_spread_pct"] == 0  # its only alternative is outside its DBH range
+    # an unverified alternative does not widen the range while the group's own equation is verified ...
+    flagged = cands.assign(verified=[True, False, True, True, False], own=[True, False, True, True, False])
+    _, pp = equation_spread(trees, flagged)
+    assert pp.set_index("plot_id").loc["P", "equation_spread_pct"] == 0
+    # ... but does when the own equation is itself a stand-in
+    _, pp = equation_spread(trees, flagged.assign(verified=[False, False, True, False, False]))
+    assert pp.set_index("plot_id").loc["P", "equation_spread_pct"] == pytest.approx(20.0)
 
 
 def test_trees_cli_compares_equations(tmp_path):

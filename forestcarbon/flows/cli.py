@@ -199,7 +199,7 @@ def _compare_equations(trees, registry):
     by = trees["plot_id"].astype(str) if "plot_id" in trees else "all trees"
     long, _ = equation_spread(trees.assign(plot_id=by, expansion_ha=1.0), cands)  # weight 1: Mg per plot
     long = long.rename(columns={"agb_mg_ha": "agb_mg", "agb_mg_ha_used": "agb_mg_table"})
-    return per_tree, long.drop(columns="in_spread").set_index(["plot_id", "group", "equation_id"])
+    return per_tree, long.drop(columns=["in_spread"]).set_index(["plot_id", "group", "equation_id"])
 
 
 @app.command("lidar-metrics")

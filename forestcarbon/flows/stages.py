@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import json
+import warnings
 
 import dask
 import dask.array as da
@@ -27,7 +28,8 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, SceneError, StageInputError
+from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, SceneError,
+                      StageInputError, UnresolvedSpeciesWarning)
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import candidate_agb, load_registry, resolve_fallback, species_groups, validate_trees
@@ -400,21 +402,27 @@ def carbon_rule_layer(ctx: Context, registry) -> "da.Array":
     if field is None:
         return da.zeros(tuple(ctx.gbox.shape), chunks=cfg.compute.chunk_px, dtype="uint8")
     parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
-    groups = parcel_groups(parcels, field, i.parcels, registry)
+    groups = parcel_groups(parcels, field, i.parcels, registry, cfg.allometry_fallback)
     return burn_values(parcels, registry.conversion.code_of(groups), ctx.gbox, chunk_px=cfg.compute.chunk_px)
 
 
-def parcel_groups(parcels: gpd.GeoDataFrame, field: str, source, registry) -> list:
-    """Species group of each parcel from its dominant-species field (None where empty or unknown, logged)."""
+def parcel_groups(parcels: gpd.GeoDataFrame, field: str, source, registry, fallback: dict | None = None) -> list:
+    """Species group of each parcel from its dominant-species field: names resolve as tree species do, then
+    through ``allometry_fallback``; None where empty or unresolved (the default rule, with an
+    :class:`~forestcarbon.errors.UnresolvedSpeciesWarning` naming the species)."""
     if field not in parcels.columns:
         raise FieldError(f"{source}: carbon.group_field {field!r} is not a field of the parcels layer "
                          f"(fields: {[c for c in parcels.columns if c != 'geometry']})")
-    names = parcels[field].fillna("").astype(str)
-    groups = [registry.resolve(n) if n.strip() else None for n in names]
-    unknown = sorted({n for n, g in zip(names, groups) if g is None and n.strip()})
+    fb = resolve_fallback(fallback or {}, registry)
+    names = parcels[field].fillna("").astype(str).str.strip()
+    found = {n: (registry.resolve(n) or fb.get(n, fb.get("*"))) if n else None for n in names.unique()}
+    groups = [found[n] for n in names]
+    unknown = sorted(n for n, g in found.items() if g is None and n)
     if unknown:
-        log.warning("carbon: %d parcels name species without a species group %s; they take the default conversion",
-                    sum(g is None and n.strip() != "" for n, g in zip(names, groups)), unknown[:5])
+        count = int(sum(1 for n in names if n and found[n] is None))
+        warnings.warn(f"{source}: {count} parcels name species without a species group in field {field!r} "
+                      f"({unknown[:5]}); their pixels take the default carbon conversion", UnresolvedSpeciesWarning,
+                      stacklevel=2)
     return groups
 
 
@@ -461,8 +469,12 @@ def stage_parcels(ctx: Context) -> dict:
     out["model_id"] = model_id
     if ctx.cfg.carbon.group_field is not None:
         registry = load_registry(ctx.cfg.allometry or default_allometry_path())
-        groups = parcel_groups(parcels, ctx.cfg.carbon.group_field, i.parcels, registry)
+        groups = parcel_groups(parcels, ctx.cfg.carbon.group_field, i.parcels, registry, ctx.cfg.allometry_fallback)
         out["carbon_rule"] = [registry.conversion.rule(g).group for g in groups]
+        # the map burns rules by pixel centre: the share of the parcel's area whose pixels carry its own rule
+        z = zonal_table(ctx.out.carbon_rule, parcels, i.parcel_id, ("unique", "frac"), band_names=["r"])
+        own = registry.conversion.code_of(groups)
+        out["carbon_rule_coverage"] = [float(np.sum(f[u == k])) for u, f, k in zip(z["r_unique"], z["r_frac"], own)]
     write_table(out, ctx.out.parcels_gpkg, layer="parcels_carbon")
     write_table(out, ctx.out.parcels_parquet)  # GeoParquet
     return {"parcels": len(out), "total_carbon_t": float(np.nansum(out["carbon_t"]))}

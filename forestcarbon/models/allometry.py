@@ -45,12 +45,15 @@ Monte Carlo's residual draws are mean-one: exp(ε − σ²/2).
 
 @dataclass(frozen=True)
 class Component:
-    """One additive part of an equation (e.g. stem, branches, foliage), in the equation's form."""
+    """One additive part of an equation (e.g. stem, branches, foliage), in the equation's form, with the
+    log-bias correction factor its source prints for it (applied when the equation's ``log_bias`` is
+    ``corrected``: each part's log model is back-transformed on its own before the parts are summed)."""
 
     part: str
     a: float
     b: float
     c: float = 0.0
+    bias_correction_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,10 @@ class Equation:
 
     @property
     def correction(self) -> float:
-        """Factor applied to the printed equation (the source's log-bias correction where ``corrected``)."""
-        return float(self.bias_correction_factor) if self.log_bias == "corrected" else 1.0
+        """Factor applied to the whole printed equation (the source's log-bias correction where ``corrected``
+        and given for the equation; per-part factors are applied to their parts)."""
+        ok = self.log_bias == "corrected" and self.bias_correction_factor is not None
+        return float(self.bias_correction_factor) if ok else 1.0
 
     def _printed(self, a, b, c, dbh, h, rho, age):
         if self.form == "power":
@@ -140,7 +145,9 @@ class Equation:
         rho = np.asarray(wood_density_g_cm3 if wood_density_g_cm3 is not None else np.nan, dtype="float64")
         age_ = np.asarray(age if age is not None else np.nan, dtype="float64")
         if self.components:
-            total = sum(self._printed(k.a, k.b, k.c, dbh, h, rho, age_) for k in self.components)
+            per_part = self.log_bias == "corrected" and self.bias_correction_factor is None
+            return sum(self._printed(k.a, k.b, k.c, dbh, h, rho, age_) * (k.bias_correction_factor if per_part else 1.0)
+                       for k in self.components) * self.correction
         else:
             total = self._printed(self.a, self.b, self.c, dbh, h, rho, age_)
         return total * self.correction
@@ -217,26 +224,43 @@ def _equation(raw: dict, where: str) -> Equation:
     if raw["form"] not in FORMS:
         raise AllometryError(f"{where}: equation {eid!r} has unknown form {raw['form']!r} (known: {', '.join(FORMS)})")
     comps = raw.pop("components", None) or []
+    keys = {"part", "a", "b", "c", "bias_correction_factor"}
     if comps:
-        bad = [k for k in comps if not {"part", "a", "b"} <= set(k) or set(k) - {"part", "a", "b", "c"}]
+        bad = [k for k in comps if not isinstance(k, dict) or not {"part", "a", "b"} <= set(k) or set(k) - keys]
         if bad:
-            raise AllometryError(f"{where}: equation {eid!r}: each component needs part, a, b (optional c), got {bad[0]}")
-        raw["components"] = tuple(Component(str(k["part"]), float(k["a"]), float(k["b"]), float(k.get("c", 0.0)))
-                                  for k in comps)
+            raise AllometryError(f"{where}: equation {eid!r}: each component needs part, a, b (optional c, "
+                                 f"bias_correction_factor), got {bad[0]}")
+        for k in comps:
+            for key in keys - {"part"}:
+                if key in k:
+                    k[key] = _number(k[key], f"{where}: equation {eid!r} component {k['part']!r}", key)
+        raw["components"] = tuple(Component(str(k["part"]), k["a"], k["b"], k.get("c", 0.0),
+                                            k.get("bias_correction_factor", 1.0)) for k in comps)
     else:
         lacking = [k for k in _NEEDS[raw["form"]] if k not in raw]
         if lacking:
             raise AllometryError(f"{where}: {raw['form']} equation {eid!r} needs coefficients {', '.join(lacking)}")
+    for key in _NUMERIC:
+        if raw.get(key) is not None:
+            raw[key] = _number(raw[key], f"{where}: equation {eid!r}", key)
+    if raw.get("dbh_min_cm", 0.0) >= raw.get("dbh_max_cm", np.inf):
+        raise AllometryError(f"{where}: equation {eid!r}: dbh_min_cm {raw.get('dbh_min_cm')} is not below "
+                             f"dbh_max_cm {raw.get('dbh_max_cm')}")
     if raw.get("rse_log") is not None and not raw.get("rse_source"):
         raise AllometryError(f"{where}: equation {eid!r} gives rse_log without rse_source")
     lb = raw.get("log_bias", "unknown")
     if lb not in LOG_BIAS:
         raise AllometryError(f"{where}: equation {eid!r}: log_bias must be one of {LOG_BIAS}, not {lb!r}")
-    if (lb == "corrected") != (raw.get("bias_correction_factor") is not None):
+    part_factors = [k.bias_correction_factor for k in raw.get("components", ()) if k.bias_correction_factor != 1.0]
+    given = raw.get("bias_correction_factor") is not None
+    if lb == "corrected" and not (given or (raw.get("components") and len(part_factors) == len(raw["components"]))):
+        raise AllometryError(f"{where}: equation {eid!r}: log_bias 'corrected' needs bias_correction_factor, for the "
+                             "equation or for every component")
+    if lb != "corrected" and (given or part_factors):
         raise AllometryError(f"{where}: equation {eid!r}: bias_correction_factor goes with log_bias 'corrected' only")
-    if raw.get("bias_correction_factor") is not None and not (1.0 <= float(raw["bias_correction_factor"]) < 2.0):
-        raise AllometryError(f"{where}: equation {eid!r}: bias_correction_factor {raw['bias_correction_factor']} "
-                             "is not in [1, 2)")
+    for f in part_factors + ([raw["bias_correction_factor"]] if given else []):
+        if not (1.0 <= f < 2.0):
+            raise AllometryError(f"{where}: equation {eid!r}: bias_correction_factor {f} is not in [1, 2)")
     if raw.get("posterior") is not None:
         p = raw["posterior"]
         try:
@@ -256,6 +280,19 @@ def _equation(raw: dict, where: str) -> Equation:
     if unknown:
         raise AllometryError(f"{where}: equation {eid!r} has unknown keys {unknown}")
     return Equation(**raw)
+
+
+_NUMERIC = ("a", "b", "c", "d", "e", "f", "bcef_mg_m3", "dbh_min_cm", "dbh_max_cm", "bias_correction_factor",
+            "rse_log", "n_trees")
+
+
+def _number(value, where: str, key: str) -> float:
+    """A coefficient as a float; anything else is an error naming the file, equation and key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AllometryError(f"{where}: {key} must be a number, not {value!r}")
+    if not np.isfinite(value) and key != "dbh_max_cm":
+        raise AllometryError(f"{where}: {key} must be finite, not {value!r}")
+    return float(value) if key != "n_trees" else int(value)
 
 
 _GROUP_KEYS = {"names", "aboveground", "belowground", "alternatives", "wood_density_g_cm3", "wood_density_source",
@@ -286,6 +323,9 @@ def load_registry(path: Path | str) -> AllometryRegistry:
         unknown = sorted(set(g) - _GROUP_KEYS)
         if unknown:
             raise AllometryError(f"{where}: unknown keys {unknown}")
+        for key in ("names", "aboveground", "belowground", "alternatives"):
+            if key in g and not isinstance(g[key], list):
+                raise AllometryError(f"{where}: {key} must be a list, not {g[key]!r}")
         above = tuple(_equation(e, where) for e in g.get("aboveground", []))
         if not above:
             raise AllometryError(f"{where}: no aboveground equation")
@@ -615,7 +655,7 @@ def candidate_agb(trees: pd.DataFrame, registry: AllometryRegistry) -> pd.DataFr
     ``wood_density_used_g_cm3``, ``age``).  One row per (tree, candidate): ``tree`` (the tree's row
     label), ``group``, ``equation_id`` (the group's own set is named by its equation ids joined with
     ``+``), ``agb_kg``, ``in_range`` (the tree's DBH inside the candidate's range; outside it the
-    equation is extrapolated) and ``verified``.  Candidates that need a height a tree lacks give NaN.
+    equation is extrapolated), ``verified`` and ``own`` (the group's own set).  Candidates that need a height a tree lacks give NaN.
     """
     d = trees["dbh_cm"].to_numpy(float)
     h = _column(trees, "height_m")
@@ -634,8 +674,8 @@ def candidate_agb(trees: pd.DataFrame, registry: AllometryRegistry) -> pd.DataFr
             with np.errstate(invalid="ignore", divide="ignore"):
                 v = e.evaluate(d[sel], h[sel], rho[sel], age[sel])
             cands.append((e.id, np.where(np.isfinite(v), v, np.nan), e.in_range(d[sel]), e.verified))
-        for eid, agb, rng, ver in cands:
+        for k, (eid, agb, rng, ver) in enumerate(cands):
             parts.append(pd.DataFrame({"tree": trees.index[sel], "group": gname, "equation_id": eid,
-                                       "agb_kg": agb, "in_range": rng, "verified": ver}))
+                                       "agb_kg": agb, "in_range": rng, "verified": ver, "own": k == 0}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["tree", "group", "equation_id", "agb_kg", "in_range", "verified"])
+        columns=["tree", "group", "equation_id", "agb_kg", "in_range", "verified", "own"])

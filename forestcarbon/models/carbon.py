@@ -68,7 +68,9 @@ class RootShoot:
                 raise AllometryError(f"root-to-shoot ratio {r} ({self.id}) is not in [0, 2)")
 
     def ratio(self, agb_mg_ha) -> np.ndarray:
-        return np.where(np.asarray(agb_mg_ha) <= self.threshold_agb_mg_ha, self.low, self.high)
+        """R for each AGB density (Mg/ha); NaN where the density is NaN."""
+        agb = np.asarray(agb_mg_ha, dtype="float64")
+        return np.where(np.isnan(agb), np.nan, np.where(agb <= self.threshold_agb_mg_ha, self.low, self.high))
 
     def ids(self, agb_mg_ha) -> np.ndarray:
         """Id of the ratio each stand gets (``<id>_low`` / ``<id>_high``; ``<id>`` for a single ratio)."""

@@ -210,12 +210,14 @@ def equation_spread(trees: pd.DataFrame, candidates: pd.DataFrame,
     (:func:`~forestcarbon.models.allometry.candidate_agb`).  For each plot and candidate, the group's
     trees take the candidate's AGB and every other tree keeps its own.
 
-    A candidate enters a plot's range only where at most ``max_out_of_range`` of the group's trees
-    lie outside its DBH range (an equation far outside its data is no credible alternative); the
-    long table lists every candidate with ``in_spread``.
+    A candidate enters a plot's range only where it is verified (``verified`` in ``candidates``, an
+    unverified transcription is no credible alternative, unless the group's own equation -- ``own`` --
+    is itself a stand-in) and at most ``max_out_of_range`` of the group's
+    trees lie outside its DBH range (nor is an equation far outside its data); the long table lists
+    every candidate with ``verified`` and ``in_spread``.
 
     Returns (long table: ``plot_id, group, equation_id, agb_mg_ha, agb_mg_ha_used, difference_pct,
-    trees, trees_out_of_range, in_spread``; per plot: ``agb_mg_ha_eq_min``, ``agb_mg_ha_eq_max``
+    trees, trees_out_of_range, verified, in_spread``; per plot: ``agb_mg_ha_eq_min``, ``agb_mg_ha_eq_max``
     (including the plot's own AGB), ``equation_spread_pct`` = (max − min) / own × 100 and
     ``n_equations`` in the range).
     """
@@ -225,16 +227,22 @@ def equation_spread(trees: pd.DataFrame, candidates: pd.DataFrame,
                         on="tree", how="inner")
     c["delta"] = (c["agb_kg"] - c["agb_kg_used"]) * c["expansion_ha"] / 1000
     c["out"] = ~c["in_range"].astype(bool)
+    if "verified" not in c:
+        c["verified"] = True
+    if "own" in c:  # where the group's own equation is a stand-in, the other stand-ins are as credible
+        own_ok = c[c["own"].astype(bool)].groupby("group")["verified"].all()
+        c["verified"] = c["verified"].astype(bool) | ~c["group"].map(own_ok).fillna(True).astype(bool)
     g = c.groupby(["plot_id", "group", "equation_id"], sort=True)
     long = pd.DataFrame({"delta": g["delta"].agg(lambda x: x.sum() if x.notna().all() else np.nan),
-                         "trees": g.size(), "trees_out_of_range": g["out"].sum().astype(int)}).reset_index()
+                         "trees": g.size(), "trees_out_of_range": g["out"].sum().astype(int),
+                         "verified": g["verified"].all().astype(bool)}).reset_index()
     long["agb_mg_ha_used"] = long["plot_id"].map(used).to_numpy(float)
     long["agb_mg_ha"] = long["agb_mg_ha_used"] + long["delta"]
     long["difference_pct"] = np.where(long["agb_mg_ha_used"] > 0,
                                       (long["agb_mg_ha"] / long["agb_mg_ha_used"] - 1) * 100, np.nan)
     long = long.drop(columns="delta")[["plot_id", "group", "equation_id", "agb_mg_ha", "agb_mg_ha_used",
-                                       "difference_pct", "trees", "trees_out_of_range"]].copy()
-    long["in_spread"] = long["trees_out_of_range"] <= max_out_of_range * long["trees"]
+                                       "difference_pct", "trees", "trees_out_of_range", "verified"]].copy()
+    long["in_spread"] = long["verified"] & (long["trees_out_of_range"] <= max_out_of_range * long["trees"])
     pg = long[long["in_spread"]].groupby("plot_id")
     idx = used.index
     lo = np.fmin(pg["agb_mg_ha"].min().reindex(idx), used)

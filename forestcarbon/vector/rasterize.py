@@ -24,6 +24,7 @@ def _burn_block(polygons: gpd.GeoDataFrame, values: np.ndarray, gbox: GeoBox, fi
     hits = polygons.sindex.query(sub.extent.geom, predicate="intersects") if len(polygons) else []
     if len(hits) == 0:
         return np.full(out_shape, fill, dtype=dtype)
+    hits = np.sort(hits)  # file order: where polygons overlap, the later one wins (as rasterio burns)
     shapes = zip(polygons.geometry.to_numpy()[hits], values[hits])
     return rasterize(shapes, out_shape=out_shape, transform=sub.affine, fill=fill, dtype=dtype)
 
