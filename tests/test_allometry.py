@@ -199,3 +199,39 @@ groups:
 """, encoding="utf-8")
     with pytest.raises(AllometryError, match=re.escape(msg)):
         load_registry(yml)
+
+
+# Alternatives as printed: Luo et al. 2018 (allodb luo_2018_acnt, Zhejiang rows), 10^(a + b log10 D); Zhou et al.
+# 2018 (BiomassChina initValueSet.R, Zhejiang, a.1/b.1 for stem, branch, leaf), sum of a D^b.
+ALTERNATIVES = [
+    ("木荷", "luo2018_scsu_zhejiang", lambda d: 10 ** (-1.04046 + 2.4487 * np.log10(d))),
+    ("木荷", "zhou2018_scsu_zhejiang", lambda d: 0.2567 * d**1.99 + 0.1043 * d**1.74 + 0.0393 * d**1.65),
+    ("青冈", "luo2018_cygl_zhejiang", lambda d: 10 ** (-0.58154 + 2.1347 * np.log10(d))),
+    ("青冈", "zhou2018_cygl_zhejiang", lambda d: 0.2861 * d**1.98 + 0.2059 * d**1.56 + 0.0340 * d**1.69),
+    ("甜槠", "luo2018_caey_zhejiang", lambda d: 10 ** (-0.77107 + 2.1534 * np.log10(d))),
+    ("甜槠", "zhou2018_broadleaf_zhejiang", lambda d: 0.2562 * d**1.9908 + 0.1187 * d**1.7757 + 0.0161 * d**2.0046),
+]
+
+
+@pytest.mark.parametrize("species,eq,hand", ALTERNATIVES, ids=[a[1] for a in ALTERNATIVES])
+def test_regional_alternatives_by_hand(reg, species, eq, hand):
+    from forestcarbon.models.allometry import candidate_agb
+
+    d = np.array([5.0, 12.0, 25.0])
+    t = tree_biomass(pd.DataFrame({"species": species, "dbh_cm": d}), reg)
+    c = candidate_agb(t, reg)
+    np.testing.assert_allclose(c[c.equation_id == eq].agb_kg, hand(d), rtol=1e-12)
+    assert c[c.equation_id == eq].verified.all()
+
+
+def test_luo2018_alternatives_at_10cm_match_an_independent_computation(reg):
+    """allodb's Luo 2018 strings evaluated by a reviewer at D = 10 cm: Schima 25.6000, C. glauca 35.7404,
+    C. eyrei 24.1174, Masson pine 24.5245, Chinese fir 21.0523 kg."""
+    from forestcarbon.models.allometry import candidate_agb
+
+    t = tree_biomass(pd.DataFrame({"species": ["木荷", "青冈", "甜槠", "马尾松", "杉木"], "dbh_cm": 10.0,
+                                   "height_m": 9.0}), reg)
+    c = candidate_agb(t, reg).set_index(["tree", "equation_id"]).agb_kg
+    got = [c[(0, "luo2018_scsu_zhejiang")], c[(1, "luo2018_cygl_zhejiang")], c[(2, "luo2018_caey_zhejiang")],
+           c[(3, "luo2018_pima_zhejiang")], c[(4, "luo2018_cula_zhejiang")]]
+    np.testing.assert_allclose(got, [25.6000, 35.7404, 24.1174, 24.5245, 21.0523], atol=1e-4)
