@@ -134,6 +134,9 @@ class GroundConfig(_Strict):
     ``area_fraction`` (0-1] marks plots cut by a stand edge.
     ``height_model`` fills missing tree heights from H-D models fitted on the
     measured trees (per species group with >= 10 of them, else pooled).
+    ``plausible_dbh_cm``, ``plausible_height_m`` and ``max_plot_agb_mg_ha`` are plausibility limits checked
+    before any stage runs: beyond them a value is an error naming rows and the likely unit mistake (the
+    largest trees of subtropical China stay inside; subtropical forests rarely exceed ~600 Mg/ha AGB).
     """
 
     trees_columns: dict[str, str] = {}
@@ -145,6 +148,9 @@ class GroundConfig(_Strict):
     designs: dict[str, list[SubplotConfig]] = {}
     plot_size_on_slope: bool = True
     uncertainty: UncertaintyConfig = UncertaintyConfig()
+    plausible_dbh_cm: tuple[float, float] = (0.5, 300.0)
+    plausible_height_m: tuple[float, float] = (1.3, 80.0)
+    max_plot_agb_mg_ha: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _designs_sorted(self):

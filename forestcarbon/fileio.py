@@ -70,3 +70,11 @@ def fingerprint(paths) -> list[dict]:
         for q in files:
             out.append({"path": str(q), "bytes": q.stat().st_size, "sha256": sha256(q)})
     return out
+
+
+def file_rows(positions, limit: int = 5) -> str:
+    """Row numbers of data rows as a spreadsheet or text editor shows them -- the header is row 1, the first
+    data row row 2 -- from their 0-based positions (a default index's labels); at most ``limit``."""
+    rows = [int(p) + 2 for p in positions]
+    more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"{rows[:limit]}{more}"

@@ -112,7 +112,7 @@ def test_species_names_as_bureaus_write_them(reg):
 
 def test_unknown_species_names_species_and_rows(reg):
     trees = pd.DataFrame({"species": ["杉木", "Quercus robur"], "dbh_cm": [10.0, 12.0], "height_m": [8.0, 9.0]})
-    with pytest.raises(AllometryError, match=r"Quercus robur.*rows \[1\]"):
+    with pytest.raises(AllometryError, match=r"Quercus robur.*rows \[3\]"):
         tree_biomass(trees, reg)
 
 

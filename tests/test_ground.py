@@ -93,7 +93,7 @@ def test_moso_bamboo_per_culm_equation_by_hand(reg):
     np.testing.assert_allclose(out.agb_kg, ref, rtol=1e-12)
     assert out.equation_id.str.startswith("moso_bamboo:zhou_jiang2004_moso_culm").all()
     assert not out.equation_verified.any()
-    with pytest.raises(FieldError, match=r"needs a positive culm 'age'; rows \[1\]"):
+    with pytest.raises(FieldError, match=r"needs a positive culm 'age'; rows \[3\]"):
         tree_biomass(t.assign(age=[2, None]), reg)
 
 
@@ -133,8 +133,8 @@ def test_forced_equation_and_dbh_range_policy(reg, caplog):
     assert list(out.dbh_in_range) == [True, False]  # Xiang et al. 2016 sampled Masson pine of 2.2-58 cm
     with caplog.at_level(logging.WARNING):
         tree_biomass(t, reg, equation="xiang2016_pima")
-    assert "1 trees have DBH outside every range" in caplog.text and "rows [1]" in caplog.text
-    with pytest.raises(AllometryError, match=r"rows \[1\], dbh_cm \[95.0\].*'reject'"):
+    assert "1 trees have DBH outside every range" in caplog.text and "rows [3]" in caplog.text
+    with pytest.raises(AllometryError, match=r"rows \[3\], dbh_cm \[95.0\].*'reject'"):
         tree_biomass(t, reg, equation="xiang2016_pima", dbh_out_of_range="reject")
     with pytest.raises(AllometryError, match="no equation with id 'nope'"):
         tree_biomass(t, reg, equation="nope")
@@ -153,9 +153,9 @@ def test_inventory_excel_with_chinese_columns(tmp_path):
 
 
 @pytest.mark.parametrize("edit,msg", [
-    (lambda t: t.assign(tree_id=["1", "1", "2"]), r"duplicated tree ids \(plot_id, tree_id\) \[\('A', '1'\)\] in rows \[1, 2\]"),
-    (lambda t: t.assign(status=["alive", "gone", "dead"]), r"status' must be alive or dead; rows \[2\] have \['gone'\]"),
-    (lambda t: t.assign(dbh_cm=["12", "x", "3"]), r"column 'dbh_cm' is not numeric in rows \[2\]"),
+    (lambda t: t.assign(tree_id=["1", "1", "2"]), r"duplicated tree ids \(plot_id, tree_id\) \[\('A', '1'\)\] in rows \[2, 3\]"),
+    (lambda t: t.assign(status=["alive", "gone", "dead"]), r"status' must be alive or dead; rows \[3\] have \['gone'\]"),
+    (lambda t: t.assign(dbh_cm=["12", "x", "3"]), r"column 'dbh_cm' is not numeric in rows \[3\]"),
 ])
 def test_bad_tree_tables_name_rows(tmp_path, edit, msg):
     t = pd.DataFrame({"plot_id": ["A", "A", "B"], "tree_id": ["1", "2", "1"], "species": "杉木", "dbh_cm": [12.0, 14.0, 9.0],
@@ -176,7 +176,7 @@ def test_bad_plots_and_orphan_trees(tmp_path, reg):
     plots = read_plots(_points(tmp_path, [{"plot_id": "A", "radius_m": 10.0}], "ok.gpkg"), None, "plot_id", CRS)
     trees = pd.DataFrame({"plot_id": ["A", "Q"], "tree_id": ["1", "2"], "species": "杉木", "dbh_cm": [10.0, 11.0],
                           "height_m": [9.0, 9.0]})
-    with pytest.raises(FieldError, match=r"rows \[2\] name plots not in the plots layer: \['Q'\]"):
+    with pytest.raises(FieldError, match=r"rows \[3\] name plots not in the plots layer: \['Q'\]"):
         plot_biomass(trees, plots, reg)
 
 

@@ -64,16 +64,40 @@ def synth(out: Path = typer.Option(..., help="folder to write the synthetic scen
     typer.echo(f"synthetic scene written; configuration: {path}")
 
 
+def _unexpected(err: Exception, folder: Path, debug: bool) -> None:
+    """An error nobody planned for: one line, the traceback in a log file in ``folder`` (or shown with --debug)."""
+    import datetime as dt
+    import traceback
+
+    if debug:
+        raise err
+    text = "".join(traceback.format_exception(err))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / f"forestcarbon-error-{dt.datetime.now():%Y%m%dT%H%M%S}.log"
+        log.write_text(text, encoding="utf-8")
+        where = f"traceback in {log}"
+    except OSError:
+        where = "traceback not written (folder not writable); rerun with --debug"
+    first = (str(err).splitlines() or [""])[0]
+    typer.echo(f"error: unexpected {type(err).__name__}: {first} ({where})", err=True)
+    raise typer.Exit(code=1)
+
+
 @app.command()
 def run(config: Path = typer.Argument(..., help="configuration YAML"),
         stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
-        out: Optional[Path] = typer.Option(None, help="output folder (overrides the configuration)")):
+        out: Optional[Path] = typer.Option(None, help="output folder (overrides the configuration)"),
+        debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error")):
     """Run the pipeline flow, or only the named stages."""
     _setup_logging()
     try:
         result = _run(config, stage, out)
     except ForestCarbonError as err:
         _fail(err)
+    except Exception as err:  # noqa: BLE001 -- one line, the traceback to a file
+        folder = (out.resolve().parent if out is not None else config.resolve().parent)
+        _unexpected(err, folder, debug)
     typer.echo(json.dumps(result, indent=1, default=str))
 
 

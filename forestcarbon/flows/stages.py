@@ -9,13 +9,12 @@ these together.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
-import warnings
 
 import dask
 import dask.array as da
@@ -41,10 +40,10 @@ from ..rs.cog import write_cog
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
-from ..vector.layers import check_layer, read_layer
-from ..vector.overlay import project_parcel_shares, project_totals
-from ..vector.inventory import read_trees
 from ..models.plots import plot_biomass
+from ..vector.inventory import read_trees
+from ..vector.layers import check_layer, check_layer_contents, read_layer
+from ..vector.overlay import project_parcel_shares, project_totals
 from ..vector.plots import check_plot_ids, equation_spread, read_plots
 from ..vector.rasterize import burn_values
 from ..vector.zonal import zonal_table
@@ -89,17 +88,21 @@ def preflight(cfg: Config) -> Context:
         must.append(("allometry", cfg.allometry))
     if cfg.truth is not None:
         must += [("truth.agb", cfg.truth.agb), ("truth.parcels", cfg.truth.parcels)]
+    if cfg.grid.aoi is not None:
+        must.append(("grid.aoi", cfg.grid.aoi))
     for key, p in must:
         if not Path(p).exists():
             raise InputNotFoundError(f"{key}: file not found: {p}")
+    check_output_folder(cfg, [p for _, p in must])
     check_layer(i.parcels, i.parcels_layer, (i.parcel_id,) + ((cfg.carbon.group_field,) if cfg.carbon.group_field else ()))
+    check_layer_contents(i.parcels, i.parcels_layer, i.parcel_id)
     if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
         if cfg.ground.plots_crs is None:
             raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
     else:
         check_layer(i.plots, i.plots_layer, (i.plot_id,))
     if i.projects is not None:
-        check_layer(i.projects, i.projects_layer, (i.project_id,))
+        check_layer_contents(i.projects, i.projects_layer, i.project_id)
     if i.lidar_crs is not None:
         from pyproj import CRS
         from pyproj.exceptions import CRSError as PyprojCRSError
@@ -123,16 +126,32 @@ def preflight(cfg: Config) -> Context:
     return ctx
 
 
+def check_output_folder(cfg: Config, inputs: list) -> None:
+    """The output folder must be neither an input nor inside an input folder, hold no input (stages
+    replace whole sub-folders of it), and be writable."""
+    import os
+
+    out = Path(cfg.output).resolve()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"output: {existing} is not writable, so the output folder {out} cannot be written")
+    for p in inputs:
+        p = Path(p).resolve()
+        if out == p or p in out.parents or out in p.parents:
+            where = "is" if out == p else ("lies inside" if p in out.parents else "holds")
+            raise ConfigError(f"output: the output folder {out} {where} the input {p}; choose a folder of its own")
+
+
 def check_inventory(ctx: "Context", registry) -> None:
-    """Read the plots and trees (small tables) up front: columns, ids, numbers, designs, plot areas, orphan
-    trees and species without an equation fail here, before the mosaic and LiDAR stages run."""
-    cfg, g = ctx.cfg, ctx.cfg.ground
-    plots = plot_footprints(ctx)
-    trees = read_trees(cfg.inputs.trees, g.trees_columns, g.trees_sheet)
-    source = str(cfg.inputs.trees)
-    check_plot_ids(trees, plots, source)
-    validate_trees(trees, source)
-    species_groups(trees["species"], registry, cfg.allometry_fallback, source)
+    """The plots and trees (small tables) through the plots stage's own biomass step, up front: columns,
+    ids, numbers, implausible values, designs, plot areas, orphan trees, species without an equation,
+    plot AGB above the ceiling and plots off the grid fail here, before the mosaic and LiDAR stages run."""
+    _, plots, _ = inventory_biomass(ctx, registry)
+    off = ~plots.intersects(ctx.gbox.extent.geom)
+    if off.any():
+        raise FieldError(f"{ctx.cfg.inputs.plots}: {int(off.sum())} of {len(plots)} plots lie outside the grid "
+                         f"{tuple(round(v) for v in ctx.gbox.extent.boundingbox)} ({ctx.gbox.crs.epsg and 'EPSG:%d' % ctx.gbox.crs.epsg}): "
+                         f"{list(plots.loc[off, 'plot_id'][:5])}; wrong CRS or coordinates, or a grid too small?")
 
 
 def preflight_mosaic(cfg: Config) -> Context:
@@ -274,18 +293,31 @@ def plot_footprints(ctx: Context):
                       plots_crs=g.plots_crs, designs=g.designs, size_on_slope=g.plot_size_on_slope)
 
 
-def stage_plots(ctx: Context) -> dict:
+def inventory_biomass(ctx: Context, registry) -> tuple[pd.DataFrame, gpd.GeoDataFrame, dict]:
+    """Trees (heights filled where configured) and plots through :func:`plot_biomass`, with the configured
+    plausibility limits: (trees, plots, height models).  Cheap: preflight runs it too."""
     cfg, i, g = ctx.cfg, ctx.cfg.inputs, ctx.cfg.ground
-    registry = load_registry(cfg.allometry or default_allometry_path())
     plots = plot_footprints(ctx)
     trees = read_trees(i.trees, g.trees_columns, g.trees_sheet)
+    source = str(i.trees)
+    check_plot_ids(trees, plots, source)
+    validate_trees(trees, source, g.plausible_dbh_cm, g.plausible_height_m)
     height_models: dict = {}
     if g.height_model is not None:
-        groups, _ = species_groups(trees["species"], registry, cfg.allometry_fallback, str(i.trees))
+        groups, _ = species_groups(trees["species"], registry, cfg.allometry_fallback, source)
         trees, height_models = fill_heights(trees.assign(species_group=groups), g.height_model)
         trees = trees.drop(columns="species_group")
-    tree_out, plot_out = plot_biomass(trees, plots, registry, source=str(i.trees), fallback=cfg.allometry_fallback,
-                                      designs=g.designs, dbh_out_of_range=g.dbh_out_of_range)
+    tree_out, plot_out = plot_biomass(trees, plots, registry, source=source, fallback=cfg.allometry_fallback,
+                                      designs=g.designs, dbh_out_of_range=g.dbh_out_of_range,
+                                      dbh_range_cm=g.plausible_dbh_cm, height_range_m=g.plausible_height_m,
+                                      max_agb_mg_ha=g.max_plot_agb_mg_ha)
+    return tree_out, plot_out, height_models
+
+
+def stage_plots(ctx: Context) -> dict:
+    cfg, g = ctx.cfg, ctx.cfg.ground
+    registry = load_registry(cfg.allometry or default_allometry_path())
+    tree_out, plot_out, height_models = inventory_biomass(ctx, registry)
     errors = ErrorModel(**g.uncertainty.model_dump())
     live = tree_out[tree_out["status"] == "alive"]
     spread = pd.DataFrame()

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from ..errors import AllometryError, FieldError
+from ..fileio import file_rows
 from .carbon import CO2_PER_C, CarbonConversion
 
 log = logging.getLogger(__name__)
@@ -408,16 +409,19 @@ def _pick(equations: tuple[Equation, ...], dbh_cm: np.ndarray) -> np.ndarray:
     return idx
 
 
-def _rows(mask: np.ndarray, index: pd.Index, limit: int = 5) -> str:
-    rows = list(index[mask][:limit])
-    more = f" (+{int(mask.sum()) - limit} more)" if mask.sum() > limit else ""
-    return f"{rows}{more}"
+def _rows(mask: np.ndarray, index: pd.Index) -> str:
+    """File row numbers (header = row 1) of the masked rows, from the table's index labels."""
+    return file_rows(index[np.asarray(mask, dtype=bool)])
 
 
-def validate_trees(trees: pd.DataFrame, source: str = "trees") -> None:
-    """Reject impossible tree rows with a one-line message naming rows and values.
+def validate_trees(trees: pd.DataFrame, source: str = "trees", dbh_range_cm: tuple[float, float] = (0.5, 300.0),
+                   height_range_m: tuple[float, float] = (1.3, 80.0)) -> None:
+    """Reject impossible and implausible tree rows with a one-line message naming rows, values and the
+    likely cause.
 
-    Heights are checked later, only for trees whose equation uses height.
+    ``dbh_range_cm`` / ``height_range_m`` are plausibility limits (configurable; the defaults allow the
+    largest trees of subtropical China): a DBH above the maximum usually means millimetres, a height
+    above it decimetres or feet.  Missing heights pass (equations that need one check later).
     """
     for col in ("species", "dbh_cm"):
         if col not in trees.columns:
@@ -426,6 +430,21 @@ def validate_trees(trees: pd.DataFrame, source: str = "trees") -> None:
     bad = ~np.isfinite(d) | (d <= 0)
     if bad.any():
         raise FieldError(f"{source}: dbh_cm must be a positive number; rows {_rows(bad, trees.index)} have {list(trees['dbh_cm'][bad][:5])}")
+    lo, hi = dbh_range_cm
+    for mask, what, cause in ((d > hi, f"above {hi:g} cm", "DBH entered in millimetres?"),
+                              (d < lo, f"below {lo:g} cm", "DBH entered in metres or decimetres?")):
+        if mask.any():
+            raise FieldError(f"{source}: column 'dbh_cm' has {int(mask.sum())} values {what} (rows {_rows(mask, trees.index)}: "
+                             f"{d[mask][:5].tolist()}); {cause} Set ground.plausible_dbh_cm to accept them")
+    if "height_m" in trees.columns:
+        h = pd.to_numeric(trees["height_m"], errors="coerce").to_numpy()
+        lo, hi = height_range_m
+        for mask, what, cause in ((h > hi, f"above {hi:g} m", "heights in decimetres or feet?"),
+                                  (h <= 0, "at or below 0 m", "a missing height written as 0?")):
+            if mask.any():
+                raise FieldError(f"{source}: column 'height_m' has {int(mask.sum())} values {what} (rows "
+                                 f"{_rows(mask, trees.index)}: {h[mask][:5].tolist()}); {cause} Set "
+                                 "ground.plausible_height_m to accept them")
 
 
 def _column(trees: pd.DataFrame, col: str) -> np.ndarray:
@@ -480,6 +499,8 @@ def tree_agb(
     fallback: dict[str, str] | None = None,
     equation: str | None = None,
     dbh_out_of_range: str = "warn",
+    dbh_range_cm: tuple[float, float] = (0.5, 300.0),
+    height_range_m: tuple[float, float] = (1.3, 80.0),
 ) -> pd.DataFrame:
     """Per-tree AGB by the group's equations.
 
@@ -497,6 +518,8 @@ def tree_agb(
     equation
         An aboveground equation id applied to every tree instead of the
         species' own.
+    dbh_range_cm, height_range_m
+        Plausibility limits (:func:`validate_trees`).
     dbh_out_of_range
         ``"warn"``: trees outside every DBH range of their group use the
         nearest range's equation, are flagged (``dbh_in_range``) and counted in
@@ -513,7 +536,7 @@ def tree_agb(
     """
     if dbh_out_of_range not in DBH_POLICIES:
         raise AllometryError(f"dbh_out_of_range must be one of {DBH_POLICIES}, not {dbh_out_of_range!r}")
-    validate_trees(trees, source)
+    validate_trees(trees, source, dbh_range_cm, height_range_m)
     out = trees.copy()
     n = len(out)
     if equation is not None:

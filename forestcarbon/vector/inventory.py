@@ -2,8 +2,8 @@
 
 Columns are renamed from the file's names to ours (``dbh_cm``, ``height_m``,
 ``species``...) by a mapping ``{our_name: file_column}``; every error names the
-file, the column and the offending rows (1-based data rows, as a spreadsheet
-shows them after its header) and values.
+file, the column and the offending rows (numbered as a spreadsheet or text
+editor shows them: the header is row 1, the first data row row 2) and values.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FieldError, InputNotFoundError
+from ..fileio import file_rows
 
 TREE_COLUMNS = ("plot_id", "tree_id", "species", "dbh_cm")
 OPTIONAL_TREE_COLUMNS = ("height_m", "wood_density_g_cm3", "age", "status", "x", "y")
@@ -54,10 +55,11 @@ def rename_columns(df: pd.DataFrame, mapping: dict[str, str], source: str) -> pd
 
 
 def data_rows(mask) -> str:
-    """1-based data-row numbers of a mask, at most five, as a message fragment."""
-    idx = np.flatnonzero(np.asarray(mask)) + 1
-    more = f" (+{idx.size - 5} more)" if idx.size > 5 else ""
-    return f"{idx[:5].tolist()}{more}"
+    """File row numbers (header = row 1) of the rows a mask marks: a boolean Series by its index labels
+    (0-based positions in the file, kept through filtering), an array by position."""
+    if isinstance(mask, pd.Series):
+        return file_rows(mask.index[mask.to_numpy(bool)])
+    return file_rows(np.flatnonzero(np.asarray(mask)))
 
 
 def read_trees(path: Path | str, columns: dict[str, str] | None = None, sheet: str | None = None) -> pd.DataFrame:
@@ -68,6 +70,8 @@ def read_trees(path: Path | str, columns: dict[str, str] | None = None, sheet: s
     """
     source = str(path)
     t = rename_columns(read_table(path, sheet), columns or {}, source)
+    if len(t) == 0:
+        raise FieldError(f"{source}: the trees table has no data rows (columns {list(t.columns)})")
     for col in TREE_COLUMNS:
         if col not in t.columns:
             raise FieldError(f"{source}: missing column {col!r} (have {list(t.columns)}; map it in ground.trees_columns)")

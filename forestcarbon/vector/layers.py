@@ -38,20 +38,35 @@ def check_layer(path: Path | str, layer: str | None = None, fields: tuple[str, .
     return info
 
 
-def read_layer(path: Path | str, layer: str | None, id_field: str, to_crs) -> gpd.GeoDataFrame:
-    """Features of a layer in ``to_crs``, with a unique, non-null ``id_field``."""
-    check_layer(path, layer, (id_field,))
-    gdf = gpd.read_file(path, layer=layer)
-    where = _where(path, layer)
+def check_features(gdf: gpd.GeoDataFrame, where: str, id_field: str) -> None:
+    """Features present, ids non-null and unique, geometries present: each an error naming the ids."""
+    if len(gdf) == 0:
+        raise FieldError(f"{where}: the layer has no features")
     ids = gdf[id_field]
     if ids.isna().any():
         raise FieldError(f"{where}: field {id_field!r} is empty in {int(ids.isna().sum())} features")
     dup = ids[ids.duplicated()]
     if len(dup):
-        raise FieldError(f"{where}: field {id_field!r} has duplicated values {list(dup.astype(str).unique()[:5])}")
+        raise FieldError(f"{where}: field {id_field!r} has duplicated values {list(dup.astype(str).unique()[:5])} "
+                         f"({len(dup)} duplicates)")
     bad = gdf.geometry.isna() | gdf.geometry.is_empty
     if bad.any():
-        raise FieldError(f"{where}: features {list(ids[bad].astype(str)[:5])} have no geometry")
+        raise FieldError(f"{where}: features {list(ids[bad].astype(str)[:5])} have no geometry ({int(bad.sum())} in all)")
+
+
+def check_layer_contents(path: Path | str, layer: str | None, id_field: str) -> None:
+    """:func:`check_layer` plus the features' ids and geometries (read without other attributes), for preflight."""
+    check_layer(path, layer, (id_field,))
+    gdf = pyogrio.read_dataframe(path, layer=layer, columns=[id_field])
+    check_features(gdf, _where(path, layer), id_field)
+
+
+def read_layer(path: Path | str, layer: str | None, id_field: str, to_crs) -> gpd.GeoDataFrame:
+    """Features of a layer in ``to_crs``, with a unique, non-null ``id_field`` and a geometry each
+    (invalid geometries are repaired with ``make_valid``)."""
+    check_layer(path, layer, (id_field,))
+    gdf = gpd.read_file(path, layer=layer)
+    check_features(gdf, _where(path, layer), id_field)
     target = CRS.from_user_input(to_crs)
     if not CRS.from_user_input(gdf.crs).equals(target):
         gdf = gdf.to_crs(target)
