@@ -1,7 +1,8 @@
 """Cloud-masked median composites of Sentinel-2 L2A scenes on the target grid.
 
 :func:`load_reflectance` reprojects every scene lazily onto the target
-GeoBox with odc-stac (bilinear for reflectance, nearest for SCL), scales DNs
+GeoBox with odc-stac and an exact, chunk-independent reader (:mod:`.warp`;
+bilinear for reflectance, nearest for SCL), scales DNs
 to reflectance and masks SCL classes; :func:`median_composite` reduces over
 time.  Everything stays a Dask graph until written block by block.
 """
@@ -21,6 +22,7 @@ from ..errors import SceneError
 from . import qa
 from .scenes import Scene
 from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A
+from .warp import ExactDriver
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, ch
             [s.item for s in scenes], bands=[*bands, mask_band, *extra], geobox=gbox,
             chunks={"x": chunk_px, "y": chunk_px},
             resampling={"*": "bilinear", mask_band: "nearest", "qa_radsat": "nearest"}, dtype="float32",
-            stac_cfg=_STAC_CFG, groupby="id", preserve_original_order=True,
+            stac_cfg=_STAC_CFG, groupby="id", preserve_original_order=True, driver=ExactDriver(),
         )
     if ds.sizes["time"] != len(scenes):
         raise SceneError(f"loaded {ds.sizes['time']} time steps from {len(scenes)} scenes; items must have distinct ids")
