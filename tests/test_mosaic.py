@@ -387,3 +387,37 @@ def test_mosaic_does_not_depend_on_the_chunk_size(small_scene):
     np.testing.assert_array_equal(out[256][0], out[1024][0])
     np.testing.assert_array_equal(out[256][1], out[1024][1])
     assert np.isfinite(out[256][0]).mean() > 0.9
+
+
+def _s2_item(props: dict, raster_bands: dict | None = None) -> pystac.Item:
+    assets = {b: {"href": f"./{b}.tif", "roles": ["data"], **({"raster:bands": [raster_bands]} if raster_bands else {})}
+              for b in ("blue", "red", "nir")}
+    return pystac.Item.from_dict({
+        "type": "Feature", "stac_version": "1.0.0", "id": "S", "links": [], "assets": assets,
+        "geometry": {"type": "Polygon", "coordinates": [[[117, 29], [117.1, 29], [117.1, 29.1], [117, 29.1], [117, 29]]]},
+        "bbox": [117, 29, 117.1, 29.1],
+        "properties": {"datetime": "2024-10-10T03:00:00Z", "platform": "sentinel-2a", **props}})
+
+
+def test_earth_search_offsets_are_applied_once(tmp_path):
+    """Earth Search items whose DNs already carry the BOA offset (earthsearch:boa_offset_applied) get none
+    added; one that also states the offset, in s2:boa_add_offset or raster:bands, is caught; a catalogue's
+    raster:bands scale and offset (reflectance = DN x 1e-4 - 0.1 for baseline >= 04.00) give the same
+    reflectance as the baseline rule."""
+    from forestcarbon.errors import SceneError
+    from forestcarbon.rs.scenes import scene_from_item
+
+    assert scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}), tmp_path).offset == pytest.approx(-0.1)
+    applied = scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True}), tmp_path)
+    assert applied.offset == 0 and applied.scale == pytest.approx(1e-4)
+    with pytest.raises(SceneError, match="applied twice"):
+        scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True,
+                                  "s2:boa_add_offset": -1000}), tmp_path)
+    with pytest.raises(SceneError, match="applied twice"):
+        scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True},
+                                 {"scale": 0.0001, "offset": -0.1}), tmp_path)
+    declared = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}, {"scale": 0.0001, "offset": -0.1}), tmp_path)
+    rule = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}), tmp_path)
+    dn = np.array([1000.0, 1234.0, 9000.0])
+    np.testing.assert_allclose(dn * declared.scale + declared.offset, (dn - 1000) / 10_000, atol=1e-12)
+    np.testing.assert_allclose(dn * rule.scale + rule.offset, (dn - 1000) / 10_000, atol=1e-12)

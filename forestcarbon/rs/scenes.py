@@ -68,12 +68,42 @@ def parse_baseline(value, where: str) -> tuple[int, int]:
 
 
 def boa_add_offset(item: pystac.Item, where: str = "") -> int:
-    """BOA_ADD_OFFSET (DN) for an L2A item, from its processing baseline."""
+    """BOA_ADD_OFFSET (DN) still to apply to an L2A item's DNs.
+
+    Explicit ``s2:boa_add_offset`` wins; else the processing baseline decides (−1000 from 04.00).
+    Earth Search marks items whose DNs already carry the offset with ``earthsearch:boa_offset_applied``:
+    those get 0, and such an item that also states a non-zero offset is an error (the offset would be
+    applied twice).
+    """
     props = item.properties
+    where = where or item.id
+    if props.get("earthsearch:boa_offset_applied") is True:
+        if props.get("s2:boa_add_offset") not in (None, 0):
+            raise SceneError(f"{where}: earthsearch:boa_offset_applied is true and s2:boa_add_offset is "
+                             f"{props['s2:boa_add_offset']}: the BOA offset would be applied twice; fix the item")
+        return 0
     if "s2:boa_add_offset" in props:  # explicit metadata wins
         return int(props["s2:boa_add_offset"])
-    major, _ = parse_baseline(props.get("s2:processing_baseline"), where or item.id)
+    major, _ = parse_baseline(props.get("s2:processing_baseline"), where)
     return BOA_ADD_OFFSET_FROM_BASELINE_04 if major >= 4 else 0
+
+
+def props_applied(item: pystac.Item) -> bool:
+    return item.properties.get("earthsearch:boa_offset_applied") is True
+
+
+def raster_scale_offset(item: pystac.Item, band_keys) -> tuple[float, float] | None:
+    """(scale, offset) the item's ``raster:bands`` give its reflectance assets (reflectance = DN × scale +
+    offset), None where none does; assets that disagree are an error."""
+    found = set()
+    for key in band_keys:
+        a = item.assets.get(key)
+        rb = (a.extra_fields.get("raster:bands") or [{}])[0] if a is not None else {}
+        if "scale" in rb or "offset" in rb:
+            found.add((float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))))
+    if len(found) > 1:
+        raise SceneError(f"item {item.id}: its assets' raster:bands give different scale/offset pairs {sorted(found)}")
+    return found.pop() if found else None
 
 
 def sensor_of(item: pystac.Item) -> Sensor:
@@ -90,6 +120,12 @@ def scene_from_item(item: pystac.Item, path: Path) -> Scene:
     sensor = sensor_of(item)
     if sensor is SENTINEL2_L2A:
         boa = boa_add_offset(item, str(path))
+        declared = raster_scale_offset(item, ("blue", "green", "red", "nir", "nir08", "swir16", "swir22"))
+        if declared is not None:  # the catalogue's own scale and offset (they include any BOA offset)
+            if props_applied(item) and declared[1] != 0:
+                raise SceneError(f"{path}: earthsearch:boa_offset_applied is true and raster:bands offset is "
+                                 f"{declared[1]}: the BOA offset would be applied twice; fix the item")
+            return Scene(item, path, sensor, declared[0], declared[1], None)
         return Scene(item, path, sensor, 1.0 / L2A_QUANTIFICATION, boa / L2A_QUANTIFICATION, boa)
     return Scene(item, path, sensor, sensor.scale, sensor.offset)
 
