@@ -60,19 +60,20 @@ class GridConfig(_Strict):
 
 
 class InputsConfig(_Strict):
-    """Input files; each stage reads only its own."""
+    """Input files; each stage reads only its own, and preflight requires only those of the stages run
+    (:data:`forestcarbon.flows.stages.STAGE_NEEDS`)."""
 
-    stac_items: Path
+    stac_items: Path | None = None
     laz: Path | None = None
     lidar_metrics_raster: Path | None = None  # pre-made metrics (bands named zmax, zq95, ...) instead of points
     lidar_normalized: bool | Literal["auto"] = "auto"
     lidar_crs: str | None = None
     ground_classes: tuple[int, ...] = (2,)
-    plots: Path
+    plots: Path | None = None
     plots_layer: str | None = None
     plot_id: str = "plot_id"
-    trees: Path
-    parcels: Path
+    trees: Path | None = None
+    parcels: Path | None = None
     parcels_layer: str | None = None
     parcel_id: str = "parcel_id"
     projects: Path | None = None

@@ -88,11 +88,13 @@ def _unexpected(err: Exception, folder: Path, debug: bool) -> None:
 def run(config: Path = typer.Argument(..., help="configuration YAML"),
         stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
         out: Optional[Path] = typer.Option(None, help="output folder (overrides the configuration)"),
-        debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error")):
-    """Run the pipeline flow, or only the named stages."""
+        debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
+        prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow (a temporary server unless "
+                                                              "PREFECT_API_URL is set, which also implies this)")):
+    """Run the pipeline, or only the named stages (in this process unless --prefect or PREFECT_API_URL)."""
     _setup_logging()
     try:
-        result = _run(config, stage, out)
+        result = _run(config, stage, out, prefect)
     except ForestCarbonError as err:
         _fail(err)
     except Exception as err:  # noqa: BLE001 -- one line, the traceback to a file
@@ -101,16 +103,22 @@ def run(config: Path = typer.Argument(..., help="configuration YAML"),
     typer.echo(json.dumps(result, indent=1, default=str))
 
 
-def _run(config: Path, stages, out):
+def _run(config: Path, stages, out, use_prefect: bool = False):
+    """Preflight, then the stages: in this process, or as the Prefect flow when asked (``--prefect``) or
+    when a Prefect server is configured (``PREFECT_API_URL``)."""
+    import os
+
     from ..config import load_config
-    from .pipeline import pipeline_flow, select_stages
+    from .pipeline import pipeline_flow, run_pipeline, select_stages
     from .stages import preflight
 
     cfg = load_config(config)  # fail fast on bad configuration, before Prefect starts
     if out is not None:
         cfg = cfg.with_output(out)
-    select_stages(stages)
-    preflight(cfg)
+    names = select_stages(stages)
+    if not (use_prefect or os.environ.get("PREFECT_API_URL")):
+        return run_pipeline(cfg, names)
+    preflight(cfg, names)
     return pipeline_flow(str(config.resolve()), stages or None, str(cfg.output))
 
 

@@ -61,7 +61,7 @@ def _plain(name: str, ctx: Context) -> dict:
 def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain) -> dict:
     """Run (some) stages in order.  The default runner is plain Python (no Prefect)."""
     names = select_stages(stages)
-    ctx = preflight(cfg)
+    ctx = preflight(cfg, names)
     results = {}
     with dask_scheduler(cfg):
         for name in names:

@@ -69,24 +69,40 @@ class Context:
                 raise StageInputError(f"{p} is missing; run the stage that writes it first")
 
 
-def preflight(cfg: Config) -> Context:
-    """Check every input before any computation; return the run context.
+STAGE_NEEDS = {
+    "mosaic": ("stac_items",), "lidar": (), "plots": ("plots", "trees"), "model": (), "map": (),
+    "parcels": ("parcels",), "projects": ("parcels",), "report": ("parcels",),
+}
+"""Input keys each stage needs (LiDAR, projects, truth and the parcels' species field are optional)."""
 
-    Missing files, layers without their id field and unparsable CRSs fail
-    here with one line naming the file, field or value.
+
+def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
+    """Check the inputs the requested stages (default: all) need, before any computation; return the run
+    context.
+
+    Missing files, layers without their id field, unparsable CRSs and the contents checked by
+    :func:`check_inventory` and :func:`~forestcarbon.vector.layers.check_layer_contents` fail here with
+    one line naming the file, field or value.  A stage run on its own is checked for its own inputs only.
     """
+    names = list(STAGES) if not stages else [s for s in STAGES if s in stages]
     i = cfg.inputs
-    must = [("inputs.stac_items", i.stac_items), ("inputs.plots", i.plots), ("inputs.trees", i.trees),
-            ("inputs.parcels", i.parcels)]
-    if i.laz is not None:
-        must.append(("inputs.laz", i.laz))
-    if i.lidar_metrics_raster is not None:
-        must.append(("inputs.lidar_metrics_raster", i.lidar_metrics_raster))
-    if i.projects is not None:
+    needed = {k for n in names for k in STAGE_NEEDS[n]}
+    if "lidar" in names and i.plots is not None:
+        needed.add("plots")  # plot-footprint metrics
+    if "map" in names and cfg.carbon.group_field:
+        needed.add("parcels")
+    for key in sorted(needed):
+        if getattr(i, key) is None:
+            stage = next((n for n in names if key in STAGE_NEEDS[n]), "map")
+            raise ConfigError(f"inputs.{key} is required by stage {stage!r}")
+    must = [(f"inputs.{k}", getattr(i, k)) for k in sorted(needed)]
+    if "lidar" in names:
+        must += [(f"inputs.{k}", getattr(i, k)) for k in ("laz", "lidar_metrics_raster") if getattr(i, k) is not None]
+    if "projects" in names and i.projects is not None:
         must.append(("inputs.projects", i.projects))
-    if cfg.allometry is not None:
+    if cfg.allometry is not None and {"plots", "map", "parcels"} & set(names):
         must.append(("allometry", cfg.allometry))
-    if cfg.truth is not None:
+    if cfg.truth is not None and "report" in names:
         must += [("truth.agb", cfg.truth.agb), ("truth.parcels", cfg.truth.parcels)]
     if cfg.grid.aoi is not None:
         must.append(("grid.aoi", cfg.grid.aoi))
@@ -94,35 +110,41 @@ def preflight(cfg: Config) -> Context:
         if not Path(p).exists():
             raise InputNotFoundError(f"{key}: file not found: {p}")
     check_output_folder(cfg, [p for _, p in must])
-    check_layer(i.parcels, i.parcels_layer, (i.parcel_id,) + ((cfg.carbon.group_field,) if cfg.carbon.group_field else ()))
-    check_layer_contents(i.parcels, i.parcels_layer, i.parcel_id)
-    if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
-        if cfg.ground.plots_crs is None:
-            raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
-    else:
-        check_layer(i.plots, i.plots_layer, (i.plot_id,))
-    if i.projects is not None:
+    if "parcels" in needed:
+        check_layer(i.parcels, i.parcels_layer, (i.parcel_id,) + ((cfg.carbon.group_field,) if cfg.carbon.group_field else ()))
+        check_layer_contents(i.parcels, i.parcels_layer, i.parcel_id)
+    if "plots" in needed:
+        if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
+            if cfg.ground.plots_crs is None:
+                raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
+        else:
+            check_layer(i.plots, i.plots_layer, (i.plot_id,))
+    if "projects" in names and i.projects is not None:
         check_layer_contents(i.projects, i.projects_layer, i.project_id)
-    if i.lidar_crs is not None:
-        from pyproj import CRS
-        from pyproj.exceptions import CRSError as PyprojCRSError
+    if "lidar" in names:
+        if i.lidar_crs is not None:
+            from pyproj import CRS
+            from pyproj.exceptions import CRSError as PyprojCRSError
 
-        try:
-            CRS.from_user_input(i.lidar_crs)
-        except PyprojCRSError:
-            raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
-    if i.laz is not None and i.lidar_metrics_raster is None:
-        lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
-    missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
-    if missing_bands:
-        raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
-    registry = load_registry(cfg.allometry or default_allometry_path())
-    try:
-        resolve_fallback(cfg.allometry_fallback, registry)
-    except AllometryError as err:
-        raise ConfigError(str(err)) from None
+            try:
+                CRS.from_user_input(i.lidar_crs)
+            except PyprojCRSError:
+                raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
+        if i.laz is not None and i.lidar_metrics_raster is None:
+            lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
+    if "mosaic" in names:
+        missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
+        if missing_bands:
+            raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
     ctx = Context(cfg, geobox_from_config(cfg.grid))
-    check_inventory(ctx, registry)
+    if {"plots", "map", "parcels"} & set(names):
+        registry = load_registry(cfg.allometry or default_allometry_path())
+        try:
+            resolve_fallback(cfg.allometry_fallback, registry)
+        except AllometryError as err:
+            raise ConfigError(str(err)) from None
+        if "plots" in names:
+            check_inventory(ctx, registry)
     return ctx
 
 
