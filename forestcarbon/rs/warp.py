@@ -42,38 +42,45 @@ def _centres_in(src_crs_wkt: str, dst_crs_wkt: str, affine, shape: tuple[int, in
     return tf.transform(xx, yy)
 
 
-def sample(src: np.ndarray, src_affine, x: np.ndarray, y: np.ndarray, resampling: str, nodata,
-           fill) -> np.ndarray:
-    """Values of ``src`` (2-D, pixel-is-area ``src_affine``) at map positions (x, y): ``bilinear`` or ``nearest``.
+def _to_pixel(affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates to (col, row) pixel coordinates of ``affine`` (plain numpy; affine's operator is slow)."""
+    inv = ~affine
+    return inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f
 
-    ``nodata`` marks source pixels without data (None: all hold data; NaN works too); positions whose
-    neighbours hold no data, or that fall outside the raster, get ``fill``.
-    """
-    col, row = ~src_affine * (x, y)
+
+def sample(src: np.ndarray, col: np.ndarray, row: np.ndarray, resampling: str, nodata, fill) -> np.ndarray:
+    """Values of ``src`` (2-D) at pixel coordinates (col, row) (pixel-is-area: centres at +0.5):
+    ``bilinear`` from the four surrounding centres, weights renormalised over those holding data (as
+    GDAL does with a nodata value), or ``nearest``.  ``nodata`` marks source pixels without data (None:
+    all hold data; NaN works too); positions with no data around them, or outside, get ``fill``."""
     h, w = src.shape
-    ok_src = np.ones(src.shape, bool) if nodata is None else ~((src == nodata) | np.isnan(src.astype("float64")))
+    ok = np.ones(src.shape, bool) if nodata is None else (src != nodata)
+    if src.dtype.kind == "f":
+        ok &= ~np.isnan(src)
+    flat, okf = src.ravel(), ok.ravel()
     if resampling == "nearest":
         c, r = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
         inside = (c >= 0) & (r >= 0) & (c < w) & (r < h)
-        c, r = np.where(inside, c, 0), np.where(inside, r, 0)
-        good = inside & ok_src[r, c]
-        return np.where(good, src[r, c], fill)
+        idx = np.clip(r, 0, h - 1) * w + np.clip(c, 0, w - 1)
+        return np.where(inside & okf[idx], flat[idx], fill)
     if resampling != "bilinear":
         raise ValueError(f"exact reprojection supports bilinear and nearest, not {resampling!r}")
     c, r = col - 0.5, row - 0.5  # relative to pixel centres
-    c0, r0 = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
-    fc, fr = c - c0, r - r0
-    acc = np.zeros(x.shape)
-    wsum = np.zeros(x.shape)
-    for dr, dc, wt in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+    c0, r0 = np.floor(c), np.floor(r)
+    fc, fr = (c - c0).astype("float32"), (r - r0).astype("float32")
+    c0, r0 = c0.astype(np.int64), r0.astype(np.int64)
+    acc = np.zeros(col.shape, "float64")
+    wsum = np.zeros(col.shape, "float32")
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
         rr, cc = r0 + dr, c0 + dc
         inside = (cc >= 0) & (rr >= 0) & (cc < w) & (rr < h)
-        rr, cc = np.where(inside, rr, 0), np.where(inside, cc, 0)
-        good = inside & ok_src[rr, cc] & (wt > 0)
-        acc += np.where(good, src[rr, cc] * wt, 0.0)
-        wsum += np.where(good, wt, 0.0)
+        idx = np.clip(rr, 0, h - 1) * w + np.clip(cc, 0, w - 1)
+        wt = (fr if dr else 1 - fr) * (fc if dc else 1 - fc)
+        wt = np.where(inside & okf[idx], wt, 0)
+        acc += flat[idx] * wt
+        wsum += wt
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(wsum > 1e-9, acc / wsum, fill)
+        return np.where(wsum > 1e-6, acc / wsum, fill)
 
 
 class ExactReader:
@@ -93,7 +100,7 @@ class ExactReader:
             dst_nodata = resolve_dst_nodata(out.dtype, cfg, src_nodata)
             fill = dst_nodata if dst_nodata is not None else 0
             x, y = _centres_in(ds.crs.to_wkt(), dst_geobox.crs.to_wkt(), dst_geobox.affine, tuple(dst_geobox.shape))
-            col, row = ~ds.transform * (x, y)
+            col, row = _to_pixel(ds.transform, x, y)
             ok = np.isfinite(col) & np.isfinite(row)
             if not ok.any():
                 out[...] = fill
@@ -106,10 +113,8 @@ class ExactReader:
             if c1 <= c0 or r1 <= r0:
                 out[...] = fill
                 return roi, out
-            win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
-            pix = ds.read(band, window=win)
-            win_affine = ds.window_transform(win)
-        out[...] = sample(pix, win_affine, x, y, cfg.resampling, src_nodata, fill).astype(out.dtype)
+            pix = ds.read(band, window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0))
+        out[...] = sample(pix, col - c0, row - r0, cfg.resampling, src_nodata, fill).astype(out.dtype)
         return roi, out
 
 
