@@ -399,25 +399,28 @@ def _s2_item(props: dict, raster_bands: dict | None = None) -> pystac.Item:
         "properties": {"datetime": "2024-10-10T03:00:00Z", "platform": "sentinel-2a", **props}})
 
 
-def test_earth_search_offsets_are_applied_once(tmp_path):
+def test_earth_search_offsets_are_applied_once(tmp_path, caplog):
     """Earth Search items whose DNs already carry the BOA offset (earthsearch:boa_offset_applied) get none
-    added; one that also states the offset, in s2:boa_add_offset or raster:bands, is caught; a catalogue's
-    raster:bands scale and offset (reflectance = DN x 1e-4 - 0.1 for baseline >= 04.00) give the same
-    reflectance as the baseline rule."""
-    from forestcarbon.errors import SceneError
+    added, even where they also state one in s2:boa_add_offset or raster:bands (Element 84 says the flag is
+    the truth; the double offset is logged); a catalogue's raster:bands scale and offset (reflectance =
+    DN x 1e-4 - 0.1 for baseline >= 04.00) give the same reflectance as the baseline rule."""
+    import logging
+
     from forestcarbon.rs.scenes import scene_from_item
 
-    assert scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}), tmp_path).offset == pytest.approx(-0.1)
-    applied = scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True}), tmp_path)
-    assert applied.offset == 0 and applied.scale == pytest.approx(1e-4)
-    with pytest.raises(SceneError, match="applied twice"):
-        scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True,
-                                  "s2:boa_add_offset": -1000}), tmp_path)
-    with pytest.raises(SceneError, match="applied twice"):
-        scene_from_item(_s2_item({"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True},
-                                 {"scale": 0.0001, "offset": -0.1}), tmp_path)
-    declared = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}, {"scale": 0.0001, "offset": -0.1}), tmp_path)
-    rule = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}), tmp_path)
     dn = np.array([1000.0, 1234.0, 9000.0])
-    np.testing.assert_allclose(dn * declared.scale + declared.offset, (dn - 1000) / 10_000, atol=1e-12)
-    np.testing.assert_allclose(dn * rule.scale + rule.offset, (dn - 1000) / 10_000, atol=1e-12)
+
+    def refl(scene):
+        return dn * scene.scale + scene.offset
+
+    np.testing.assert_allclose(refl(scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}), tmp_path)),
+                               (dn - 1000) / 10_000, atol=1e-12)
+    with caplog.at_level(logging.WARNING):
+        for props, rb in (({"earthsearch:boa_offset_applied": True}, None),
+                          ({"earthsearch:boa_offset_applied": True, "s2:boa_add_offset": -1000}, None),
+                          ({"earthsearch:boa_offset_applied": True}, {"scale": 0.0001, "offset": -0.1})):
+            scene = scene_from_item(_s2_item({"s2:processing_baseline": "05.10", **props}, rb), tmp_path)
+            np.testing.assert_allclose(refl(scene), dn / 10_000, atol=1e-12)
+    assert caplog.text.count("not applied again") == 2
+    declared = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}, {"scale": 0.0001, "offset": -0.1}), tmp_path)
+    np.testing.assert_allclose(refl(declared), (dn - 1000) / 10_000, atol=1e-12)

@@ -70,17 +70,18 @@ def parse_baseline(value, where: str) -> tuple[int, int]:
 def boa_add_offset(item: pystac.Item, where: str = "") -> int:
     """BOA_ADD_OFFSET (DN) still to apply to an L2A item's DNs.
 
-    Explicit ``s2:boa_add_offset`` wins; else the processing baseline decides (−1000 from 04.00).
     Earth Search marks items whose DNs already carry the offset with ``earthsearch:boa_offset_applied``:
-    those get 0, and such an item that also states a non-zero offset is an error (the offset would be
-    applied twice).
+    those get 0 -- the flag is the truth, per Element 84 (earth-search issue #9: ``raster:bands`` offset
+    "may be incorrectly set to -0.1 even when it has been applied"), so an item that also states an
+    offset is logged and not offset twice.  Otherwise an explicit ``s2:boa_add_offset`` wins, else the
+    processing baseline decides (−1000 from 04.00).
     """
     props = item.properties
     where = where or item.id
     if props.get("earthsearch:boa_offset_applied") is True:
         if props.get("s2:boa_add_offset") not in (None, 0):
-            raise SceneError(f"{where}: earthsearch:boa_offset_applied is true and s2:boa_add_offset is "
-                             f"{props['s2:boa_add_offset']}: the BOA offset would be applied twice; fix the item")
+            log.warning("%s: earthsearch:boa_offset_applied is true and s2:boa_add_offset is %s; the offset is "
+                        "already in the DNs and is not applied again", where, props["s2:boa_add_offset"])
         return 0
     if "s2:boa_add_offset" in props:  # explicit metadata wins
         return int(props["s2:boa_add_offset"])
@@ -121,10 +122,11 @@ def scene_from_item(item: pystac.Item, path: Path) -> Scene:
     if sensor is SENTINEL2_L2A:
         boa = boa_add_offset(item, str(path))
         declared = raster_scale_offset(item, ("blue", "green", "red", "nir", "nir08", "swir16", "swir22"))
+        if declared is not None and props_applied(item) and declared[1] != 0:
+            log.warning("%s: earthsearch:boa_offset_applied is true but raster:bands gives offset %s; the offset "
+                        "is already in the DNs and is not applied again", path, declared[1])
+            declared = (declared[0], 0.0)
         if declared is not None:  # the catalogue's own scale and offset (they include any BOA offset)
-            if props_applied(item) and declared[1] != 0:
-                raise SceneError(f"{path}: earthsearch:boa_offset_applied is true and raster:bands offset is "
-                                 f"{declared[1]}: the BOA offset would be applied twice; fix the item")
             return Scene(item, path, sensor, declared[0], declared[1], None)
         return Scene(item, path, sensor, 1.0 / L2A_QUANTIFICATION, boa / L2A_QUANTIFICATION, boa)
     return Scene(item, path, sensor, sensor.scale, sensor.offset)
