@@ -95,6 +95,7 @@ class MosaicConfig(_Strict):
     window_days: int = Field(120, ge=1)
     nightly_cron: str = "0 2 * * *"
     nightly_timezone: str = "Asia/Shanghai"
+    asset_keys: dict[str, str] = {}  # harmonised band name -> the catalogue's asset key, where neither names nor ids match
 
 
 class SubplotConfig(_Strict):

@@ -424,3 +424,66 @@ def test_earth_search_offsets_are_applied_once(tmp_path, caplog):
     assert caplog.text.count("not applied again") == 2
     declared = scene_from_item(_s2_item({"s2:processing_baseline": "05.10"}, {"scale": 0.0001, "offset": -0.1}), tmp_path)
     np.testing.assert_allclose(refl(declared), (dn - 1000) / 10_000, atol=1e-12)
+
+
+ESA_KEYS = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "nir08": "B8A", "swir16": "B11",
+            "swir22": "B12", "scl": "SCL"}
+
+
+def _rekeyed(scene_dir: Path, dst: Path, rename, keep_eo: bool) -> Path:
+    """The synthetic county's Sentinel-2 items with their assets under other keys (files shared)."""
+    for p in sorted((scene_dir / "sentinel2").rglob("*.json")):
+        d = json.loads(p.read_text())
+        assets = {}
+        for k, a in d["assets"].items():
+            a = dict(a, href=str((p.parent / a["href"]).resolve()))
+            if not keep_eo:
+                a.pop("eo:bands", None)
+            assets[rename(k)] = a
+        d["assets"] = assets
+        (dst / p.parent.name).mkdir(parents=True)
+        (dst / p.parent.name / p.name).write_text(json.dumps(d))
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["esa_keys", "pc_keys_with_common_names", "common_names_only", "suffixed"])
+def test_asset_keys_resolve_to_the_same_files(small_scene, tmp_path, layout):
+    """Sentinel-2 items with ESA band ids (B02...), Planetary-Computer-style ids with eo:bands common names,
+    arbitrary keys with common names, and resolution-suffixed ids (B02_10m) read the same band files as
+    the Earth Search common-name keys."""
+    rename, keep = {"esa_keys": (ESA_KEYS.get, False), "pc_keys_with_common_names": (ESA_KEYS.get, True),
+                    "common_names_only": (lambda k: f"band_{k}" if k != "scl" else "SCL", True),
+                    "suffixed": (lambda k: f"{ESA_KEYS[k]}_{'20m' if k in ('nir08', 'swir16', 'swir22', 'scl') else '10m'}", False),
+                    }[layout]
+    bands = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
+    ref = {s.id: s for s in read_scenes(small_scene.parent / "sentinel2", bands)}
+    got = read_scenes(_rekeyed(small_scene.parent, tmp_path / "items", rename, keep), bands)
+    assert {s.id for s in got} == set(ref)
+    for s in got:
+        for b in (*bands, "scl"):
+            assert s.item.assets[b].href.split("?")[0].endswith(ref[s.id].item.assets[b].href.split("?")[0].split("/")[-1])
+        assert (s.scale, s.offset) == (ref[s.id].scale, ref[s.id].offset)
+
+
+def test_unknown_asset_keys_fail_at_preflight_and_a_mapping_fixes_them(small_scene, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from forestcarbon.config import load_config
+    from forestcarbon.flows.stages import preflight
+
+    items = _rekeyed(small_scene.parent, tmp_path / "items", lambda k: f"X_{k}", False)
+    raw = yaml.safe_load(small_scene.read_text())
+    cfg = {"grid": raw["grid"], "inputs": {"stac_items": str(items)}, "mosaic": raw["mosaic"],
+           "output": str(tmp_path / "out")}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).parent / "forestcarbon"
+    r = subprocess.run([str(exe), "run", str(p), "--stage", "mosaic"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "has no asset 'blue'" in r.stderr and "mosaic.asset_keys" in r.stderr
+    assert not (tmp_path / "out").exists()
+    cfg["mosaic"]["asset_keys"] = {k: f"X_{k}" for k in ("blue", "green", "red", "nir", "nir08", "swir16", "swir22", "scl")}
+    p.write_text(yaml.safe_dump(cfg))
+    preflight(load_config(p), ["mosaic"])

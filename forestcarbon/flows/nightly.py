@@ -69,7 +69,7 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
     state_path = root / "nightly_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     try:
-        scenes = read_scenes(cfg.inputs.stac_items, m.bands, start, date)
+        scenes = read_scenes(cfg.inputs.stac_items, m.bands, start, date, m.asset_keys)
     except SceneError as err:
         if "no scene within" in str(err):
             log.info("nightly %s: %s", date, err)

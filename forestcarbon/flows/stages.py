@@ -133,9 +133,11 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         if i.laz is not None and i.lidar_metrics_raster is None:
             lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
     if "mosaic" in names:
-        missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(cfg.mosaic.bands)
+        m = cfg.mosaic
+        missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(m.bands)
         if missing_bands:
             raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
+        read_scenes(i.stac_items, m.bands, m.start, m.end, m.asset_keys)  # item JSONs only: asset keys, sensors
     ctx = Context(cfg, geobox_from_config(cfg.grid))
     if {"plots", "map", "parcels"} & set(names):
         registry = load_registry(cfg.allometry or default_allometry_path())
@@ -186,7 +188,8 @@ def preflight_mosaic(cfg: Config) -> Context:
 # 1 ------------------------------------------------------------------ mosaic
 def stage_mosaic(ctx: Context) -> dict:
     cfg, m = ctx.cfg, ctx.cfg.mosaic
-    scenes = select_overlapping(read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end), lonlat_footprint(ctx.gbox))
+    scenes = select_overlapping(read_scenes(cfg.inputs.stac_items, m.bands, m.start, m.end, m.asset_keys),
+                                lonlat_footprint(ctx.gbox))
     if not scenes:
         raise SceneError(f"{cfg.inputs.stac_items}: no scene within {m.start}..{m.end} intersects the area of interest")
     check_scene_files(scenes, m.bands)

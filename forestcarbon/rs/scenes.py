@@ -246,7 +246,50 @@ def _candidates(folder: Path):
             yield p, item
 
 
-def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None) -> list[Scene]:
+MASK_KEYS = {"scl": ("SCL", "SCL_20m", "scl"), "qa_pixel": ("QA_PIXEL", "qa_pixel"), "qa_radsat": ("QA_RADSAT", "qa_radsat")}
+
+
+def _common_names(asset: pystac.Asset) -> set[str]:
+    """Common names an asset declares: ``eo:bands`` (STAC 1.0) or ``bands`` with ``eo:common_name`` (STAC 1.1)."""
+    out = set()
+    for b in asset.extra_fields.get("eo:bands") or []:
+        if b.get("common_name"):
+            out.add(str(b["common_name"]).lower())
+    for b in asset.extra_fields.get("bands") or []:
+        if b.get("eo:common_name"):
+            out.add(str(b["eo:common_name"]).lower())
+    return out
+
+
+def alias_assets(item: pystac.Item, sensor: Sensor, wanted, mapping: dict[str, str] | None = None) -> None:
+    """Give ``item`` an asset under each wanted harmonised name (``blue``, ``nir08``, ``scl``...) that it
+    holds under another key: the configured key (``mosaic.asset_keys``), else the asset whose
+    ``eo:bands``/``bands`` common name it is, else the product's band id (ESA ``B02``, ``B8A``, ``SCL``,
+    with or without a ``_10m``/``_20m`` suffix, the finest first; USGS ``SR_B4``, ``QA_PIXEL``), case
+    ignored.  Names already present and keys not found are left alone (the caller reports them).
+    """
+    mapping = mapping or {}
+    lower = {k.lower(): k for k in item.assets}
+    for name in wanted:
+        if name in item.assets:
+            continue
+        key = mapping.get(name)
+        if key is not None:
+            if key not in item.assets:
+                raise SceneError(f"item {item.id}: mosaic.asset_keys maps {name!r} to {key!r}, which is not an asset "
+                                 f"(assets: {sorted(item.assets)})")
+        else:
+            by_name = [k for k, a in item.assets.items() if name in _common_names(a) and "jp2" not in k.lower()]
+            ids = [sensor.bands.get(name)] if name in sensor.bands else list(MASK_KEYS.get(name, ()))
+            candidates = [lower.get(c.lower()) for i in ids if i for c in (i, f"{i}_10m", f"{i}_20m", f"{i}_60m")]
+            key = (by_name or [c for c in candidates if c])[:1]
+            key = key[0] if key else None
+        if key is not None:
+            item.add_asset(name, item.assets[key].clone())
+
+
+def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None,
+                asset_keys: dict[str, str] | None = None) -> list[Scene]:
     """All scenes below ``folder`` within [start, end], sorted by time.
 
     Every requested band and the sensor's mask band must be an asset of every
@@ -264,12 +307,15 @@ def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | Non
         if (start and d < start) or (end and d > end):
             log.info("skip %s: %s outside the window %s..%s", item.id, d, start, end)
             continue
+        sensor = sensor_of(item)
+        alias_assets(item, sensor, (*bands, "scl" if sensor is SENTINEL2_L2A else "qa_pixel", "qa_radsat"), asset_keys)
         scene = scene_from_item(item, p)
         if scene.sensor is LANDSAT_C2_L2 and "nir" not in item.assets and "nir08" in item.assets:
             item.add_asset("nir", item.assets["nir08"].clone())
         for band in (*bands, scene.mask_band):
             if band not in item.assets:
-                raise SceneError(f"{p}: item {item.id} has no asset {band!r} (has {sorted(item.assets)})")
+                raise SceneError(f"{p}: item {item.id} has no asset {band!r} under that key, its eo:bands common name "
+                                 f"or its band id (has {sorted(item.assets)}); map it in mosaic.asset_keys")
             href = item.assets[band].href
             if "://" not in href and not Path(href).exists():
                 raise SceneError(f"{p}: asset {band!r} file not found: {href}")
