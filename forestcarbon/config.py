@@ -96,6 +96,16 @@ class MosaicConfig(_Strict):
     nightly_cron: str = "0 2 * * *"
     nightly_timezone: str = "Asia/Shanghai"
     asset_keys: dict[str, str] = {}  # harmonised band name -> the catalogue's asset key, where neither names nor ids match
+    mask_snow: bool = True  # snow/ice masked for every sensor: Sentinel-2 SCL 11 and Landsat QA_PIXEL bit 5
+
+    def scl_classes(self) -> tuple[int, ...]:
+        """SCL classes masked: ``scl_mask`` with snow/ice (11) added or removed by ``mask_snow``."""
+        return tuple(sorted(set(self.scl_mask) - {11} | ({11} if self.mask_snow else set())))
+
+    def qa_flags(self) -> tuple[str, ...]:
+        """Landsat QA_PIXEL flags masked: ``landsat_qa_mask`` with ``snow`` added or removed by ``mask_snow``."""
+        flags = [f for f in self.landsat_qa_mask if f != "snow"]
+        return tuple(flags + (["snow"] if self.mask_snow else []))
 
 
 class SubplotConfig(_Strict):

@@ -487,3 +487,19 @@ def test_unknown_asset_keys_fail_at_preflight_and_a_mapping_fixes_them(small_sce
     cfg["mosaic"]["asset_keys"] = {k: f"X_{k}" for k in ("blue", "green", "red", "nir", "nir08", "swir16", "swir22", "scl")}
     p.write_text(yaml.safe_dump(cfg))
     preflight(load_config(p), ["mosaic"])
+
+
+def test_indices_only_from_physical_reflectances():
+    """NDVI etc. by hand where the reflectances are plausible; NaN where one is not positive or absurd."""
+    import xarray as xr
+
+    v = {"blue": [0.03, 0.03, -0.02, 1.0], "red": [0.04, -0.01, 0.05, 0.9], "nir": [0.30, 0.30, 0.3, 0.95],
+         "nir08": [0.31, 0.31, 0.31, 0.95], "swir16": [0.15, 0.15, 0.15, 3.0], "swir22": [0.07, 0.07, 0.07, 0.8]}
+    ds = xr.Dataset({k: ("x", np.array(a, dtype="float32")) for k, a in v.items()})
+    idx = spectral_indices(ds)
+    assert idx.ndvi[0] == pytest.approx((0.30 - 0.04) / 0.34, rel=1e-6)
+    assert idx.evi[0] == pytest.approx(2.5 * 0.26 / (0.30 + 0.24 - 0.225 + 1), rel=1e-6)
+    assert idx.ndmi[0] == pytest.approx(0.16 / 0.46, rel=1e-6) and idx.nbr[0] == pytest.approx(0.23 / 0.37, rel=1e-6)
+    assert np.isnan(idx.ndvi[1]) and np.isnan(idx.evi[2]) and np.isfinite(idx.ndvi[2])  # red < 0; blue < 0
+    assert np.isnan(idx.ndmi[3])  # swir16 3.0 is no reflectance
+    assert np.isnan(idx.evi[3]) and np.isfinite(idx.ndvi[3])  # EVI denominator 0.95 + 5.4 - 7.5 + 1 = -0.15

@@ -124,3 +124,13 @@ def test_landsat_stac_item_loads_like_the_product_folder(tmp_path):
     b, vb = load_reflectance(via_folder, gbox, ("red", "nir", "swir16"), (), 128, ("fill",))
     np.testing.assert_array_equal(va.values, vb.values)
     np.testing.assert_array_equal(a["red"].values, b["red"].values)
+
+
+def test_snow_is_masked_alike_for_both_sensors():
+    from forestcarbon.config import MosaicConfig
+
+    m = MosaicConfig()
+    assert 11 in m.scl_classes() and "snow" in m.qa_flags()
+    off = MosaicConfig(mask_snow=False)
+    assert 11 not in off.scl_classes() and "snow" not in off.qa_flags()
+    assert set(off.scl_classes()) == set(off.scl_mask) - {11}  # the cloud, shadow and defect classes stay

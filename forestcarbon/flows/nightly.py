@@ -93,7 +93,7 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=tiles_dir))
         try:
             check_scene_files(touching, m.bands)
-            comp = composite.build_composite(touching, tgbox, bands=m.bands, scl_mask=m.scl_mask, qa_flags=m.landsat_qa_mask,
+            comp = composite.build_composite(touching, tgbox, bands=m.bands, scl_mask=m.scl_classes(), qa_flags=m.qa_flags(),
                                              method=m.method, min_valid_fraction=m.min_valid_fraction,
                                              chunk_px=cfg.compute.chunk_px, dilation_px=m.mask_dilation_px)
             write_composite(comp, tgbox, tmp, list(m.bands), cfg.compute.chunk_px)

@@ -193,7 +193,7 @@ def stage_mosaic(ctx: Context) -> dict:
     if not scenes:
         raise SceneError(f"{cfg.inputs.stac_items}: no scene within {m.start}..{m.end} intersects the area of interest")
     check_scene_files(scenes, m.bands)
-    comp = composite.build_composite(scenes, ctx.gbox, bands=m.bands, scl_mask=m.scl_mask, qa_flags=m.landsat_qa_mask,
+    comp = composite.build_composite(scenes, ctx.gbox, bands=m.bands, scl_mask=m.scl_classes(), qa_flags=m.qa_flags(),
                                      method=m.method, min_valid_fraction=m.min_valid_fraction, chunk_px=cfg.compute.chunk_px,
                                      dilation_px=m.mask_dilation_px)
     write_composite(comp, ctx.gbox, ctx.out.root / "mosaic", list(m.bands), cfg.compute.chunk_px)

@@ -134,14 +134,28 @@ def median_composite(refl: xr.Dataset, valid: xr.DataArray) -> tuple[xr.Dataset,
     return comp, count
 
 
+REFLECTANCE_RANGE = (0.0, 1.5)
+"""Reflectances an index may use: above 0 (a ratio of non-positive values is meaningless -- NDVI reached
+|7373| on negative reflectance) and at most 1.5 (bright snow and cloud edges reach ~1.2)."""
+
+
 def spectral_indices(comp: xr.Dataset) -> xr.Dataset:
-    """NDVI (Rouse 1974), EVI (Huete et al. 2002), NDMI (Gao 1996, nir08/swir16), NBR (Key & Benson 2006)."""
+    """NDVI (Rouse 1974), EVI (Huete et al. 2002), NDMI (Gao 1996, nir08/swir16), NBR (Key & Benson 2006).
+
+    Computed only where every reflectance the index uses lies in :data:`REFLECTANCE_RANGE` (else NaN), so
+    NDVI, NDMI and NBR stay within [-1, 1]; EVI is NaN where its denominator (L + NIR + 6 red − 7.5 blue,
+    L = 1) is not positive or its value falls outside [-1, 1].
+    """
+    lo, hi = REFLECTANCE_RANGE
+    ok = {k: (comp[k] > lo) & (comp[k] <= hi) for k in ("blue", "red", "nir", "nir08", "swir16", "swir22")}
     b, r, n = comp["blue"], comp["red"], comp["nir"]
     out = xr.Dataset(coords=comp.coords)
-    out["ndvi"] = (n - r) / (n + r)
-    out["evi"] = 2.5 * (n - r) / (n + 6 * r - 7.5 * b + 1)
-    out["ndmi"] = (comp["nir08"] - comp["swir16"]) / (comp["nir08"] + comp["swir16"])
-    out["nbr"] = (n - comp["swir22"]) / (n + comp["swir22"])
+    out["ndvi"] = ((n - r) / (n + r)).where(ok["nir"] & ok["red"])
+    den = n + 6 * r - 7.5 * b + 1
+    evi = 2.5 * (n - r) / den
+    out["evi"] = evi.where(ok["nir"] & ok["red"] & ok["blue"] & (den > 0) & (abs(evi) <= 1))
+    out["ndmi"] = ((comp["nir08"] - comp["swir16"]) / (comp["nir08"] + comp["swir16"])).where(ok["nir08"] & ok["swir16"])
+    out["nbr"] = ((n - comp["swir22"]) / (n + comp["swir22"])).where(ok["nir"] & ok["swir22"])
     return out.astype("float32")
 
 
