@@ -33,6 +33,8 @@ class GridConfig(_Strict):
     resolution_m: float = Field(10.0, gt=0)
     bounds: tuple[float, float, float, float] | None = None
     aoi: Path | None = None
+    origin: tuple[float, float] | None = None  # a point where pixel edges meet: align to a sensor's grid
+    like: Path | None = None  # a raster whose CRS, resolution and pixel edges the grid takes
 
     @field_validator("crs")
     @classmethod
@@ -247,7 +249,7 @@ def default_allometry_path() -> Path:
 def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
-        "aoi", "stac_items", "laz", "lidar_metrics_raster", "plots", "trees", "parcels", "projects",
+        "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "plots", "trees", "parcels", "projects",
         "allometry", "output", "agb",
     }
     if isinstance(node, dict):

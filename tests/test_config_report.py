@@ -52,7 +52,7 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
 
 def test_truth_comparison_by_hand(tmp_path):
     """Real raster as the 'truth' field, a perturbed copy as the estimate; figures recomputed here."""
-    src_path = shared("satellite/rasterio-rgb/RGB.byte.tif")
+    src_path = shared("satellite/sentinel2-l2a-29RKH-20200219/B02.tif")
     with rasterio.open(src_path) as src:
         t = src.read(1, window=rasterio.windows.Window(200, 200, 50, 40)).astype("float32")
         prof = dict(driver="GTiff", width=50, height=40, count=1, dtype="float32", crs=src.crs,
@@ -73,3 +73,34 @@ def test_truth_comparison_by_hand(tmp_path):
     ok = np.isfinite(e)
     assert r["pixel_agb_rmse_mg_ha"] == pytest.approx(np.sqrt(np.mean((e[ok] - t[ok]) ** 2)), rel=1e-5)
     assert r["forest_parcels_compared"] == 2
+
+
+def test_grid_origin_aligns_pixel_edges():
+    """A 900 m grid over (1000, 2000, 9100, 8100) snaps to multiples of 900 (x from 900: one column more);
+    with origin (100, 200) its edges fall at 100 + k*900, 200 + k*900 and it covers the box exactly."""
+    from forestcarbon.rs.grid import target_geobox
+
+    g = target_geobox("EPSG:4549", 900, (1000, 2000, 9100, 8100))
+    assert (g.affine.c, g.affine.f, g.shape.x, g.shape.y) == (900, 8100, 10, 7)
+    g = target_geobox("EPSG:4549", 900, (1000, 2000, 9100, 8100), origin=(100, 200))
+    assert (g.affine.c, g.affine.f, g.shape.x, g.shape.y) == (1000, 8300, 9, 7)
+
+
+def test_grid_like_a_real_raster(tmp_path):
+    """grid.like: the target grid takes a real raster's CRS, pixel size and pixel edges (Sentinel-2 B02, 100 m)."""
+    import rasterio
+
+    from forestcarbon.config import GridConfig
+    from forestcarbon.errors import ConfigError
+    from forestcarbon.rs.grid import geobox_from_config
+
+    src_path = shared("satellite/sentinel2-l2a-29RKH-20200219/B02.tif")
+    with rasterio.open(src_path) as src:
+        a, crs, b = src.transform, src.crs, src.bounds
+    cfg = GridConfig(like=src_path, bounds=(b.left + 1234.5, b.bottom + 999.0, b.left + 20_000, b.bottom + 15_000))
+    g = geobox_from_config(cfg)
+    assert g.crs.epsg == crs.to_epsg() and g.affine.a == a.a
+    cols, rows = (g.affine.c - a.c) / a.a, (g.affine.f - a.f) / a.e
+    assert cols == pytest.approx(round(cols), abs=1e-9) and rows == pytest.approx(round(rows), abs=1e-9)
+    with pytest.raises(ConfigError, match="resolution_m says 10"):
+        geobox_from_config(GridConfig(like=src_path, resolution_m=10, bounds=cfg.bounds))
