@@ -185,6 +185,7 @@ class LidarConfig(_Strict):
     max_height_m: float = Field(80.0, gt=0)
     min_height_m: float = -2.0
     buffer_m: float = Field(30.0, ge=0)
+    noise_classes: tuple[int, ...] = (7, 18)  # ASPRS: 7 low point (noise), 18 high noise; dropped by class, counted
 
 
 class ModelConfig(_Strict):

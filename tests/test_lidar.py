@@ -474,3 +474,41 @@ def test_efi_plots_on_megaplot_like_lidr_plot_metrics(tmp_path):
                 np.testing.assert_allclose(got.loc[pid, k], ref[k], rtol=1e-6, atol=1e-6, equal_nan=True, err_msg=f"{pid} {k}")
             exact += 1
     assert exact >= 3
+
+
+def test_returns_on_the_grid_edges_and_noise_classes(tmp_path):
+    """Real data: every return of chablais3 is counted in some cell when the grid is snapped to the data's
+    extent (returns on the bottom and right edges included, as laspy counts them), and returns of the ASPRS
+    noise classes 7 and 18 are dropped by class and counted."""
+    import rasterio
+
+    from forestcarbon.rs.lidar import Options, Targets, lidar_products
+
+    path = shared("lidar/lidaRtRee/las_chablais3.laz")
+    las = laspy.read(path)
+    h = las.header
+    res = 1.0  # the file's minimum y is a whole metre: its southernmost returns lie on the grid's bottom edge
+    x0, y0 = np.floor(h.mins[:2] / res) * res
+    x1, y1 = np.ceil(h.maxs[:2] / res) * res
+    gbox = GeoBox.from_bbox((x0, y0, x1, y1), crs=h.parse_crs().to_wkt(), resolution=res)
+    on_edge = int(((np.asarray(las.y) == y0) | (np.asarray(las.x) == x1)).sum())
+    run = lidar_products(index_tiles([path]), Targets(metrics=gbox), Options(normalized=False, min_height_m=-1e9,
+                                                                              max_height_m=1e9),
+                         {"metrics": tmp_path / "m.tif"})
+    with rasterio.open(tmp_path / "m.tif") as src:
+        n = src.read(METRICS.index("n_points") + 1)
+    assert np.nansum(n) == len(las.x) and on_edge > 0
+    # three returns re-classified as noise (7, 18, 7) are dropped and counted
+    noisy = laspy.read(path)
+    cls = np.asarray(noisy.classification).copy()
+    pick = np.flatnonzero(cls != 2)[[0, 10, 20]]  # three non-ground returns
+    cls[pick] = [7, 18, 7]
+    noisy.classification = cls
+    p = tmp_path / "noisy.laz"
+    noisy.write(p)
+    run = lidar_products(index_tiles([p]), Targets(metrics=gbox), Options(normalized=False, min_height_m=-1e9,
+                                                                           max_height_m=1e9),
+                         {"metrics": tmp_path / "m2.tif"})
+    with rasterio.open(tmp_path / "m2.tif") as src:
+        n2 = src.read(METRICS.index("n_points") + 1)
+    assert run.noise == 3 and np.nansum(n2) == len(las.x) - 3

@@ -253,7 +253,8 @@ def stage_lidar(ctx: Context) -> dict:
                          buffer_m=cfg.lidar.buffer_m, min_height_m=cfg.lidar.min_height_m,
                          max_height_m=cfg.lidar.max_height_m, chm_algorithm=cfg.lidar.chm_algorithm,
                          pitfree_thresholds_m=tuple(cfg.lidar.pitfree_thresholds_m),
-                         pitfree_max_edge_m=tuple(cfg.lidar.pitfree_max_edge_m))
+                         pitfree_max_edge_m=tuple(cfg.lidar.pitfree_max_edge_m),
+                         noise_classes=tuple(cfg.lidar.noise_classes))
     out = {"metrics": ctx.out.lidar_metrics, "chm": ctx.out.lidar_chm, "dtm": ctx.out.lidar_dtm}
     try:
         run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work)
@@ -268,6 +269,7 @@ def stage_lidar(ctx: Context) -> dict:
     if run.plot_metrics is not None:
         write_table(run.plot_metrics, ctx.out.lidar_plot_metrics)
     return {"tiles": len(tiles), "points": run.points, "outlier_returns_dropped": run.dropped,
+            "noise_returns_dropped": run.noise,
             "tiles_already_normalised": run.normalized_tiles,
             "plots_with_lidar": 0 if run.plot_metrics is None else int(len(run.plot_metrics)),
             "covered_fraction": float(cover.mean().compute())}

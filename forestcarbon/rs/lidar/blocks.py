@@ -59,6 +59,7 @@ class Options:
     chm_algorithm: str = "p2r"  # or "pitfree"
     pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
     pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
+    noise_classes: tuple[int, ...] = (7, 18)  # ASPRS LAS 1.4: 7 low point (noise), 18 high noise
 
 
 def expand(b: Bounds, d: float) -> Bounds:
@@ -147,8 +148,13 @@ def window(gbox: GeoBox, own: Bounds, near: list[Bounds], me: int, halo: int = 0
 def _local_cells(x, y, gbox: GeoBox, w: Window):
     """Index (row-major within ``w``) of the cell each point falls in, and a mask of points in owned cells."""
     a = gbox.affine
-    col = np.floor((x - a.c) / a.a).astype(np.int64) - w.c0
-    row = np.floor((y - a.f) / a.e).astype(np.int64) - w.r0
+    col = np.floor((x - a.c) / a.a).astype(np.int64)
+    row = np.floor((y - a.f) / a.e).astype(np.int64)
+    # returns exactly on the grid's right or bottom edge belong to its last column / row, not outside it
+    nr, nc = gbox.shape
+    tol = 1e-9 * abs(a.a)
+    col = np.where((col == nc) & (np.abs(x - (a.c + nc * a.a)) <= tol), nc - 1, col) - w.c0
+    row = np.where((row == nr) & (np.abs(y - (a.f + nr * a.e)) <= tol), nr - 1, row) - w.r0
     h, wd = w.shape
     ok = (row >= 0) & (row < h) & (col >= 0) & (col < wd)
     idx = np.where(ok, row * wd + col, 0)
@@ -179,10 +185,11 @@ class TileResult:
 
     index: int
     points: int
-    dropped: int
+    dropped: int  # outside the height limits (noise-class returns not counted here)
     normalized: bool
     files: dict  # target name -> (Path, (r0, r1, c0, c1))
     plots: list  # (plot_id, {metric: value})
+    noise: int = 0  # returns of the noise classes, dropped by class
 
 
 def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: dict[int, Spill],
@@ -196,7 +203,8 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
     own, grid_crs = near_b[me], CRS.from_wkt(grid_crs_wkt)
     x, y, z, cls, ret = _gather(tile, grid_crs, expand(own, opts.buffer_m), spills, i)
     h, surface, normalized = _heights(tile, x, y, z, cls, opts)
-    ok = (h >= opts.min_height_m) & (h <= opts.max_height_m)
+    noise = np.isin(cls, opts.noise_classes)
+    ok = (h >= opts.min_height_m) & (h <= opts.max_height_m) & ~noise
     files = {}
     out = Path(outdir)
     for name, gbox in (("metrics", targets.metrics), ("chm", targets.chm)):
@@ -212,7 +220,8 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
                                      ("dtm_m", "slope_deg", "aspect_deg")), (w.r0, w.r1, w.c0, w.c1))
     plots = _plot_metrics(targets.plots, x, y, h, ok, own, near_b, me, opts.buffer_m) if targets.plots else []
     mine = inside(x, y, own)
-    return TileResult(i, int(mine.sum()), int((mine & ~ok).sum()), bool(normalized), files, plots)
+    return TileResult(i, int(mine.sum()), int((mine & ~ok & ~noise).sum()), bool(normalized), files, plots,
+                      int((mine & noise).sum()))
 
 
 def _heights(tile: TileInfo, x, y, z, cls, opts: Options):

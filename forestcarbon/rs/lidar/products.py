@@ -76,6 +76,7 @@ class LidarRun:
     tiles: int = 0
     points: int = 0
     dropped: int = 0
+    noise: int = 0
     normalized_tiles: int = 0
     files: dict = field(default_factory=dict)
     plot_metrics: pd.DataFrame | None = None
@@ -160,11 +161,14 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
         for r in results:
             run.points += r.points
             run.dropped += r.dropped
+            run.noise += r.noise
             run.normalized_tiles += r.normalized
         _mosaic(results, targets, out, run, opts)
     if run.dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)",
                     run.dropped, opts.min_height_m, opts.max_height_m)
+    if run.noise:
+        log.info("LiDAR: dropped %d returns of the noise classes %s", run.noise, list(opts.noise_classes))
     if targets.plots:
         rows = [{"plot_id": pid, **vals} for r in results for pid, vals in r.plots]
         run.plot_metrics = pd.DataFrame(rows, columns=["plot_id", *METRICS])
