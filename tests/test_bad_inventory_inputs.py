@@ -4,6 +4,7 @@ numbers them) or value, before any stage runs, and nothing is written."""
 from __future__ import annotations
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pytest
 import shapely
@@ -119,3 +120,23 @@ def test_unexpected_errors_are_one_line_with_a_logged_traceback(small_scene, tmp
     assert len(logs) == 1 and "Traceback" in logs[0].read_text() and str(logs[0]) in lines[0]
     res = CliRunner().invoke(cli.app, ["run", str(small_scene), "--out", str(out), "--debug"])
     assert isinstance(res.exception, KeyError)
+
+
+def test_lidar_tiles_off_the_grid_are_named(small_scene, tmp_path):
+    """A LiDAR tile 100 km away is refused at preflight, named, instead of stretching the CHM over the gap."""
+    import shutil
+
+    import laspy
+
+    from forestcarbon.errors import LidarError
+
+    src = sorted((small_scene.parent / "lidar").glob("*.la[sz]"))[0]
+    folder = tmp_path / "lidar"
+    shutil.copytree(small_scene.parent / "lidar", folder)
+    las = laspy.read(src)
+    las.header.offsets = las.header.offsets + np.array([100_000.0, 0.0, 0.0])
+    las.x = np.asarray(las.x) + 100_000.0
+    las.write(folder / "far_away.laz")
+    bad = _edited(small_scene, tmp_path, lambda r: r["inputs"].update(laz=str(folder)))
+    with pytest.raises(LidarError, match=r"1 of \d+ LiDAR tiles lie outside the grid .*far_away.laz"):
+        preflight(load_config(bad))

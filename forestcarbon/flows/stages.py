@@ -27,7 +27,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, SceneError,
+from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, LidarError, SceneError,
                       StageInputError, UnresolvedSpeciesWarning)
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
@@ -131,7 +131,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
             except PyprojCRSError:
                 raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
         if i.laz is not None and i.lidar_metrics_raster is None:
-            lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
+            tiles = lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
+            check_tiles_on_grid(tiles, geobox_from_config(cfg.grid))
     if "mosaic" in names:
         m = cfg.mosaic
         missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(m.bands)
@@ -148,6 +149,21 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         if "plots" in names:
             check_inventory(ctx, registry)
     return ctx
+
+
+def check_tiles_on_grid(tiles, gbox: GeoBox) -> None:
+    """LiDAR tiles whose header bounds miss the grid are an error naming them (a tile 100 km off would
+    stretch the CHM over the gap)."""
+    import shapely
+    from pyproj import CRS
+
+    grid = shapely.box(*gbox.extent.boundingbox)
+    bounds = lidar.tile_bounds_in(tiles, CRS.from_user_input(gbox.crs.to_wkt()))
+    off = [t.path.name for t, b in zip(tiles, bounds) if not shapely.box(*b).intersects(grid)]
+    if off:
+        raise LidarError(f"inputs.laz: {len(off)} of {len(tiles)} LiDAR tiles lie outside the grid "
+                         f"{tuple(round(v) for v in gbox.extent.boundingbox)}: {off[:5]}; wrong CRS, or tiles from "
+                         "elsewhere?")
 
 
 def check_output_folder(cfg: Config, inputs: list) -> None:
