@@ -186,6 +186,7 @@ class LidarConfig(_Strict):
     min_height_m: float = -2.0
     buffer_m: float = Field(30.0, ge=0)
     noise_classes: tuple[int, ...] = (7, 18)  # ASPRS: 7 low point (noise), 18 high noise; dropped by class, counted
+    tiles_without_ground: Literal["error", "neighbours"] = "error"
 
 
 class ModelConfig(_Strict):

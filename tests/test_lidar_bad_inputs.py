@@ -54,8 +54,10 @@ def test_no_ground_points_is_named(tmp_path):
     x, y, z, cls = _flat_tile(rng)
     p = _las(tmp_path / "noground.laz", x, y, z, np.full_like(cls, 5))
     gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_100, 3_200_100), "EPSG:4549", resolution=10)
-    with pytest.raises(LidarError, match=r"noground\.laz: fewer than 3 ground points.*ground classes \[2\]"):
+    with pytest.raises(LidarError, match=r"noground\.laz: \d+ returns but no ground return \(classes \[2\]\)"):
         grid_metrics(index_tiles([p]), gbox)
+    with pytest.raises(LidarError, match=r"noground\.laz: fewer than 3 ground points.*ground classes \[2\]"):
+        grid_metrics(index_tiles([p]), gbox, tiles_without_ground="neighbours")  # and no neighbour to lend any
 
 
 def test_absurd_heights_are_filtered_and_counted(tmp_path, caplog):
@@ -118,8 +120,9 @@ def test_bad_tile_among_neighbours_fails_cleanly(tmp_path):
 
 
 def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
-    """A tile whose own ground returns are all missing is normalised with the neighbours' ground within the
-    buffer (flat terrain: heights are unchanged); alone, it is an error naming it."""
+    """A tile whose own ground returns are all missing is an error naming it; when the configuration asks
+    for it, it is normalised with the neighbours' ground within the buffer (flat terrain: heights are
+    unchanged); alone, it is an error naming it either way."""
     rng = np.random.default_rng(5)
     x, y, z, cls = _flat_tile(rng, x0=500_000.0)
     a = _las(tmp_path / "a.laz", x, y, z, cls)
@@ -127,12 +130,15 @@ def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
     keep = cls2 != 2
     b = _las(tmp_path / "b.laz", x2[keep], y2[keep], z2[keep], cls2[keep])
     gbox = GeoBox.from_bbox((500_000, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10)
-    m = grid_metrics(index_tiles([a, b]), gbox, buffer_m=120)
+    with pytest.raises(LidarError, match=r"b\.laz: \d+ returns but no ground return \(classes \[2\]\) of its own"):
+        grid_metrics(index_tiles([a, b]), gbox, buffer_m=120)
+    m = grid_metrics(index_tiles([a, b]), gbox, buffer_m=120, tiles_without_ground="neighbours")
     right = m["zmax"][:, 10:]
     assert np.isfinite(right).sum() > 50
     np.testing.assert_allclose(np.nanmax(right), np.max(z2[keep]) - 100, atol=0.006)  # 1 cm LAS quantisation
     with pytest.raises(LidarError, match=r"b\.laz: fewer than 3 ground points"):
-        grid_metrics(index_tiles([b]), GeoBox.from_bbox((500_100, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10))
+        grid_metrics(index_tiles([b]), GeoBox.from_bbox((500_100, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10),
+                     tiles_without_ground="neighbours")
 
 
 def test_empty_tile_among_neighbours(tmp_path):

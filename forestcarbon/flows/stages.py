@@ -270,7 +270,8 @@ def stage_lidar(ctx: Context) -> dict:
                          max_height_m=cfg.lidar.max_height_m, chm_algorithm=cfg.lidar.chm_algorithm,
                          pitfree_thresholds_m=tuple(cfg.lidar.pitfree_thresholds_m),
                          pitfree_max_edge_m=tuple(cfg.lidar.pitfree_max_edge_m),
-                         noise_classes=tuple(cfg.lidar.noise_classes))
+                         noise_classes=tuple(cfg.lidar.noise_classes),
+                         tiles_without_ground=cfg.lidar.tiles_without_ground)
     out = {"metrics": ctx.out.lidar_metrics, "chm": ctx.out.lidar_chm, "dtm": ctx.out.lidar_dtm}
     try:
         run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work)

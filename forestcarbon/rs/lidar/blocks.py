@@ -60,6 +60,7 @@ class Options:
     pitfree_thresholds_m: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0)
     pitfree_max_edge_m: tuple[float, float] = (0.0, 1.0)
     noise_classes: tuple[int, ...] = (7, 18)  # ASPRS LAS 1.4: 7 low point (noise), 18 high noise
+    tiles_without_ground: str = "error"  # or "neighbours": normalise such a tile with its neighbours' ground
 
 
 def expand(b: Bounds, d: float) -> Bounds:
@@ -202,7 +203,7 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
     """
     own, grid_crs = near_b[me], CRS.from_wkt(grid_crs_wkt)
     x, y, z, cls, ret = _gather(tile, grid_crs, expand(own, opts.buffer_m), spills, i)
-    h, surface, normalized = _heights(tile, x, y, z, cls, opts)
+    h, surface, normalized = _heights(tile, x, y, z, cls, opts, own)
     noise = np.isin(cls, opts.noise_classes)
     ok = (h >= opts.min_height_m) & (h <= opts.max_height_m) & ~noise
     files = {}
@@ -224,12 +225,21 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
                       int((mine & noise).sum()))
 
 
-def _heights(tile: TileInfo, x, y, z, cls, opts: Options):
-    """(height above ground, ground surface or None, whether the heights were already normalised)."""
+def _heights(tile: TileInfo, x, y, z, cls, opts: Options, own: Bounds):
+    """(height above ground, ground surface or None, whether the heights were already normalised).
+
+    A tile with returns but no ground return of its own is an error naming it, unless
+    ``opts.tiles_without_ground`` is ``"neighbours"`` (then the neighbours' ground within the buffer serves).
+    """
     normalized = looks_normalized(z, cls, opts.ground_classes) if opts.normalized == "auto" else opts.normalized
     if x.size == 0 or normalized:
         return z, None, normalized
     g = np.isin(cls, opts.ground_classes)
+    mine = inside(x, y, own)
+    if opts.tiles_without_ground != "neighbours" and mine.any() and not (g & mine).any():
+        raise LidarError(f"{tile.path}: {int(mine.sum())} returns but no ground return (classes "
+                         f"{list(opts.ground_classes)}) of its own; set lidar.tiles_without_ground: neighbours to "
+                         "normalise it with its neighbours' ground, or fix its classification")
     try:
         surface = ground_surface(x[g], y[g], z[g])
     except LidarError as err:
