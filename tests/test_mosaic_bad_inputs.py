@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import rasterio
 
 from forestcarbon.config import load_config
 from forestcarbon.errors import SceneError
@@ -114,3 +115,17 @@ def test_cli_reports_a_stage_error_in_one_line(setup, tmp_path):
     assert len(errors) == 1 and "B12.tif: truncated file of scene" in errors[0]
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "cli-out" / "mosaic" / "reflectance.tif").exists()
+
+
+def test_float_reflectance_instead_of_dn(setup):
+    """A band rewritten as float reflectance (DN / 10000) would be scaled again: refused, naming file and band."""
+    cfg, s2, out = setup
+    f = _items(s2)[1].parent / "B04.tif"
+    with rasterio.open(f) as src:
+        prof, arr = src.profile, src.read(1)
+    prof.update(dtype="float32", predictor=1)
+    with rasterio.open(f, "w", **prof) as dst:
+        dst.write((arr / 10_000.0).astype("float32"), 1)
+    with pytest.raises(SceneError, match=r"B04\.tif: band 'red' of scene .* holds float32 values"):
+        _run(cfg)
+    _no_output(out)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pystac
 import rasterio
 import rasterio.errors
@@ -351,9 +352,10 @@ def _local_path(href: str) -> Path | None:
 def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
     """Open every local band and mask file and check its tiles lie inside the file.
 
-    Catches missing, unreadable and truncated GeoTIFF/COG files before any
-    heavy work, with a one-line error naming the file (GDAL's TIFF block
-    offsets and sizes; no pixel is decoded).
+    Catches missing, unreadable and truncated GeoTIFF/COG files, and bands
+    delivered as float (reflectance instead of the product's integer DNs),
+    before any heavy work, with a one-line error naming the file (GDAL's TIFF
+    block offsets and sizes; no pixel is decoded).
     """
     for sc in scenes:
         for band in (*bands, sc.mask_band):
@@ -363,6 +365,11 @@ def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
             try:
                 size = path.stat().st_size
                 with rasterio.open(path) as src:
+                    dtype = src.dtypes[0]
+                    if not np.issubdtype(np.dtype(dtype), np.integer):
+                        raise SceneError(f"{path}: band {band!r} of scene {sc.id} holds {dtype} values, not the "
+                                         f"product's integer DNs; reflectance delivered as float? (scale "
+                                         f"{sc.scale:g}, offset {sc.offset:g} would be applied to it)")
                     if src.driver != "GTiff":
                         continue
                     h, w = src.block_shapes[0]
