@@ -277,6 +277,22 @@ def test_sentinel2_product_folder_equals_stac_item(small_scene, tmp_path, ext):
         f"<BOA_ADD_OFFSET band_id='0'>{offset}</BOA_ADD_OFFSET></BOA_ADD_OFFSET_VALUES_LIST></Product_Image_Characteristics>"
         f"</n1:General_Info></n1:Level-2A_User_Product>")
     bands = cfg.mosaic.bands
+    if ext == "tif":  # a band file from another CRS (a reprojected copy slipped in) is named, not read
+        from rasterio.warp import calculate_default_transform, reproject
+
+        bad_dir = tmp_path / "mixed"
+        shutil.copytree(tmp_path / "safe", bad_dir)
+        f = next(bad_dir.rglob("*_B03_10m.tif"))
+        with rasterio.open(f) as src:
+            tr, w, h = calculate_default_transform(src.crs, "EPSG:32651", src.width, src.height, *src.bounds)
+            prof, data, s_tr, s_crs = src.profile | {"crs": "EPSG:32651", "transform": tr, "width": w, "height": h}, \
+                src.read(1), src.transform, src.crs
+        out = np.zeros((h, w), dtype=data.dtype)
+        reproject(data, out, src_transform=s_tr, src_crs=s_crs, dst_transform=tr, dst_crs="EPSG:32651")
+        with rasterio.open(f, "w", **prof) as dst:
+            dst.write(out, 1)
+        with pytest.raises(SceneError, match=r"band file .*_B03_10m\.tif is in EPSG:32651, .* in EPSG:32650"):
+            read_scenes(bad_dir, bands)
     from_safe = read_scenes(tmp_path / "safe", bands)
     stac_dir = tmp_path / "stac"
     shutil.copytree(src_dir, stac_dir / src_dir.name)

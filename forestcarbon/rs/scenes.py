@@ -203,10 +203,18 @@ def sentinel2_item_from_safe(folder: Path) -> pystac.Item:
             if band not in best or res < best[band][0]:
                 best[band] = (res, f)
     by_band = {v: k for k, v in SENTINEL2_L2A.bands.items()} | {"SCL": "scl"}
-    assets, ll, epsg = {}, None, None
+    assets, ll, epsg, first = {}, None, None, None
     for band, (_, f) in sorted(best.items()):
         if band in by_band:
-            assets[by_band[band]], epsg, ll = _asset_from_file(f, band)
+            assets[by_band[band]], e, lb = _asset_from_file(f, band)
+            if first is None:
+                first, epsg, ll = f, e, lb
+            elif e != epsg:  # a tile's band files share one CRS (and so one footprint)
+                raise SceneError(f"{folder}: band file {f.name} is in EPSG:{e}, {first.name} in EPSG:{epsg}; "
+                                 "the product folder mixes tiles or reprojected files")
+            elif max(abs(a - b) for a, b in zip(lb, ll)) > 0.01:
+                raise SceneError(f"{folder}: band file {f.name} covers {tuple(round(v, 4) for v in lb)}, "
+                                 f"{first.name} {tuple(round(v, 4) for v in ll)}; the product folder mixes tiles")
     if not assets:
         raise SceneError(f"{folder}: Sentinel-2 product without band files (*_B02_10m.jp2 ...)")
     x0, y0, x1, y1 = ll
