@@ -7,10 +7,9 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-import shapely
 
 from forestcarbon.config import load_config
-from forestcarbon.errors import ConfigError, FieldError, InputNotFoundError
+from forestcarbon.errors import ConfigError, FieldError
 from forestcarbon.flows.stages import preflight
 
 from .test_pipeline import _cli, _edited

@@ -31,7 +31,8 @@ from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNo
                       StageInputError, UnresolvedSpeciesWarning)
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
-from ..models.allometry import candidate_agb, load_registry, resolve_fallback, species_groups, validate_trees
+from ..models.allometry import (candidate_agb, load_registry, resolve_fallback, resolve_species, species_groups,
+                               validate_trees)
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
@@ -190,7 +191,7 @@ def check_inventory(ctx: "Context", registry) -> None:
     off = ~plots.intersects(ctx.gbox.extent.geom)
     if off.any():
         raise FieldError(f"{ctx.cfg.inputs.plots}: {int(off.sum())} of {len(plots)} plots lie outside the grid "
-                         f"{tuple(round(v) for v in ctx.gbox.extent.boundingbox)} ({ctx.gbox.crs.epsg and 'EPSG:%d' % ctx.gbox.crs.epsg}): "
+                         f"{tuple(round(v) for v in ctx.gbox.extent.boundingbox)} ({ctx.cfg.grid.crs}): "
                          f"{list(plots.loc[off, 'plot_id'][:5])}; wrong CRS or coordinates, or a grid too small?")
 
 
@@ -489,17 +490,14 @@ def parcel_groups(parcels: gpd.GeoDataFrame, field: str, source, registry, fallb
     if field not in parcels.columns:
         raise FieldError(f"{source}: carbon.group_field {field!r} is not a field of the parcels layer "
                          f"(fields: {[c for c in parcels.columns if c != 'geometry']})")
-    fb = resolve_fallback(fallback or {}, registry)
     names = parcels[field].fillna("").astype(str).str.strip()
-    found = {n: (registry.resolve(n) or fb.get(n, fb.get("*"))) if n else None for n in names.unique()}
-    groups = [found[n] for n in names]
-    unknown = sorted(n for n, g in found.items() if g is None and n)
-    if unknown:
-        count = int(sum(1 for n in names if n and found[n] is None))
-        warnings.warn(f"{source}: {count} parcels name species without a species group in field {field!r} "
-                      f"({unknown[:5]}); their pixels take the default carbon conversion", UnresolvedSpeciesWarning,
-                      stacklevel=2)
-    return groups
+    groups, _ = resolve_species(names, registry, fallback)
+    unknown_mask = groups.isna() & names.ne("")
+    if unknown_mask.any():
+        warnings.warn(f"{source}: {int(unknown_mask.sum())} parcels name species without a species group in field "
+                      f"{field!r} ({sorted(set(names[unknown_mask]))[:5]}); their pixels take the default carbon "
+                      "conversion", UnresolvedSpeciesWarning, stacklevel=2)
+    return [g if isinstance(g, str) else None for g in groups]
 
 
 def _rule_area_ha(ctx: Context, agb, rule, conversion) -> dict:

@@ -467,21 +467,27 @@ def resolve_fallback(fallback: dict[str, str], registry: AllometryRegistry) -> d
     return out
 
 
+def resolve_species(species: pd.Series, registry: AllometryRegistry,
+                    fallback: dict[str, str] | None = None) -> tuple[pd.Series, np.ndarray]:
+    """(group of each name, how it resolved): ``table`` (a listed name or code), ``binomial`` (a Latin name
+    with its authority, matched on genus and species), ``fallback`` (species or code → group, ``"*"`` for
+    all others); the group is None (how ``""``) where nothing maps an empty or unknown name."""
+    s = species.fillna("").astype(str).str.strip()
+    fb = resolve_fallback(fallback or {}, registry)
+    found = {}
+    for sp in pd.unique(s):
+        group, how = resolve_name(registry._lookup, sp) if sp else (None, "")
+        if group is None and sp:
+            group = fb.get(sp, fb.get("*"))
+            how = "fallback" if group is not None else ""
+        found[sp] = (group, how)
+    return s.map(lambda sp: found[sp][0]), s.map(lambda sp: found[sp][1]).to_numpy(dtype=object)
+
+
 def species_groups(species: pd.Series, registry: AllometryRegistry, fallback: dict[str, str] | None = None,
                    source: str = "trees") -> tuple[pd.Series, np.ndarray]:
-    """(group of each tree, how it resolved): ``table`` (a listed name or code), ``binomial`` (a Latin name
-    with its authority, matched on genus and species), then ``fallback`` (species or code → group, ``"*"`` for
-    all others); a species nobody maps is an error naming it and its rows."""
-    uniq = pd.unique(species.astype(str))
-    found = {sp: resolve_name(registry._lookup, sp) for sp in uniq}
-    s = species.astype(str)
-    groups = s.map(lambda sp: found[sp][0])
-    how = s.map(lambda sp: found[sp][1] or "fallback").to_numpy(dtype=object)
-    if fallback:
-        fallback = resolve_fallback(fallback, registry)
-        miss = groups.isna()
-        mapped = s[miss].map(lambda sp: fallback.get(sp, fallback.get("*")))
-        groups = groups.where(~miss, mapped)
+    """:func:`resolve_species` for tree lists: a species nobody maps is an error naming it and its rows."""
+    groups, how = resolve_species(species, registry, fallback)
     unknown = groups.isna().to_numpy()
     if unknown.any():
         names = sorted(set(species[unknown].astype(str)))
