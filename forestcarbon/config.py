@@ -46,8 +46,9 @@ class GridConfig(_Strict):
             crs = CRS.from_user_input(v)
         except PyprojCRSError:
             raise CRSError(f"grid.crs: {v!r} is not a CRS that parses") from None
-        if not crs.is_projected:
-            raise CRSError(f"grid.crs: {v!r} is geographic; the target grid needs a projected CRS in metres (e.g. EPSG:4549)")
+        from .rs.grid import require_metres
+
+        require_metres(crs, f"grid.crs: {v!r}")
         return v
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ def _with(path, value):
     (("grid", "resolution_m"), -5, ConfigError, "key 'grid.resolution_m': Input should be greater than 0 (got -5)"),
     (("grid", "bounds"), [10, 0, 5, 100], ConfigError, "grid.bounds [10.0, 0.0, 5.0, 100.0] must be"),
     (("grid", "crs"), "EPSG:4490", CRSError, "'EPSG:4490' is geographic"),
+    (("grid", "crs"), "EPSG:2992", CRSError, "'EPSG:2992' (NAD83 / Oregon GIC Lambert (ft)) has axes in foot (0.3048 m)"),
     (("grid", "crs"), "not a crs", CRSError, "grid.crs: 'not a crs' is not a CRS that parses"),
     (("model", "kind"), "xgboost", ConfigError, "key 'model.kind'"),
     (("mosaic", "colour"), "blue", ConfigError, "key 'mosaic.colour': Extra inputs are not permitted"),

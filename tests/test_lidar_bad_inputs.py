@@ -6,6 +6,7 @@ import logging
 
 import laspy
 import numpy as np
+from scipy.spatial import cKDTree
 import pytest
 from odc.geo.geobox import GeoBox
 from pyproj import CRS
@@ -122,7 +123,8 @@ def test_bad_tile_among_neighbours_fails_cleanly(tmp_path):
 def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
     """A tile whose own ground returns are all missing is an error naming it; when the configuration asks
     for it, it is normalised with the neighbours' ground within the buffer (flat terrain: heights are
-    unchanged); alone, it is an error naming it either way."""
+    unchanged) as far as lidR's knnidw(3, 1, 50) reaches -- returns more than 50 m from any ground return
+    get no height; alone, it is an error naming it either way."""
     rng = np.random.default_rng(5)
     x, y, z, cls = _flat_tile(rng, x0=500_000.0)
     a = _las(tmp_path / "a.laz", x, y, z, cls)
@@ -134,7 +136,11 @@ def test_tile_without_ground_uses_its_neighbours_ground(tmp_path):
         grid_metrics(index_tiles([a, b]), gbox, buffer_m=120)
     m = grid_metrics(index_tiles([a, b]), gbox, buffer_m=120, tiles_without_ground="neighbours")
     right = m["zmax"][:, 10:]
-    assert np.isfinite(right).sum() > 50
+    pa, pb = laspy.read(a), laspy.read(b)
+    ground = np.c_[pa.x, pa.y][np.asarray(pa.classification) == 2]
+    reach = cKDTree(ground).query(np.c_[pb.x, pb.y])[0] <= 50.0  # the knnidw search radius, as lidR's tin()
+    cells = {(int((3_200_100 - yy) // 10), int((xx - 500_100) // 10)) for xx, yy in zip(pb.x[reach], pb.y[reach])}
+    assert {tuple(rc) for rc in np.argwhere(np.isfinite(right)).tolist()} == cells and 30 < len(cells) < 100
     np.testing.assert_allclose(np.nanmax(right), np.max(z2[keep]) - 100, atol=0.006)  # 1 cm LAS quantisation
     with pytest.raises(LidarError, match=r"b\.laz: fewer than 3 ground points"):
         grid_metrics(index_tiles([b]), GeoBox.from_bbox((500_100, 3_200_000, 500_200, 3_200_100), "EPSG:4549", resolution=10),

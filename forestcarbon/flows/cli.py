@@ -236,7 +236,7 @@ def _compare_equations(trees, registry):
 
 @app.command("lidar-metrics")
 def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or folders"),
-                  res: float = typer.Option(..., help="cell size, metres"),
+                  res: float = typer.Option(..., help="cell size, metres (tiles in feet or degrees get a grid in metres)"),
                   out: Path = typer.Option(..., help="output GeoTIFF (COG), one band per metric"),
                   normalized: Optional[bool] = typer.Option(None, "--normalized/--not-normalized",
                                                             help="heights are already above ground (default: detect from the ground returns)"),
@@ -248,6 +248,8 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
                   pitfree: bool = typer.Option(False, "--pitfree", help="pit-free CHM (lidR pitfree) instead of the highest return per cell")):
     """lidR stdmetrics_z per cell of a grid snapped to RES over the files' extent (and optionally CHM and DTM)."""
     _setup_logging()
+    from pyproj import CRS
+
     from ..rs import lidar
 
     try:
@@ -266,7 +268,8 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
         run = lidar.lidar_products(tiles, targets, opts, outs)
     except ForestCarbonError as err:
         _fail(err)
-    typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m"
+    typer.echo(f"wrote {out}: {len(lidar.METRICS)} metrics on {gbox.shape[1]} x {gbox.shape[0]} cells of {res} m "
+               f"in {CRS.from_wkt(gbox.crs.to_wkt()).name}"
                + "".join(f"; {p}" for k, p in run.files.items() if k != "metrics"))
     if dtm and "dtm" not in run.files:
         typer.echo(f"no DTM written: the heights of every tile are already above ground ({dtm})")

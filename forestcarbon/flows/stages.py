@@ -287,7 +287,7 @@ def stage_lidar(ctx: Context) -> dict:
     if run.plot_metrics is not None:
         write_table(run.plot_metrics, ctx.out.lidar_plot_metrics)
     return {"tiles": len(tiles), "points": run.points, "outlier_returns_dropped": run.dropped,
-            "noise_returns_dropped": run.noise,
+            "noise_returns_dropped": run.noise, "returns_without_ground_within_50m": run.no_ground,
             "tiles_already_normalised": run.normalized_tiles,
             "plots_with_lidar": 0 if run.plot_metrics is None else int(len(run.plot_metrics)),
             "covered_fraction": float(cover.mean().compute())}

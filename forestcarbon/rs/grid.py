@@ -63,9 +63,59 @@ def grid_like(path: Path, grid_cfg) -> tuple[str, float, tuple[float, float]]:
         raise ConfigError(f"grid.like: {path} is in {crs.to_string()}, grid.crs says {grid_cfg.crs}")
     if "resolution_m" in grid_cfg.model_fields_set and abs(grid_cfg.resolution_m - abs(a.a)) > 1e-9:
         raise ConfigError(f"grid.like: {path} has {abs(a.a)} m pixels, grid.resolution_m says {grid_cfg.resolution_m}")
-    if not CRS.from_user_input(crs).is_projected:
-        raise CRSError(f"grid.like: {path} is in a geographic CRS; the target grid needs a projected CRS in metres")
+    require_metres(crs, f"grid.like: {path}")
     return crs.to_wkt(), abs(a.a), (a.c, a.f)
+
+
+def metres_per_unit(crs) -> float:
+    """Metres per unit of a projected CRS's horizontal axes (1 for metres, 0.3048 for the international foot,
+    1200/3937 for the US survey foot); NaN for a geographic CRS."""
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs)
+    if not crs.is_projected or not crs.axis_info:
+        return float("nan")
+    return float(crs.axis_info[0].unit_conversion_factor)
+
+
+def metre_crs(crs, lonlat: tuple[float, float] | None = None):
+    """A CRS in metres standing for ``crs``: ``crs`` itself when its axes are in metres; for a projected CRS in
+    other units (US state planes in feet) the same projection with metre axes (its conversion parameters
+    keep their own units, so coordinates scale exactly by the unit's length: 1 ft -> 0.3048 m); for a
+    geographic CRS the WGS 84 UTM zone holding ``lonlat``.
+    """
+    from pyproj import CRS
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+
+    crs = CRS.from_user_input(crs)
+    if crs.is_projected:
+        if metres_per_unit(crs) == 1.0:
+            return crs
+        j = crs.to_json_dict()
+        for ax in j.get("coordinate_system", {}).get("axis", []):
+            ax["unit"] = "metre"
+        j["name"] = f"{j.get('name', 'unnamed')} (metre axes)"
+        j.pop("id", None)
+        return CRS.from_json_dict(j)
+    if lonlat is None:
+        raise CRSError(f"{crs.name}: geographic CRS and no location to choose a UTM zone")
+    lon, lat = lonlat
+    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    return CRS.from_epsg(info[0].code)
+
+
+def require_metres(crs, where: str) -> None:
+    """Raise naming ``where`` unless ``crs`` is projected with metre axes (cell sizes, areas and slopes are metres)."""
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    if not c.is_projected:
+        raise CRSError(f"{where} is geographic ({c.name}); the target grid needs a projected CRS in metres (e.g. EPSG:4549)")
+    if metres_per_unit(c) != 1.0:
+        unit = c.axis_info[0].unit_name
+        raise CRSError(f"{where} ({c.name}) has axes in {unit} ({metres_per_unit(c):.10g} m); the target grid needs a "
+                       "projected CRS in metres (e.g. EPSG:4549), or the same projection in metres")
 
 
 def pixel_area_ha(gbox: GeoBox) -> float:

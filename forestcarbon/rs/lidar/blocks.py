@@ -191,6 +191,7 @@ class TileResult:
     files: dict  # target name -> (Path, (r0, r1, c0, c1))
     plots: list  # (plot_id, {metric: value})
     noise: int = 0  # returns of the noise classes, dropped by class
+    no_ground: int = 0  # returns outside the ground hull with no ground return within 50 m (no height)
 
 
 def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: dict[int, Spill],
@@ -221,8 +222,9 @@ def process_tile(i: int, tile: TileInfo, near_b: list[Bounds], me: int, spills: 
                                      ("dtm_m", "slope_deg", "aspect_deg")), (w.r0, w.r1, w.c0, w.c1))
     plots = _plot_metrics(targets.plots, x, y, h, ok, own, near_b, me, opts.buffer_m) if targets.plots else []
     mine = inside(x, y, own)
-    return TileResult(i, int(mine.sum()), int((mine & ~ok & ~noise).sum()), bool(normalized), files, plots,
-                      int((mine & noise).sum()))
+    unheighted = mine & ~np.isfinite(h) & ~noise
+    return TileResult(i, int(mine.sum()), int((mine & ~ok & ~noise).sum()) - int(unheighted.sum()), bool(normalized),
+                      files, plots, int((mine & noise).sum()), int(unheighted.sum()))
 
 
 def _heights(tile: TileInfo, x, y, z, cls, opts: Options, own: Bounds):

@@ -2,7 +2,11 @@
 
 The terrain is the Delaunay triangulation (TIN) of the ground returns with
 linear interpolation inside each triangle, as lidR's ``tin()``; outside the
-convex hull of the ground returns the nearest ground return is used.  The
+convex hull of the ground returns it is extrapolated as lidR 4's default
+``tin(extrapolate = knnidw(3, 1, 50))`` does (R/algorithm-dtm.R; C++
+``LAS::interpolate_knnidw``): the inverse-distance (power 1) mean of the 3
+nearest ground returns within 50 m, the return's own z where one lies at
+distance 0, and no value (NaN) where none lies within 50 m.  The
 triangulation is built with startinpy (H. Ledoux, TU Delft; incremental
 insertion in Rust), which is ~7x faster than Qhull on ground returns in scan
 order.  Coincident ground returns (within 1 mm in x and y) keep the lowest.
@@ -47,8 +51,28 @@ def looks_normalized(z: np.ndarray, cls: np.ndarray, ground_classes=(2,), tol_m:
     return bool(np.quantile(np.abs(z[g]), 0.99) < tol_m)
 
 
+def knnidw(tree: cKDTree, z: np.ndarray, x, y, k: int = 3, p: float = 1.0, rmax: float = 50.0) -> np.ndarray:
+    """lidR's ``knnidw(k, p, rmax)`` at (x, y): sum(z_i / d_i^p) / sum(1 / d_i^p) over the ``k`` nearest points of
+    ``tree`` within ``rmax``; z of a point at distance 0; NaN where no point lies within ``rmax``."""
+    d, i = tree.query(np.c_[x, y], k=k, distance_upper_bound=rmax)
+    d, i = d.reshape(len(d), -1), i.reshape(len(i), -1)
+    found = np.isfinite(d)
+    zi = z[np.where(found, i, 0)]
+    exact = found & (d == 0)
+    hit = exact.any(axis=1)
+    far = found & ~exact
+    w = np.zeros(d.shape)
+    w[far] = 1.0 / d[far] ** p
+    out = np.full(d.shape[0], np.nan)
+    idw = found.any(axis=1) & ~hit
+    out[idw] = (w[idw] * zi[idw]).sum(axis=1) / w[idw].sum(axis=1)
+    out[hit] = zi[hit, exact[hit].argmax(axis=1)]  # lidR: the first return at distance 0
+    return out
+
+
 def ground_surface(gx, gy, gz):
-    """Ground elevation function ``surface(x, y) -> z`` (m): TIN linear inside the hull, nearest outside."""
+    """Ground elevation function ``surface(x, y) -> z`` (m): TIN linear inside the hull, lidR's
+    ``knnidw(3, 1, 50)`` outside (NaN farther than 50 m from any ground return)."""
     if gx.size < 3:
         raise LidarError("fewer than 3 ground points: cannot build a terrain model")
     # projected coordinates are large (1e5-1e6 m): centring them keeps the orientation tests well conditioned
@@ -61,10 +85,10 @@ def ground_surface(gx, gy, gz):
     has_triangles = dt.number_of_triangles() > 0  # O(n): asked once
     tree: list = []
 
-    def nearest(x, y):
+    def outside(x, y):
         if not tree:
             tree.append(cKDTree(pts[:, :2]))
-        return pts[tree[0].query(np.c_[x, y])[1], 2]
+        return knnidw(tree[0], pts[:, 2], x, y, k=3, p=1.0, rmax=50.0)
 
     def surface(x, y):
         x, y = np.asarray(x, dtype="float64") - ox, np.asarray(y, dtype="float64") - oy
@@ -74,7 +98,7 @@ def ground_surface(gx, gy, gz):
             z[q] = dt.interpolate({"method": "TIN"}, np.c_[x[q], y[q]])
         bad = ~np.isfinite(z)
         if bad.any():
-            z[bad] = nearest(x[bad], y[bad])
+            z[bad] = outside(x[bad], y[bad])
         return z
 
     # ground returns are the TIN's vertices; returns at the same x, y merge into one vertex at the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 
 from ...errors import CRSError, InputNotFoundError, LidarError
+from ..grid import metre_crs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,17 +145,32 @@ def tile_bounds_in(tiles: list[TileInfo], crs: CRS) -> list[tuple[float, float, 
     return out
 
 
-def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
-    """A GeoBox in the tiles' CRS covering their header bounds, snapped to ``resolution_m``."""
+def tiles_crs(tiles: list[TileInfo]) -> CRS:
+    """The one CRS of a set of tiles (an error naming the first tile that differs)."""
     crs = tiles[0].crs
     for t in tiles[1:]:
         if not t.crs.equals(crs):
             raise CRSError(f"{t.path}: CRS differs from {tiles[0].path}; give a target grid instead")
-    x0 = min(t.bounds[0] for t in tiles)
-    y0 = min(t.bounds[1] for t in tiles)
-    x1 = max(t.bounds[2] for t in tiles)
-    y1 = max(t.bounds[3] for t in tiles)
-    r = float(resolution_m)
-    x0, y0 = np.floor(x0 / r) * r, np.floor(y0 / r) * r
-    x1, y1 = np.floor(x1 / r) * r + r, np.floor(y1 / r) * r + r
-    return GeoBox.from_bbox((x0, y0, x1, y1), crs=crs.to_wkt(), resolution=r)
+    return crs
+
+
+def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
+    """A GeoBox of ``resolution_m`` metre cells covering the tiles' header bounds, edges on multiples of it.
+
+    The grid is in the tiles' CRS when its axes are in metres; tiles in a foot-based state plane get the
+    same projection with metre axes (every coordinate times 0.3048, or 1200/3937 for US survey feet), and
+    tiles in longitude/latitude the UTM zone of their centre (:func:`..grid.metre_crs`).  Cells, buffers,
+    CHM/DTM pixels and slopes are therefore always metres.
+    """
+    crs = tiles_crs(tiles)
+    lonlat = None
+    if not crs.is_projected:
+        b = np.asarray([t.bounds for t in tiles])
+        lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(
+            (b[:, 0].min() + b[:, 2].max()) / 2, (b[:, 1].min() + b[:, 3].max()) / 2)
+    grid_crs = metre_crs(crs, lonlat)
+    if not grid_crs.equals(crs):
+        log.info("LiDAR grid in %s: the tiles' CRS %s is not in metres", grid_crs.name, crs.name)
+    b = np.asarray(tile_bounds_in(tiles, grid_crs))
+    return GeoBox.from_bbox((b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), crs=grid_crs.to_wkt(),
+                            resolution=float(resolution_m), tight=False)

@@ -77,6 +77,7 @@ class LidarRun:
     points: int = 0
     dropped: int = 0
     noise: int = 0
+    no_ground: int = 0
     normalized_tiles: int = 0
     files: dict = field(default_factory=dict)
     plot_metrics: pd.DataFrame | None = None
@@ -162,11 +163,15 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
             run.points += r.points
             run.dropped += r.dropped
             run.noise += r.noise
+            run.no_ground += r.no_ground
             run.normalized_tiles += r.normalized
         _mosaic(results, targets, out, run, opts)
     if run.dropped:
         log.warning("LiDAR: dropped %d returns with heights outside [%g, %g] m (outlier filter)",
                     run.dropped, opts.min_height_m, opts.max_height_m)
+    if run.no_ground:
+        log.warning("LiDAR: dropped %d returns outside the ground hull with no ground return within 50 m "
+                    "(no height: lidR's knnidw(3, 1, 50) gives none)", run.no_ground)
     if run.noise:
         log.info("LiDAR: dropped %d returns of the noise classes %s", run.noise, list(opts.noise_classes))
     if targets.plots:
@@ -193,7 +198,7 @@ _PRODUCTS = {
     "metrics": (list(METRICS), None, {"definitions": "lidR stdmetrics_z(z, dz=1, th=2) over all returns after height normalisation"}),
     "chm": (["chm_m"], "m", {"method": "highest normalised return per cell (lidR p2r)"}),
     "dtm": (["dtm_m", "slope_deg", "aspect_deg"], None,
-            {"method": "ground TIN (Delaunay, startinpy) at cell centres, nearest ground return outside the hull; "
+            {"method": "ground TIN (Delaunay, startinpy) at cell centres, outside the hull lidR knnidw(k=3, p=1, rmax=50 m); "
                        "slope/aspect Horn 1981"}),
 }
 
