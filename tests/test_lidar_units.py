@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from forestcarbon.errors import CRSError
 from forestcarbon.flows import cli
 from forestcarbon.rs.grid import metre_crs, metres_per_unit, require_metres
-from forestcarbon.rs.lidar import geobox_over_tiles, index_tiles
+from forestcarbon.rs.lidar import geobox_over_tiles, index_tiles, units_summary
 from forestcarbon.rs.lidar.ground import ground_surface, knnidw
 
 FOOT_TILE = Path(__file__).parent / "data" / "autzen_trim_ft.laz"
@@ -168,3 +168,4 @@ def test_index_of_foot_tile_reports_its_unit():
     width_m = (hdr.maxs[0] - hdr.mins[0]) * FT
     assert abs(g.affine.a) == 20.0 and g.shape[1] == math.ceil(hdr.maxs[0] * FT / 20) - math.floor(hdr.mins[0] * FT / 20)
     assert g.shape[1] * 20.0 >= width_m
+    assert units_summary(tiles) == [f"1 tile(s) in {tiles[0].crs.name}: horizontal unit foot, heights x 0.3048 -> metres"]

@@ -260,6 +260,8 @@ def stage_lidar(ctx: Context) -> dict:
         log.info("lidar: no inputs.laz configured; the model will use optical features only")
         return {"tiles": 0}
     tiles = lidar.index_tiles(lidar.find_tiles(cfg.inputs.laz), cfg.inputs.lidar_crs)
+    for line in lidar.units_summary(tiles):
+        log.info("lidar: %s (points reprojected into the metre grid)", line)
     chm_gbox = chm_geobox(tiles, ctx.gbox, cfg.lidar.chm_resolution_m)
     plots = ()
     if cfg.inputs.plots is not None:

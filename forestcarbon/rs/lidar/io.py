@@ -102,6 +102,19 @@ def vertical_unit_factor(crs) -> float:
     return 1.0
 
 
+def units_summary(tiles: list[TileInfo]) -> list[str]:
+    """One line per distinct tile CRS: how many tiles, the horizontal unit and the factor taking heights to metres."""
+    groups: dict = {}
+    for t in tiles:
+        key = next((k for k in groups if k.equals(t.crs)), t.crs)
+        groups[key] = groups.get(key, 0) + 1
+    lines = []
+    for crs, n in groups.items():
+        unit = crs.axis_info[0].unit_name if crs.axis_info else "unknown"
+        lines.append(f"{n} tile(s) in {crs.name}: horizontal unit {unit}, heights x {vertical_unit_factor(crs):.10g} -> metres")
+    return lines
+
+
 def read_points(path: Path, bounds=None, chunk: int = 2_000_000, to_crs: CRS | None = None, src_crs: CRS | None = None,
                 returns: bool = False):
     """x, y (output CRS units), z (metres, float64) and classification of the points within ``bounds``
