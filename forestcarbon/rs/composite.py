@@ -29,20 +29,27 @@ log = logging.getLogger(__name__)
 _STAC_CFG = {"*": {"assets": {"*": {"nodata": 0, "data_type": "uint16"}}}}
 
 
-def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_mask, qa_flags) -> xr.DataArray:
-    """Per-pixel 'do not use' mask from the sensor's quality band(s)."""
+def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_mask, qa_flags
+             ) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per-pixel 'do not use' masks from the sensor's quality band(s): cloud and shadow (the classes or flags
+    :data:`.qa.CLOUD_SCL_CLASSES` / :data:`.qa.CLOUD_QA_FLAGS` that are masked), and everything else masked
+    (no data, fill, snow, saturation, other classes)."""
     sensor = scenes[0].sensor
     mask = ds[scenes[0].mask_band].fillna(0)  # nodata (0) may arrive as NaN from the float load
     if sensor is SENTINEL2_L2A:
-        return xr.apply_ufunc(qa.scl_invalid, mask, kwargs={"classes": tuple(scl_mask)}, dask="parallelized",
-                              output_dtypes=[bool])
-    bad = xr.apply_ufunc(lambda m: qa.qa_pixel_invalid(m.astype("uint16"), tuple(qa_flags)) | (m == 0), mask,
-                         dask="parallelized", output_dtypes=[bool])
+        def part(m, i):
+            return qa.scl_cloud_and_other(m, tuple(scl_mask))[i]
+    else:
+        def part(m, i):
+            m = m.astype("uint16")
+            return qa.qa_pixel_cloud_and_other(m, tuple(qa_flags))[i] | ((m == 0) & (i == 1))
+    cloud, other = (xr.apply_ufunc(part, mask, kwargs={"i": i}, dask="parallelized", output_dtypes=[bool])
+                    for i in (0, 1))
     if "qa_radsat" in ds:
         nums = tuple(int(LANDSAT_C2_L2.bands["nir08" if b == "nir" else b].removeprefix("SR_B")) for b in bands)
-        bad = bad | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
-                                   dask="parallelized", output_dtypes=[bool])
-    return bad
+        other = other | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
+                                       dask="parallelized", output_dtypes=[bool])
+    return cloud, other
 
 
 def _dilated(invalid: xr.DataArray, px: int) -> xr.DataArray:
@@ -52,6 +59,13 @@ def _dilated(invalid: xr.DataArray, px: int) -> xr.DataArray:
     data = invalid.data.map_overlap(lambda b: qa.dilate(b, px), depth={0: 0, 1: px, 2: px}, boundary=False,
                                     dtype=bool)
     return invalid.copy(data=data)
+
+
+def masked(cloud: xr.DataArray, other: xr.DataArray, dilation_px: int) -> xr.DataArray:
+    """What the mosaic does not use: cloud and shadow grown by ``dilation_px`` (``mosaic.mask_dilation_px``),
+    and the other masked pixels as they are (growing fill would eat Landsat 7 SLC-off stripes and swath
+    edges, growing snow would not remove cloud)."""
+    return _dilated(cloud, dilation_px) | other
 
 
 def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px, dilation_px=0):
@@ -67,7 +81,7 @@ def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, ch
         )
     if ds.sizes["time"] != len(scenes):
         raise SceneError(f"loaded {ds.sizes['time']} time steps from {len(scenes)} scenes; items must have distinct ids")
-    valid = ~_dilated(_invalid(scenes, ds, bands, scl_mask, qa_flags), dilation_px)
+    valid = ~masked(*_invalid(scenes, ds, bands, scl_mask, qa_flags), dilation_px)
     for b in bands:  # an observation is used only where every band has data
         valid = valid & (ds[b] > 0)
     scale = xr.DataArray(np.array([s.scale for s in scenes], dtype="float64"), dims="time")
