@@ -99,6 +99,7 @@ class MosaicConfig(_Strict):
     nightly_timezone: str = "Asia/Shanghai"
     asset_keys: dict[str, str] = {}  # harmonised band name -> the catalogue's asset key, where neither names nor ids match
     mask_snow: bool = True  # snow/ice masked for every sensor: Sentinel-2 SCL 11 and Landsat QA_PIXEL bit 5
+    harmonise: Literal["auto", "always", "never"] = "auto"  # Landsat OLI -> Sentinel-2A bandpass (rs.bandpass)
 
     def scl_classes(self) -> tuple[int, ...]:
         """SCL classes masked: ``scl_mask`` with snow/ice (11) added or removed by ``mask_snow``."""
