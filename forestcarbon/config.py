@@ -93,13 +93,14 @@ class MosaicConfig(_Strict):
     landsat_qa_mask: tuple[Literal["fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow", "water"], ...] = (
         "fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
     min_valid_fraction: float = Field(0.02, ge=0, le=1)
-    mask_dilation_px: int = Field(0, ge=0, le=50)
+    mask_dilation_px: int = Field(1, ge=0, le=50)  # chosen from benchmarks/check_mask_dilation.py, see README
     tile_m: float = Field(10_000.0, gt=0)
     window_days: int = Field(120, ge=1)
     nightly_cron: str = "0 2 * * *"
     nightly_timezone: str = "Asia/Shanghai"
     asset_keys: dict[str, str] = {}  # harmonised band name -> the catalogue's asset key, where neither names nor ids match
     mask_snow: bool = True  # snow/ice masked for every sensor: Sentinel-2 SCL 11 and Landsat QA_PIXEL bit 5
+    harmonise: Literal["auto", "always", "never"] = "auto"  # Landsat OLI -> Sentinel-2A bandpass (rs.bandpass)
 
     def scl_classes(self) -> tuple[int, ...]:
         """SCL classes masked: ``scl_mask`` with snow/ice (11) added or removed by ``mask_snow``."""

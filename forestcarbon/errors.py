@@ -61,3 +61,8 @@ class ForestCarbonWarning(UserWarning):
 
 class UnresolvedSpeciesWarning(ForestCarbonWarning):
     """Parcels name a species that resolves to no species group; their pixels take the default carbon conversion."""
+
+
+class BandpassWarning(ForestCarbonWarning):
+    """Landsat scenes are composited with Sentinel-2 without a bandpass adjustment (no verified coefficients
+    for their sensor, e.g. TM or ETM+)."""

@@ -326,6 +326,25 @@ def test_mask_dilation_crosses_chunk_edges(tmp_path):
     np.testing.assert_array_equal(valid.isel(time=0).values, ref)
 
 
+
+def test_mask_dilation_grows_cloud_and_shadow_not_nodata_or_snow(tmp_path):
+    """Only cloud and shadow classes grow: SCL 0 (no data) and 11 (snow) stay as they are."""
+    n = 16
+    tr10 = Affine(10, 0, 600_000, 0, -10, 3_200_000)
+    scl = np.full((n // 2, n // 2), 4)
+    scl[1, 1] = 3  # cloud shadow: 10 m rows/cols 2-3, grows to 1-4
+    scl[6, 6] = 0  # no data: rows/cols 12-13, not grown
+    scl[6, 1] = 11  # snow: rows 12-13, cols 2-3, not grown
+    _write_item(tmp_path / "s0", "S0", "2024-10-10", "05.10", {"red": np.full((n, n), 3000)}, scl, tr10, tr10 * Affine.scale(2))
+    scenes = read_scenes(tmp_path, ("red",))
+    gbox = GeoBox((n, n), tr10, "EPSG:32650")
+    _, valid = load_reflectance(scenes, gbox, ("red",), (*MASK, 11), chunk_px=8, dilation_px=1)
+    ref = np.ones((n, n), bool)
+    ref[1:5, 1:5] = False
+    ref[12:14, 12:14] = False
+    ref[12:14, 2:4] = False
+    np.testing.assert_array_equal(valid.isel(time=0).values, ref)
+
 def test_item_collection_file_equals_item_files(small_scene, tmp_path):
     """The scenes of a STAC ItemCollection (one JSON) are the scenes of the item files."""
     src = small_scene.parent / "sentinel2"

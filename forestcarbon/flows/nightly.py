@@ -95,7 +95,8 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
             check_scene_files(touching, m.bands)
             comp = composite.build_composite(touching, tgbox, bands=m.bands, scl_mask=m.scl_classes(), qa_flags=m.qa_flags(),
                                              method=m.method, min_valid_fraction=m.min_valid_fraction,
-                                             chunk_px=cfg.compute.chunk_px, dilation_px=m.mask_dilation_px)
+                                             chunk_px=cfg.compute.chunk_px, dilation_px=m.mask_dilation_px,
+                                             harmonise=m.harmonise)
             write_composite(comp, tgbox, tmp, list(m.bands), cfg.compute.chunk_px)
             _swap_in(tmp, tiles_dir / name)
             new_state[name] = key

@@ -212,18 +212,19 @@ def stage_mosaic(ctx: Context) -> dict:
     check_scene_files(scenes, m.bands)
     comp = composite.build_composite(scenes, ctx.gbox, bands=m.bands, scl_mask=m.scl_classes(), qa_flags=m.qa_flags(),
                                      method=m.method, min_valid_fraction=m.min_valid_fraction, chunk_px=cfg.compute.chunk_px,
-                                     dilation_px=m.mask_dilation_px)
+                                     dilation_px=m.mask_dilation_px, harmonise=m.harmonise)
     write_composite(comp, ctx.gbox, ctx.out.root / "mosaic", list(m.bands), cfg.compute.chunk_px)
     written = open_stack(ctx.out.reflectance, cfg.compute.chunk_px)
     idx = composite.spectral_indices(written.to_dataset("band"))
     write_cog(idx.to_array("band").data, ctx.gbox, ctx.out.indices, descriptions=list(idx.data_vars), block=cfg.compute.chunk_px)
     write_table(scene_table(scenes, comp), ctx.out.scenes)
-    return {"scenes": len(comp.scenes_used), "scenes_skipped": len(scenes) - len(comp.scenes_used)}
+    return {"scenes": len(comp.scenes_used), "scenes_skipped": len(scenes) - len(comp.scenes_used),
+            "bandpass_adjustment": comp.bandpass_summary}
 
 
 def write_composite(comp: "composite.Composite", gbox: GeoBox, folder: Path, bands: list[str], chunk_px: int) -> None:
     """reflectance.tif, valid_count.tif (and source_date.tif) of a composite into ``folder``."""
-    tags = {"scenes": ",".join(comp.scenes_used), "method": comp.method}
+    tags = {"scenes": ",".join(comp.scenes_used), "method": comp.method, "bandpass_adjustment": comp.bandpass_summary}
     write_cog(comp.reflectance[bands].to_array("band").data, gbox, folder / "reflectance.tif", descriptions=bands,
               units="surface reflectance", tags=tags, block=chunk_px)
     write_cog(comp.valid_count.data, gbox, folder / "valid_count.tif", nodata=None, descriptions=["valid_count"], block=chunk_px)
@@ -240,7 +241,7 @@ def scene_table(scenes, comp: "composite.Composite") -> pd.DataFrame:
         "processing_baseline": [s.item.properties.get("s2:processing_baseline") for s in scenes],
         "boa_add_offset": [s.boa_add_offset for s in scenes], "scale": [s.scale for s in scenes],
         "offset": [s.offset for s in scenes], "valid_fraction": np.round(comp.valid_fraction, 4),
-        "used": [s.id in used for s in scenes],
+        "used": [s.id in used for s in scenes], "bandpass": list(comp.bandpass) or ["none"] * len(scenes),
     })
 
 

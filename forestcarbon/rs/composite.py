@@ -19,7 +19,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..errors import SceneError
-from . import qa
+from . import bandpass, qa
 from .scenes import Scene
 from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A
 from .warp import ExactDriver
@@ -29,20 +29,27 @@ log = logging.getLogger(__name__)
 _STAC_CFG = {"*": {"assets": {"*": {"nodata": 0, "data_type": "uint16"}}}}
 
 
-def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_mask, qa_flags) -> xr.DataArray:
-    """Per-pixel 'do not use' mask from the sensor's quality band(s)."""
+def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_mask, qa_flags
+             ) -> tuple[xr.DataArray, xr.DataArray]:
+    """Per-pixel 'do not use' masks from the sensor's quality band(s): cloud and shadow (the classes or flags
+    :data:`.qa.CLOUD_SCL_CLASSES` / :data:`.qa.CLOUD_QA_FLAGS` that are masked), and everything else masked
+    (no data, fill, snow, saturation, other classes)."""
     sensor = scenes[0].sensor
     mask = ds[scenes[0].mask_band].fillna(0)  # nodata (0) may arrive as NaN from the float load
     if sensor is SENTINEL2_L2A:
-        return xr.apply_ufunc(qa.scl_invalid, mask, kwargs={"classes": tuple(scl_mask)}, dask="parallelized",
-                              output_dtypes=[bool])
-    bad = xr.apply_ufunc(lambda m: qa.qa_pixel_invalid(m.astype("uint16"), tuple(qa_flags)) | (m == 0), mask,
-                         dask="parallelized", output_dtypes=[bool])
+        def part(m, i):
+            return qa.scl_cloud_and_other(m, tuple(scl_mask))[i]
+    else:
+        def part(m, i):
+            m = m.astype("uint16")
+            return qa.qa_pixel_cloud_and_other(m, tuple(qa_flags))[i] | ((m == 0) & (i == 1))
+    cloud, other = (xr.apply_ufunc(part, mask, kwargs={"i": i}, dask="parallelized", output_dtypes=[bool])
+                    for i in (0, 1))
     if "qa_radsat" in ds:
         nums = tuple(int(LANDSAT_C2_L2.bands["nir08" if b == "nir" else b].removeprefix("SR_B")) for b in bands)
-        bad = bad | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
-                                   dask="parallelized", output_dtypes=[bool])
-    return bad
+        other = other | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
+                                       dask="parallelized", output_dtypes=[bool])
+    return cloud, other
 
 
 def _dilated(invalid: xr.DataArray, px: int) -> xr.DataArray:
@@ -54,7 +61,15 @@ def _dilated(invalid: xr.DataArray, px: int) -> xr.DataArray:
     return invalid.copy(data=data)
 
 
-def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px, dilation_px=0):
+def masked(cloud: xr.DataArray, other: xr.DataArray, dilation_px: int) -> xr.DataArray:
+    """What the mosaic does not use: cloud and shadow grown by ``dilation_px`` (``mosaic.mask_dilation_px``),
+    and the other masked pixels as they are (growing fill would eat Landsat 7 SLC-off stripes and swath
+    edges, growing snow would not remove cloud)."""
+    return _dilated(cloud, dilation_px) | other
+
+
+def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, chunk_px, dilation_px=0,
+                adjustments: list[bandpass.SceneAdjustment] | None = None):
     mask_band = scenes[0].mask_band
     extra = ["qa_radsat"] if all("qa_radsat" in s.item.assets for s in scenes) and mask_band == "qa_pixel" else []
     with warnings.catch_warnings():
@@ -67,30 +82,41 @@ def _load_group(scenes: list[Scene], gbox: GeoBox, bands, scl_mask, qa_flags, ch
         )
     if ds.sizes["time"] != len(scenes):
         raise SceneError(f"loaded {ds.sizes['time']} time steps from {len(scenes)} scenes; items must have distinct ids")
-    valid = ~_dilated(_invalid(scenes, ds, bands, scl_mask, qa_flags), dilation_px)
+    valid = ~masked(*_invalid(scenes, ds, bands, scl_mask, qa_flags), dilation_px)
     for b in bands:  # an observation is used only where every band has data
         valid = valid & (ds[b] > 0)
     scale = xr.DataArray(np.array([s.scale for s in scenes], dtype="float64"), dims="time")
     offset = xr.DataArray(np.array([s.offset for s in scenes], dtype="float64"), dims="time")
     out = xr.Dataset(coords=ds.coords)
+    adjustments = adjustments or [bandpass.NONE] * len(scenes)
     for b in bands:
-        out[b] = (ds[b] * scale + offset).where(valid).astype("float32")
+        refl = ds[b] * scale + offset
+        if any(b in a.rows for a in adjustments):  # HLS line inverted, per scene (slope 1, offset 0: unchanged)
+            slope, off = (xr.DataArray(np.array([a.rows.get(b, (1.0, 0.0))[i] for a in adjustments]), dims="time")
+                          for i in (0, 1))
+            refl = bandpass.oli_to_msi(refl, slope, off)
+        out[b] = refl.where(valid).astype("float32")
     return out, valid
 
 
 def load_reflectance(scenes: list[Scene], gbox: GeoBox, bands: tuple[str, ...], scl_mask: tuple[int, ...],
                      chunk_px: int = 1024, qa_flags: tuple[str, ...] = qa.DEFAULT_QA_MASK,
-                     dilation_px: int = 0) -> tuple[xr.Dataset, xr.DataArray]:
+                     dilation_px: int = 0, adjustments: list[bandpass.SceneAdjustment] | None = None
+                     ) -> tuple[xr.Dataset, xr.DataArray]:
     """Masked surface reflectance (time, y, x) per band, and the validity mask.
 
     Scenes of different sensors are loaded per sensor and put back in the
-    order given.  Returns float32 reflectances (NaN where nodata or masked)
-    and the boolean ``valid`` DataArray.
+    order given.  ``adjustments`` (one per scene, :func:`.bandpass.plan`)
+    bring Landsat OLI reflectance to Sentinel-2A's bandpasses; none by default.
+    Returns float32 reflectances (NaN where nodata or masked) and the boolean
+    ``valid`` DataArray.
     """
+    adjustments = adjustments or [bandpass.NONE] * len(scenes)
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(scenes):
         groups.setdefault(s.sensor.name, []).append(i)
-    parts = [_load_group([scenes[i] for i in idx], gbox, bands, scl_mask, qa_flags, chunk_px, dilation_px)
+    parts = [_load_group([scenes[i] for i in idx], gbox, bands, scl_mask, qa_flags, chunk_px, dilation_px,
+                         [adjustments[i] for i in idx])
              for idx in groups.values()]
     order = np.argsort(np.concatenate([np.asarray(idx) for idx in groups.values()]), kind="stable")
     refl = xr.concat([p[0] for p in parts], dim="time", coords="minimal", compat="override").isel(time=order)
@@ -212,12 +238,20 @@ class Composite:
     scenes_used: tuple[str, ...]
     valid_fraction: tuple[float, ...]  # per input scene, over the GeoBox
     method: str
+    bandpass: tuple[str, ...] = ()  # per input scene: the adjustment's label (.bandpass.SceneAdjustment)
+    bandpass_summary: str = "none"  # .bandpass.describe of the adjustments
 
 
 def build_composite(scenes: list[Scene], gbox: GeoBox, *, bands, scl_mask, qa_flags, method: str = "median",
-                    min_valid_fraction: float = 0.0, chunk_px: int = 1024, dilation_px: int = 0) -> Composite:
-    """Load, mask and composite ``scenes`` on ``gbox``; scenes with too little valid area are skipped."""
-    refl, valid = load_reflectance(scenes, gbox, tuple(bands), tuple(scl_mask), chunk_px, tuple(qa_flags), dilation_px)
+                    min_valid_fraction: float = 0.0, chunk_px: int = 1024, dilation_px: int = 0,
+                    harmonise: str = "auto") -> Composite:
+    """Load, mask and composite ``scenes`` on ``gbox``; scenes with too little valid area are skipped.
+
+    ``harmonise`` (``mosaic.harmonise``) decides the Landsat bandpass adjustment (:func:`.bandpass.plan`).
+    """
+    adjustments = bandpass.plan(scenes, tuple(bands), harmonise)
+    refl, valid = load_reflectance(scenes, gbox, tuple(bands), tuple(scl_mask), chunk_px, tuple(qa_flags), dilation_px,
+                                   adjustments)
     frac = scene_valid_fractions(valid)
     keep = frac >= min_valid_fraction
     for s, f, k in zip(scenes, frac, keep):
@@ -233,4 +267,5 @@ def build_composite(scenes: list[Scene], gbox: GeoBox, *, bands, scl_mask, qa_fl
         comp, date = nearest_to_median_composite(refl)
     elif method != "median":
         raise ValueError(f"unknown compositing method {method!r}")
-    return Composite(comp, count, date, tuple(scenes[i].id for i in sel), tuple(float(f) for f in frac), method)
+    return Composite(comp, count, date, tuple(scenes[i].id for i in sel), tuple(float(f) for f in frac), method,
+                     tuple(a.label for a in adjustments), bandpass.describe([adjustments[i] for i in sel]))

@@ -19,6 +19,10 @@ from scipy import ndimage
 
 QA_PIXEL_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "cloud_shadow": 4, "snow": 5, "clear": 6, "water": 7}
 DEFAULT_QA_MASK = ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
+CLOUD_QA_FLAGS = ("dilated_cloud", "cirrus", "cloud", "cloud_shadow")
+"""QA_PIXEL flags that ``mosaic.mask_dilation_px`` grows; fill, snow and water are not grown."""
+CLOUD_SCL_CLASSES = (3, 8, 9, 10)
+"""SCL classes that ``mosaic.mask_dilation_px`` grows: cloud shadow, cloud medium/high probability, thin cirrus."""
 RADSAT_TERRAIN_OCCLUSION_BIT = 11
 
 
@@ -35,6 +39,21 @@ def qa_pixel_invalid(qa: np.ndarray, flags: tuple[str, ...] = DEFAULT_QA_MASK) -
         raise ValueError(f"unknown QA_PIXEL flags {sorted(unknown)}; known: {sorted(QA_PIXEL_BITS)}")
     bits = np.uint16(sum(1 << QA_PIXEL_BITS[f] for f in flags))
     return (np.asarray(qa).astype(np.uint16) & bits) != 0
+
+
+def qa_pixel_cloud_and_other(qa: np.ndarray, flags: tuple[str, ...] = DEFAULT_QA_MASK) -> tuple[np.ndarray, np.ndarray]:
+    """The masked ``flags`` split in two: cloud and shadow (:data:`CLOUD_QA_FLAGS`, to be dilated) and the rest."""
+    cloud = tuple(f for f in flags if f in CLOUD_QA_FLAGS)
+    other = tuple(f for f in flags if f not in CLOUD_QA_FLAGS)
+    return qa_pixel_invalid(qa, cloud), qa_pixel_invalid(qa, other)
+
+
+def scl_cloud_and_other(scl: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The masked SCL ``classes`` split in two: cloud and shadow (:data:`CLOUD_SCL_CLASSES`, to be dilated) and
+    the rest (no data, 0, always among them)."""
+    cloud = tuple(c for c in classes if c in CLOUD_SCL_CLASSES)
+    other = tuple(c for c in classes if c not in CLOUD_SCL_CLASSES)
+    return np.isin(np.asarray(scl), cloud), scl_invalid(scl, other)
 
 
 def radsat_invalid(radsat: np.ndarray, bands: tuple[int, ...]) -> np.ndarray:
