@@ -70,7 +70,7 @@ def _oli(dn):
 def test_mixed_sensors_adjust_landsat_only(mix):
     folder, s2, l8 = mix
     scenes = read_scenes(folder, ("blue", "red", "nir"))
-    assert [s.sensor.name for s in scenes] == ["sentinel-2-l2a", "landsat-c2-l2"]
+    assert [s.sensor.name for s in scenes] == ["sentinel-2-l2a", "landsat-oli-c2-l2"]
     gbox = GeoBox((N, N), TR, "EPSG:32650")
     adj = bandpass.plan(scenes, ("blue", "red", "nir"), "auto")
     refl, _ = load_reflectance(scenes, gbox, ("blue", "red", "nir"), MASK, chunk_px=8, adjustments=adj)

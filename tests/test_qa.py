@@ -66,7 +66,7 @@ def test_landsat_product_folder_loads_scaled_and_masked():
 
     folder = shared(L8 + "_MTL.json").parent
     scenes = read_scenes(folder, ("red", "nir", "swir16"))
-    assert len(scenes) == 1 and scenes[0].sensor.name == "landsat-c2-l2"
+    assert len(scenes) == 1 and scenes[0].sensor.name == "landsat-oli-c2-l2"
     assert scenes[0].datetime.date().isoformat() == "2020-10-31"
     with rasterio.open(folder / "LC08_L2SP_001062_20201031_20201106_02_T2_SR_B4.TIF") as src:
         red = src.read(1)

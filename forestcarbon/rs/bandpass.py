@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BandpassWarning
-from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A
+from .sensors import LANDSAT, LANDSAT_C2_L2, SENTINEL2_L2A
 
 HLS_MSI_TO_OLI_S2A = {
     # MSI band: (slope, offset) of rho_OLI = slope * rho_MSI + offset; HLS bandpass-adjustment table, Sentinel-2A
@@ -50,7 +50,6 @@ MSI_BAND = {**SENTINEL2_L2A.bands, "coastal": "B01", "nir": "B8A"}
 counterpart of the broad MSI B08: its ``nir`` is OLI band 5 standing in (:func:`..scenes.read_scenes`), so it
 is adjusted as that band is, to B8A, and stays equal to ``nir08``."""
 
-OLI_PLATFORMS = ("landsat-8", "landsat-9")
 HARMONISE_MODES = ("auto", "always", "never")
 
 
@@ -85,20 +84,20 @@ def plan(scenes, bands, mode: str = "auto") -> list[SceneAdjustment]:
     """
     if mode not in HARMONISE_MODES:
         raise ValueError(f"unknown harmonise mode {mode!r}; one of {HARMONISE_MODES}")
-    landsat = [s for s in scenes if s.sensor is LANDSAT_C2_L2]
+    landsat = [s for s in scenes if s.sensor in LANDSAT]
     mixed = bool(landsat) and any(s.sensor is SENTINEL2_L2A for s in scenes)
     if mode == "never" or not landsat or (mode == "auto" and not mixed):
         return [NONE] * len(scenes)
     rows = {b: HLS_MSI_TO_OLI_S2A[MSI_BAND[b]] for b in bands if MSI_BAND.get(b) in HLS_MSI_TO_OLI_S2A}
     oli = SceneAdjustment("hls_oli_to_s2a_msi", rows)
     other = sorted({f"{s.id} ({platform(s.item) or 'platform unknown'})" for s in landsat
-                    if platform(s.item) not in OLI_PLATFORMS})
+                    if s.sensor is not LANDSAT_C2_L2})
     if other:
         warnings.warn(f"{len(other)} Landsat scene(s) not from OLI are composited without a bandpass adjustment "
                       f"(no verified TM/ETM+ -> Sentinel-2 coefficients): {', '.join(other[:5])}"
                       f"{' ...' if len(other) > 5 else ''}", BandpassWarning, stacklevel=2)
-    return [oli if s.sensor is LANDSAT_C2_L2 and platform(s.item) in OLI_PLATFORMS
-            else SceneAdjustment("none: no coefficients", {}) if s.sensor is LANDSAT_C2_L2 else NONE
+    return [oli if s.sensor is LANDSAT_C2_L2
+            else SceneAdjustment("none: no coefficients", {}) if s.sensor in LANDSAT else NONE
             for s in scenes]
 
 

@@ -21,7 +21,7 @@ from odc.geo.geobox import GeoBox
 from ..errors import SceneError
 from . import bandpass, qa
 from .scenes import Scene
-from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A
+from .sensors import SENTINEL2_L2A
 from .warp import ExactDriver
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ def _invalid(scenes: list[Scene], ds: xr.Dataset, bands: tuple[str, ...], scl_ma
             return qa.qa_pixel_cloud_and_other(m, tuple(qa_flags))[i] | ((m == 0) & (i == 1))
     cloud, other = (xr.apply_ufunc(part, mask, kwargs={"i": i}, dask="parallelized", output_dtypes=[bool])
                     for i in (0, 1))
-    if "qa_radsat" in ds:
-        nums = tuple(int(LANDSAT_C2_L2.bands["nir08" if b == "nir" else b].removeprefix("SR_B")) for b in bands)
-        other = other | xr.apply_ufunc(lambda r: qa.radsat_invalid(r.astype("uint16"), nums), ds["qa_radsat"].fillna(0),
-                                       dask="parallelized", output_dtypes=[bool])
+    if "qa_radsat" in ds:  # each scene's own band numbers: OLI blue is band 2, TM/ETM+ blue band 1
+        bits = xr.DataArray(np.array([qa.radsat_bits(tuple(int(s.sensor.bands["nir08" if b == "nir" else b]
+                                                                  .removeprefix("SR_B")) for b in bands))
+                                      for s in scenes], dtype="uint16"), dims="time")
+        other = other | ((ds["qa_radsat"].fillna(0).astype("uint16") & bits) != 0)
     return cloud, other
 
 

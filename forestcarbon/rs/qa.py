@@ -56,9 +56,15 @@ def scl_cloud_and_other(scl: np.ndarray, classes: tuple[int, ...]) -> tuple[np.n
     return np.isin(np.asarray(scl), cloud), scl_invalid(scl, other)
 
 
+def radsat_bits(bands: tuple[int, ...]) -> int:
+    """The QA_RADSAT bits that invalidate an observation using product bands ``bands``: each band's
+    saturation bit (band b -> bit b-1) and terrain occlusion."""
+    return int(sum(1 << (b - 1) for b in bands) | (1 << RADSAT_TERRAIN_OCCLUSION_BIT))
+
+
 def radsat_invalid(radsat: np.ndarray, bands: tuple[int, ...]) -> np.ndarray:
     """True where any of the 1-based ``bands`` is saturated, or terrain occludes the pixel."""
-    bits = np.uint16(sum(1 << (b - 1) for b in bands) | (1 << RADSAT_TERRAIN_OCCLUSION_BIT))
+    bits = np.uint16(radsat_bits(bands))
     return (np.asarray(radsat).astype(np.uint16) & bits) != 0
 
 

@@ -28,13 +28,13 @@ import rasterio.errors
 from rasterio.warp import transform_bounds
 
 from ..errors import InputNotFoundError, SceneError
-from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A, Sensor
+from .sensors import LANDSAT, SENTINEL2_L2A, Sensor, landsat_sensor
 
 log = logging.getLogger(__name__)
 
 BOA_ADD_OFFSET_FROM_BASELINE_04 = -1000
 L2A_QUANTIFICATION = 10_000.0
-MASK_BAND = {SENTINEL2_L2A.name: "scl", LANDSAT_C2_L2.name: "qa_pixel"}
+MASK_BAND = {SENTINEL2_L2A.name: "scl", **{s.name: "qa_pixel" for s in LANDSAT}}
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,11 @@ def sensor_of(item: pystac.Item) -> Sensor:
     if "s2:processing_baseline" in p or platform.startswith("sentinel-2") or p.get("constellation") == "sentinel-2":
         return SENTINEL2_L2A
     if platform.startswith("landsat") or "qa_pixel" in item.assets:
-        return LANDSAT_C2_L2
+        sensor = landsat_sensor(platform, item.id)
+        if sensor is None:
+            raise SceneError(f"item {item.id}: a Landsat item whose sensor cannot be told (platform {platform!r}, id "
+                             "not LC08/LC09/LE07/LT05/LT04...): OLI and TM/ETM+ number their bands differently")
+        return sensor
     raise SceneError(f"item {item.id}: cannot tell the sensor (platform {platform!r}); Sentinel-2 L2A and Landsat C2 L2 are supported")
 
 
@@ -153,7 +157,10 @@ def landsat_item_from_folder(folder: Path) -> pystac.Item:
         raise SceneError(f"{mtls[0]}: processing level {meta['PRODUCT_CONTENTS'].get('PROCESSING_LEVEL')!r} is not Level-2")
     when = dt.datetime.fromisoformat(f"{attrs['DATE_ACQUIRED']}T{attrs['SCENE_CENTER_TIME'][:15]}").replace(tzinfo=dt.timezone.utc)
     assets, ll, epsg = {}, None, None
-    for name, band in (*LANDSAT_C2_L2.bands.items(), ("qa_pixel", "QA_PIXEL"), ("qa_radsat", "QA_RADSAT")):
+    sensor = landsat_sensor(attrs.get("SPACECRAFT_ID", ""), pid)
+    if sensor is None:
+        raise SceneError(f"{mtls[0]}: unknown Landsat spacecraft {attrs.get('SPACECRAFT_ID')!r} ({pid})")
+    for name, band in (*sensor.bands.items(), ("qa_pixel", "QA_PIXEL"), ("qa_radsat", "QA_RADSAT")):
         f = folder / f"{pid}_{band}.TIF"
         if not f.exists():
             raise SceneError(f"{folder}: Landsat product {pid} lacks band file {f.name}")
@@ -319,7 +326,7 @@ def read_scenes(folder: Path | str, bands: tuple[str, ...], start: dt.date | Non
         sensor = sensor_of(item)
         alias_assets(item, sensor, (*bands, "scl" if sensor is SENTINEL2_L2A else "qa_pixel", "qa_radsat"), asset_keys)
         scene = scene_from_item(item, p)
-        if scene.sensor is LANDSAT_C2_L2 and "nir" not in item.assets and "nir08" in item.assets:
+        if scene.sensor in LANDSAT and "nir" not in item.assets and "nir08" in item.assets:
             item.add_asset("nir", item.assets["nir08"].clone())
         for band in (*bands, scene.mask_band):
             if band not in item.assets:

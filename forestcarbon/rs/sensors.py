@@ -7,8 +7,12 @@ swir22.
 - Sentinel-2 L2A: reflectance = (DN + BOA_ADD_OFFSET) / 10000; the offset
   (−1000 from processing baseline 04.00) is decided per scene from its
   metadata (:func:`forestcarbon.rs.scenes.boa_add_offset`).  DN 0 = nodata.
-- Landsat 8/9 Collection 2 Level-2: reflectance = DN × 0.0000275 − 0.2
-  (USGS Landsat 8-9 C2 L2 Science Product Guide, LSDS-1619).  DN 0 = fill.
+- Landsat Collection 2 Level-2: reflectance = DN × 0.0000275 − 0.2 for every
+  sensor (USGS Landsat 8-9 C2 L2 Science Product Guide, LSDS-1619, and
+  Landsat 4-7 C2 L2 Science Product Guide, LSDS-1618, Table 6-1).  DN 0 = fill.
+  The band numbers differ: OLI (Landsat 8/9) has a coastal band 1, so blue is
+  SR_B2 ... SWIR2 SR_B7; TM/ETM+ (Landsat 4, 5, 7) start with blue at SR_B1,
+  and SR_B6 does not exist (band 6 is thermal, ST_B6).
 """
 
 from __future__ import annotations
@@ -35,11 +39,34 @@ SENTINEL2_L2A = Sensor(
 )
 
 LANDSAT_C2_L2 = Sensor(
-    "landsat-c2-l2",
+    "landsat-oli-c2-l2",
     {"coastal": "SR_B1", "blue": "SR_B2", "green": "SR_B3", "red": "SR_B4", "nir08": "SR_B5",
      "swir16": "SR_B6", "swir22": "SR_B7"},
     scale=0.0000275, offset=-0.2,
 )
+"""Landsat 8/9 OLI (LSDS-1619 Table 6-1)."""
+
+LANDSAT_TM_ETM_C2_L2 = Sensor(
+    "landsat-tm-etm-c2-l2",
+    {"blue": "SR_B1", "green": "SR_B2", "red": "SR_B3", "nir08": "SR_B4", "swir16": "SR_B5", "swir22": "SR_B7"},
+    scale=0.0000275, offset=-0.2,
+)
+"""Landsat 4/5 TM and 7 ETM+ (LSDS-1618 Table 6-1)."""
+
+LANDSAT = (LANDSAT_C2_L2, LANDSAT_TM_ETM_C2_L2)
+
+_LANDSAT_BY_PREFIX = {"LC08": LANDSAT_C2_L2, "LC09": LANDSAT_C2_L2, "LO08": LANDSAT_C2_L2, "LO09": LANDSAT_C2_L2,
+                      "LT04": LANDSAT_TM_ETM_C2_L2, "LT05": LANDSAT_TM_ETM_C2_L2, "LE07": LANDSAT_TM_ETM_C2_L2}
+_LANDSAT_BY_PLATFORM = {"landsat-8": LANDSAT_C2_L2, "landsat-9": LANDSAT_C2_L2, "landsat-4": LANDSAT_TM_ETM_C2_L2,
+                        "landsat-5": LANDSAT_TM_ETM_C2_L2, "landsat-7": LANDSAT_TM_ETM_C2_L2}
+
+
+def landsat_sensor(platform: str, product_id: str) -> Sensor | None:
+    """The Landsat sensor of a product: from its platform (``landsat-5``...) or its product id's first four
+    characters (``LC08`` OLI/TIRS, ``LE07`` ETM+, ``LT05`` TM: the Collection 2 naming, LSDS-1618/1619
+    section 1.3); None when neither tells."""
+    by_platform = _LANDSAT_BY_PLATFORM.get(platform.lower().replace("_", "-"))
+    return by_platform or _LANDSAT_BY_PREFIX.get(str(product_id)[:4].upper())
 
 
 def to_reflectance(dn: np.ndarray, scale: float, offset: float, nodata: float | None = 0) -> np.ndarray:
