@@ -144,3 +144,18 @@ def test_real_landsat8_scene_adjusted_by_hand():
     for b, (slope, off) in (("blue", BLUE_B02), ("red", RED_B04), ("swir22", SWIR2_B12)):
         rho_oli = dn[b][ok].astype("float64") * 0.0000275 - 0.2
         np.testing.assert_allclose(refl[b].isel(time=0).values[ok], (rho_oli - off) / slope, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_is_decided_once_per_collection(mix):
+    """The nightly tiles resolve 'auto' over the whole window: a Landsat-only tile is adjusted when the
+    window also holds Sentinel-2 (no seam with its mixed neighbours), not when it holds Landsat only."""
+    folder, _, l8 = mix
+    both = read_scenes(folder, ("blue", "red", "nir"))
+    landsat_only = [s for s in both if s.sensor.name.startswith("landsat")]
+    assert bandpass.resolve_mode(both, "auto") == "always"
+    assert bandpass.resolve_mode(landsat_only, "auto") == "never"
+    assert bandpass.resolve_mode(landsat_only, "always") == "always" and bandpass.resolve_mode(both, "never") == "never"
+    gbox = GeoBox((N, N), TR, "EPSG:32650")
+    refl, _ = load_reflectance(landsat_only, gbox, ("red",), MASK, chunk_px=8,
+                               adjustments=bandpass.plan(landsat_only, ("red",), bandpass.resolve_mode(both, "auto")))
+    np.testing.assert_allclose(refl["red"].isel(time=0).values, (_oli(l8["red"]) - RED_B04[1]) / RED_B04[0], rtol=2e-6, atol=1e-7)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import SceneError
 from ..fileio import write_json
-from ..rs import composite
+from ..rs import bandpass, composite
 from ..rs.scenes import check_scene_files, read_scenes
 from ..rs.tiles import item_touches, iter_tiles, lonlat_footprint, tile_grid, write_vrt
 from .stages import Context, preflight_mosaic, write_composite
@@ -77,6 +77,8 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
                     "unchanged": sorted(state), "failed": [], "empty": [], "scenes": 0}
         raise
     grid = tile_grid(ctx.gbox, m.tile_m)
+    # harmonise 'auto' is decided over the whole window's scenes, not per tile: no seams between tiles
+    m = m.model_copy(update={"harmonise": bandpass.resolve_mode(scenes, m.harmonise)})
     updated, unchanged, failed, empty = [], [], [], []
     new_state = dict(state)
     for name, _, tgbox in iter_tiles(grid):

@@ -75,6 +75,16 @@ def platform(item) -> str:
     return str(p.get("platform", p.get("eo:platform", ""))).lower().replace("_", "-")
 
 
+def resolve_mode(scenes, mode: str) -> str:
+    """``auto`` decided once for a whole collection: ``always`` when it mixes Landsat and Sentinel-2, else
+    ``never`` (other modes unchanged).  The nightly tiles use it so that a Landsat-only tile is adjusted like
+    its mixed neighbours (no seams)."""
+    if mode != "auto":
+        return mode
+    landsat = any(s.sensor in LANDSAT for s in scenes)
+    return "always" if landsat and any(s.sensor is SENTINEL2_L2A for s in scenes) else "never"
+
+
 def plan(scenes, bands, mode: str = "auto") -> list[SceneAdjustment]:
     """The adjustment of every scene, in order.
 
