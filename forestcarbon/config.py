@@ -71,6 +71,7 @@ class InputsConfig(_Strict):
     lidar_metrics_raster: Path | None = None  # pre-made metrics (bands named zmax, zq95, ...) instead of points
     lidar_normalized: bool | Literal["auto"] = "auto"
     lidar_crs: str | None = None
+    dem: Path | None = None  # a DEM (m above sea level) for the terrain features; else the LiDAR DTM where flown
     ground_classes: tuple[int, ...] = (2,)
     plots: Path | None = None
     plots_layer: str | None = None
@@ -253,7 +254,7 @@ def default_allometry_path() -> Path:
 def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
-        "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "plots", "trees", "parcels", "projects",
+        "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "plots", "trees", "parcels", "projects",
         "allometry", "output", "agb",
     }
     if isinstance(node, dict):

@@ -36,6 +36,9 @@ class Layout:
     def lidar_plot_metrics(self) -> Path: return self.root / "lidar" / "plot_metrics.csv"
     @property
     def lidar_work(self) -> Path: return self.root / "lidar" / ".work"
+    # 2b terrain
+    @property
+    def terrain(self) -> Path: return self.root / "terrain" / "terrain.tif"
     # 3 plots
     @property
     def plots(self) -> Path: return self.root / "plots" / "plots.gpkg"

@@ -71,7 +71,7 @@ class Context:
 
 
 STAGE_NEEDS = {
-    "mosaic": ("stac_items",), "lidar": (), "plots": ("plots", "trees"), "model": (), "map": (),
+    "mosaic": ("stac_items",), "lidar": (), "terrain": (), "plots": ("plots", "trees"), "model": (), "map": (),
     "parcels": ("parcels",), "projects": ("parcels",), "report": ("parcels",),
 }
 """Input keys each stage needs (LiDAR, projects, truth and the parcels' species field are optional)."""
@@ -101,6 +101,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         must += [(f"inputs.{k}", getattr(i, k)) for k in ("laz", "lidar_metrics_raster") if getattr(i, k) is not None]
     if "projects" in names and i.projects is not None:
         must.append(("inputs.projects", i.projects))
+    if "terrain" in names and i.dem is not None:
+        must.append(("inputs.dem", i.dem))
     if cfg.allometry is not None and {"plots", "map", "parcels"} & set(names):
         must.append(("allometry", cfg.allometry))
     if cfg.truth is not None and "report" in names:
@@ -122,6 +124,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
             check_layer(i.plots, i.plots_layer, (i.plot_id,))
     if "projects" in names and i.projects is not None:
         check_layer_contents(i.projects, i.projects_layer, i.project_id)
+    if "terrain" in names and i.dem is not None:
+        check_dem(i.dem)
     if "lidar" in names:
         if i.lidar_crs is not None:
             from pyproj import CRS
@@ -150,6 +154,28 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         if "plots" in names:
             check_inventory(ctx, registry)
     return ctx
+
+
+def check_dem(path: Path) -> None:
+    """A DEM must have a CRS and elevations in metres: its smallest overview's values within
+    :data:`~forestcarbon.rs.terrain.ELEVATION_RANGE_M` (centimetres or decimetres land outside it)."""
+    import rasterio
+
+    from ..rs.terrain import ELEVATION_RANGE_M
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise CRSError(f"inputs.dem: {path} has no CRS")
+        if np.dtype(src.dtypes[0]).kind not in "iuf":
+            raise ConfigError(f"inputs.dem: {path} band 1 has type {src.dtypes[0]}, not numbers")
+        f = max(1, max(src.height, src.width) // 512)
+        z = src.read(1, out_shape=(max(1, src.height // f), max(1, src.width // f)), masked=True).astype("float64")
+    z = z.compressed()
+    z = z[np.isfinite(z)]
+    lo, hi = ELEVATION_RANGE_M
+    if z.size and (z.min() < lo or z.max() > hi):
+        raise ConfigError(f"inputs.dem: {path} holds elevations {z.min():.6g}..{z.max():.6g}, outside {lo:g}..{hi:g} m: "
+                          "not metres above sea level (centimetres? a nodata value not declared?)")
 
 
 def check_tiles_on_grid(tiles, gbox: GeoBox) -> None:
@@ -333,6 +359,38 @@ def chm_geobox(tiles, gbox: GeoBox, resolution_m: float) -> GeoBox:
     return GeoBox.from_bbox((x0, y0, x1, y1), crs=gbox.crs, resolution=resolution_m)
 
 
+# 2b --------------------------------------------------------------- terrain
+def stage_terrain(ctx: Context) -> dict:
+    """Elevation, slope and aspect (as northness/eastness) on the grid, from ``inputs.dem`` (wall to wall) or
+    else the LiDAR DTM averaged onto the grid (where flown); neither: no terrain features."""
+    import rasterio
+
+    from ..rs.rasters import load_on_grid
+    from ..rs.terrain import TERRAIN_FEATURES, terrain_features
+
+    cfg = ctx.cfg
+    chunk = cfg.compute.chunk_px
+    if cfg.inputs.dem is not None:
+        path, coverage = cfg.inputs.dem, "wall-to-wall"
+        with rasterio.open(path) as src:
+            finer = abs(src.transform.a) < abs(ctx.gbox.affine.a)
+        dem = load_on_grid(path, ctx.gbox, resampling="average" if finer else "bilinear", chunk_px=chunk,
+                           nodata=float("nan")).isel(band=0)
+    elif ctx.out.lidar_dtm.exists():
+        path, coverage = ctx.out.lidar_dtm, "lidar"
+        dem = load_on_grid(path, ctx.gbox, resampling="average", chunk_px=chunk, nodata=float("nan")).isel(band=0)
+    else:
+        log.info("terrain: no inputs.dem and no LiDAR DTM; the model uses no terrain features")
+        ctx.out.terrain.unlink(missing_ok=True)
+        return {"terrain": None}
+    feats = terrain_features(dem.data.astype("float32"), abs(ctx.gbox.affine.a))
+    write_cog(feats, ctx.gbox, ctx.out.terrain, descriptions=list(TERRAIN_FEATURES), block=chunk,
+              tags={"source": str(path), "coverage": coverage,
+                    "method": "elevation averaged (finer source) or bilinear onto the grid; slope/aspect Horn 1981 "
+                              "on the grid; northness = cos(aspect), eastness = sin(aspect), 0 where flat"})
+    return {"terrain": str(path), "coverage": coverage}
+
+
 # 3 ------------------------------------------------------------------- plots
 def plot_footprints(ctx: Context):
     """The plots layer as footprints on the grid CRS, with the configured designs and column mapping."""
@@ -399,13 +457,27 @@ def stage_plots(ctx: Context) -> dict:
 
 
 # 4 ------------------------------------------------------------------- model
-def feature_rasters(ctx: Context) -> list[tuple[Path, list[str]]]:
-    """(raster, band names used as features) in feature order."""
+def feature_rasters(ctx: Context) -> list[tuple[Path, list[str], bool]]:
+    """(raster, band names used as features, whether they cover the whole grid) in feature order.
+
+    Reflectances, indices and DEM terrain are wall to wall: a pixel without them gets no prediction.
+    LiDAR metrics and terrain from the LiDAR DTM exist only where flown: missing there, the model's
+    NaN handling serves.
+    """
+    import rasterio
+
+    from ..rs.terrain import TERRAIN_FEATURES
+
     ctx.need(ctx.out.reflectance, ctx.out.indices)
-    out = [(ctx.out.reflectance, list(ctx.cfg.mosaic.bands)), (ctx.out.indices, ["ndvi", "evi", "ndmi", "nbr"])]
+    out = [(ctx.out.reflectance, list(ctx.cfg.mosaic.bands), True), (ctx.out.indices, ["ndvi", "evi", "ndmi", "nbr"], True)]
     if ctx.cfg.model.use_lidar and ctx.out.lidar_metrics.exists():
-        out.append((ctx.out.lidar_metrics, list(LIDAR_FEATURES)))
-    for path, _ in out:
+        out.append((ctx.out.lidar_metrics, list(LIDAR_FEATURES), False))
+    if ctx.out.terrain.exists():
+        with rasterio.open(ctx.out.terrain) as src:
+            wall = src.tags().get("coverage") == "wall-to-wall"
+        if wall or (ctx.cfg.model.use_lidar and ctx.out.lidar_metrics.exists()):
+            out.append((ctx.out.terrain, list(TERRAIN_FEATURES), wall))
+    for path, _, _ in out:
         check_on_grid(path, ctx.gbox)
     return out
 
@@ -416,7 +488,7 @@ def stage_model(ctx: Context) -> dict:
     plots = gpd.read_file(ctx.out.plots, layer="plots")
     table = pd.DataFrame({"plot_id": plots["plot_id"]})
     features: list[str] = []
-    for path, names in feature_rasters(ctx):
+    for path, names, _ in feature_rasters(ctx):
         z = zonal_table(path, plots, "plot_id", ("mean",))
         for n in names:
             table[n] = z[f"{n}_mean"].to_numpy()
@@ -430,7 +502,8 @@ def stage_model(ctx: Context) -> dict:
     table["agb_cv_pred_mg_ha"] = fm.oof_pred
     write_table(table, ctx.out.training_table)
     card = model_card(fm, name=cfg.name, training_sha256=sha256(ctx.out.training_table),
-                      config=cfg.model.model_dump(), lidar_features=[f for f in features if f in LIDAR_FEATURES])
+                      config=cfg.model.model_dump(),
+                      lidar_features=[n for _, ns, wall in feature_rasters(ctx) if not wall for n in ns])
     with atomic_path(ctx.out.model) as tmp:
         joblib.dump({"estimator": fm.estimator, "features": list(fm.features), "model_id": card["model_id"]}, tmp)
     card["model_file_sha256"] = sha256(ctx.out.model)
@@ -443,13 +516,14 @@ def stage_map(ctx: Context) -> dict:
     cfg = ctx.cfg
     ctx.need(ctx.out.model)
     bundle = joblib.load(ctx.out.model)
-    layers = [open_stack(p, cfg.compute.chunk_px).sel(band=names) for p, names in feature_rasters(ctx)]
+    sources = feature_rasters(ctx)
+    layers = [open_stack(p, cfg.compute.chunk_px).sel(band=names) for p, names, _ in sources]
     stack = xr.concat(layers, dim="band")
     names = [str(b) for b in stack.band.values]
     if names != bundle["features"]:
         raise ConfigError(f"{ctx.out.model}: model features {bundle['features']} differ from the rasters' {names}; rerun the model stage")
     data = stack.data.rechunk({0: -1})
-    required = np.array([n not in LIDAR_FEATURES for n in names])
+    required = np.array([wall for _, ns, wall in sources for _ in ns])
     agb = data.map_blocks(predict_block, bundle["estimator"], required, drop_axis=0, dtype="float32")
     tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
     write_cog(agb, ctx.gbox, ctx.out.agb, descriptions=["agb_mg_ha"], units="Mg/ha", tags=tags, block=cfg.compute.chunk_px)
@@ -583,6 +657,6 @@ def stage_report(ctx: Context) -> dict:
 
 
 STAGES = {
-    "mosaic": stage_mosaic, "lidar": stage_lidar, "plots": stage_plots, "model": stage_model,
+    "mosaic": stage_mosaic, "lidar": stage_lidar, "terrain": stage_terrain, "plots": stage_plots, "model": stage_model,
     "map": stage_map, "parcels": stage_parcels, "projects": stage_projects, "report": stage_report,
 }
