@@ -35,7 +35,7 @@ from ..models.allometry import (candidate_agb, load_registry, resolve_fallback, 
                                validate_trees)
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
-from ..models.regressor import fit_agb_model, model_card, predict_block, spatial_blocks
+from ..models.regressor import fit_agb_model, model_card, predict_block, sparse_features, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
@@ -497,13 +497,18 @@ def stage_model(ctx: Context) -> dict:
     c = plots.geometry.centroid
     table["x"], table["y"] = c.x.to_numpy(), c.y.to_numpy()
     table["cv_block"] = spatial_blocks(table.x, table.y, cfg.model.cv_block_m)
+    dropped = sparse_features(table, features, min_plots=2 * cfg.model.cv_folds)
+    if dropped:
+        log.warning("model: features %s have fewer than %d plots with values; not used", dropped, 2 * cfg.model.cv_folds)
+        features = [f for f in features if f not in dropped]
     fm = fit_agb_model(table, features, "agb_mg_ha", table["cv_block"].to_numpy(), kind=cfg.model.kind,
                        folds=cfg.model.cv_folds, seed=cfg.model.seed)
     table["agb_cv_pred_mg_ha"] = fm.oof_pred
     write_table(table, ctx.out.training_table)
     card = model_card(fm, name=cfg.name, training_sha256=sha256(ctx.out.training_table),
                       config=cfg.model.model_dump(),
-                      lidar_features=[n for _, ns, wall in feature_rasters(ctx) if not wall for n in ns])
+                      lidar_features=[n for _, ns, wall in feature_rasters(ctx) if not wall for n in ns if n in fm.features])
+    card["features_dropped"] = {f: f"fewer than {2 * cfg.model.cv_folds} plots with values" for f in dropped}
     with atomic_path(ctx.out.model) as tmp:
         joblib.dump({"estimator": fm.estimator, "features": list(fm.features), "model_id": card["model_id"]}, tmp)
     card["model_file_sha256"] = sha256(ctx.out.model)
@@ -516,12 +521,13 @@ def stage_map(ctx: Context) -> dict:
     cfg = ctx.cfg
     ctx.need(ctx.out.model)
     bundle = joblib.load(ctx.out.model)
-    sources = feature_rasters(ctx)
-    layers = [open_stack(p, cfg.compute.chunk_px).sel(band=names) for p, names, _ in sources]
-    stack = xr.concat(layers, dim="band")
-    names = [str(b) for b in stack.band.values]
+    used = set(bundle["features"])
+    sources = [(p, [n for n in ns if n in used], wall) for p, ns, wall in feature_rasters(ctx)]
+    sources = [s for s in sources if s[1]]
+    names = [n for _, ns, _ in sources for n in ns]
     if names != bundle["features"]:
         raise ConfigError(f"{ctx.out.model}: model features {bundle['features']} differ from the rasters' {names}; rerun the model stage")
+    stack = xr.concat([open_stack(p, cfg.compute.chunk_px).sel(band=ns) for p, ns, _ in sources], dim="band")
     data = stack.data.rechunk({0: -1})
     required = np.array([wall for _, ns, wall in sources for _ in ns])
     agb = data.map_blocks(predict_block, bundle["estimator"], required, drop_axis=0, dtype="float32")

@@ -37,6 +37,18 @@ def make_estimator(kind: str, seed: int):
     raise ModelError(f"model.kind: unknown regressor {kind!r}")
 
 
+def sparse_features(table: pd.DataFrame, features: list[str], min_plots: int) -> list[str]:
+    """Features with fewer than ``min_plots`` finite, or fewer than 2 distinct, training values: they cannot
+    be learnt (and a CV fold may hold one value or none); the caller drops them and says so."""
+    out = []
+    for f in features:
+        v = table[f].to_numpy(float)
+        v = v[np.isfinite(v)]
+        if v.size < min_plots or np.unique(v).size < 2:
+            out.append(f)
+    return out
+
+
 def spatial_blocks(x: np.ndarray, y: np.ndarray, block_m: float) -> np.ndarray:
     """Integer label of the ``block_m`` square holding each (x, y)."""
     bx = np.floor(np.asarray(x) / block_m).astype(np.int64)
