@@ -28,7 +28,7 @@ import rasterio.errors
 from rasterio.warp import transform_bounds
 
 from ..errors import InputNotFoundError, SceneError
-from .sensors import LANDSAT_C2_L2, SENTINEL2_L2A, Sensor
+from .sensors import LANDSAT_C2_L2, MEDIAN_REFLECTANCE_RANGE, MIN_BRIGHTEST_REFLECTANCE, SENTINEL2_L2A, Sensor
 
 log = logging.getLogger(__name__)
 
@@ -544,13 +544,50 @@ def _local_path(href: str) -> Path | None:
     return None if "://" in href else Path(href)
 
 
-def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
-    """Open every local band and mask file and check its tiles lie inside the file.
+VALUE_SAMPLE_PX = 512
+"""Band values are checked on a read decimated to at most this many pixels a side (GDAL serves it from the
+file's overviews or JPEG 2000 resolution levels), not on the full band."""
 
-    Catches missing, unreadable and truncated GeoTIFF/COG files, and bands
-    delivered as float (reflectance instead of the product's integer DNs),
-    before any heavy work, with a one-line error naming the file (GDAL's TIFF
-    block offsets and sizes; no pixel is decoded).
+
+def sample_dns(src, max_px: int = VALUE_SAMPLE_PX) -> tuple[np.ndarray, int]:
+    """A nearest-neighbour read of band 1 decimated to at most ``max_px`` a side, and the step in pixels."""
+    step = max(1, -(-max(src.height, src.width) // max_px))
+    return src.read(1, out_shape=(-(-src.height // step), -(-src.width // step))), step
+
+
+def dn_range_problem(dns: np.ndarray, scale: float, offset: float, nodata: int) -> str | None:
+    """Why sampled DNs cannot be the product's reflectance DNs, or None.
+
+    The median valid reflectance (DN × scale + offset, nodata excluded) must lie in
+    :data:`~forestcarbon.rs.sensors.MEDIAN_REFLECTANCE_RANGE` and the brightest reach
+    :data:`~forestcarbon.rs.sensors.MIN_BRIGHTEST_REFLECTANCE`; a sample without valid pixels passes (the
+    composite skips such scenes by their valid fraction).
+    """
+    valid = dns[dns != nodata].astype("float64")
+    if valid.size == 0:
+        return None
+    med, top = np.median(valid), valid.max()
+    lo, hi = MEDIAN_REFLECTANCE_RANGE
+    if med * scale + offset > hi:
+        return (f"median valid reflectance {med * scale + offset:.2f} (DN {med:.0f}) is above {hi}; "
+                "DNs scaled twice (x 10)?")
+    if med * scale + offset < lo:
+        return (f"median valid reflectance {med * scale + offset:.3f} (DN {med:.0f}) is below {lo}; "
+                "DNs of another scaling (e.g. Collection 1 reflectance x 10000)?")
+    if top * scale + offset < MIN_BRIGHTEST_REFLECTANCE:
+        return (f"the brightest valid pixel has reflectance {top * scale + offset:.4f} (DN {top:.0f}), below "
+                f"{MIN_BRIGHTEST_REFLECTANCE}; reflectance delivered as integers 0/1 or percent?")
+    return None
+
+
+def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
+    """Open every local band and mask file and check its tiles lie inside the file and its values are DNs.
+
+    Catches, before any heavy work, with a one-line error naming file and band: missing, unreadable and
+    truncated GeoTIFF/COG files (GDAL's TIFF block offsets and sizes; no pixel is decoded); bands delivered
+    as float (reflectance instead of the product's integer DNs) or as another integer type than the
+    product's (``uint16``: an 8-bit preview, a signed re-export); and reflectance bands whose values, read
+    decimated (:func:`sample_dns`), cannot be the product's DNs (:func:`dn_range_problem`).
     """
     for sc in scenes:
         for band in (*bands, sc.mask_band):
@@ -565,20 +602,39 @@ def check_scene_files(scenes: list[Scene], bands: tuple[str, ...]) -> None:
                         raise SceneError(f"{path}: band {band!r} of scene {sc.id} holds {dtype} values, not the "
                                          f"product's integer DNs; reflectance delivered as float? (scale "
                                          f"{sc.scale:g}, offset {sc.offset:g} would be applied to it)")
-                    if src.driver != "GTiff":
-                        continue
-                    h, w = src.block_shapes[0]
-                    end = 0
-                    for r in range((src.height + h - 1) // h):
-                        for c in range((src.width + w - 1) // w):
-                            off = src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1)
-                            n = src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1)
-                            if off and n:
-                                end = max(end, int(off) + int(n))
+                    if band != sc.mask_band and dtype != sc.sensor.dtype:
+                        raise SceneError(f"{path}: band {band!r} of scene {sc.id} holds {dtype} values, the product's "
+                                         f"reflectance DNs are {sc.sensor.dtype}; an 8-bit preview or a re-export?")
+                    end = _tiff_tiles_end(src)
             except (OSError, rasterio.errors.RasterioError) as err:
                 raise SceneError(f"{path}: unreadable band file of scene {sc.id} ({err})") from None
             if end > size:
                 raise SceneError(f"{path}: truncated file of scene {sc.id} ({size} bytes, its tiles need {end})")
+            if band == sc.mask_band:
+                continue
+            try:
+                with rasterio.open(path) as src:
+                    dns, step = sample_dns(src)
+            except (OSError, rasterio.errors.RasterioError) as err:
+                raise SceneError(f"{path}: unreadable band file of scene {sc.id} ({err})") from None
+            problem = dn_range_problem(dns, sc.scale, sc.offset, sc.sensor.nodata)
+            if problem:
+                raise SceneError(f"{path}: band {band!r} of scene {sc.id} (sampled every {step} px): {problem}")
+
+
+def _tiff_tiles_end(src) -> int:
+    """The byte just past a GeoTIFF's last tile or strip (0 for other drivers)."""
+    if src.driver != "GTiff":
+        return 0
+    h, w = src.block_shapes[0]
+    end = 0
+    for r in range((src.height + h - 1) // h):
+        for c in range((src.width + w - 1) // w):
+            off = src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=1)
+            n = src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1)
+            if off and n:
+                end = max(end, int(off) + int(n))
+    return end
 
 
 def select_overlapping(scenes: list[Scene], footprint) -> list[Scene]:
