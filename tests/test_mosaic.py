@@ -580,3 +580,19 @@ def test_aws_tile_baseline_and_offset_come_from_its_files(tmp_path):
     (tile / "tileInfo.json").write_text(json.dumps(info))
     with pytest.raises(SceneError, match=r"a Level-1C tile"):
         sentinel2_item_from_aws_tile(tile)
+
+
+def test_aws_tile_band_file_from_other_ground_is_named(tmp_path):
+    """Real data: a flat AWS tile folder whose B04.tif is shifted 10 km east (same CRS, a neighbouring tile's
+    file) is refused, naming the file, its bounds and the tile metadata.xml declares."""
+    from forestcarbon.rs.scenes import sentinel2_item_from_aws_tile
+
+    tile = write_aws_tile(shared(REAL_S2) / REAL_S2_ITEM, tmp_path / "t", ext="tif", flat=True)
+    with rasterio.open(tile / "B04.tif") as src:
+        prof, dn = src.profile, src.read()
+    prof["transform"] = prof["transform"] * Affine.translation(100, 0)  # 100 px of 100 m
+    with rasterio.open(tile / "B04.tif", "w", **prof) as dst:
+        dst.write(dn)
+    with pytest.raises(SceneError, match=r"band file B04\.tif covers \(209980, 2690220, 319780, 2800020\), metadata\.xml "
+                                         r"declares the tile \(199980, 2690220, 309780, 2800020\)"):
+        sentinel2_item_from_aws_tile(tile)
