@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import shutil
 import json
@@ -21,6 +20,8 @@ from forestcarbon.rs.composite import load_reflectance, median_composite, spectr
 from forestcarbon.rs.scenes import boa_add_offset, read_scenes
 
 from .conftest import shared
+from .s2_layouts import (REAL_S2, REAL_S2_ITEM, boa_offset_for, localise, mtd_msil2a_xml, rekeyed_item,
+                         reproject_in_place, write_aws_tile, write_band, write_safe)
 
 MASK = (0, 1, 3, 8, 9, 10)
 
@@ -86,29 +87,10 @@ def test_composite_equals_numpy_nanmedian(tmp_path):
     np.testing.assert_allclose(idx["ndvi"].values, (nir - r) / (nir + r), rtol=1e-5, equal_nan=True)
 
 
-def _localise(item_path: Path, folder: Path) -> pystac.Item:
-    """The real item with hrefs rewritten to the local, downsampled COGs (and their grids)."""
-    d = json.loads(item_path.read_text())
-    assets = {}
-    for key, a in d["assets"].items():
-        fname = Path(a["href"]).name
-        if key.endswith("-jp2") or not (folder / fname).exists():
-            continue
-        a = copy.deepcopy(a)
-        a["href"] = str(folder / fname)
-        with rasterio.open(folder / fname) as src:
-            a["proj:shape"] = [src.height, src.width]
-            a["proj:transform"] = list(src.transform)[:6]
-        assets[key] = a
-    d["assets"] = assets
-    d["links"] = []  # the self link points to the cloud bucket
-    return pystac.Item.from_dict(d)
-
-
 def test_real_sentinel2_item_baseline_and_scl_alignment():
     """Real data: S2A 29RKH 2020-02-19 L2A, its STAC item (baseline 02.14), SCL at 200 m over 100 m bands."""
     folder = shared("satellite/sentinel2-l2a-29RKH-20200219")
-    item = _localise(folder / "S2A_29RKH_20200219_0_L2A.json", folder)
+    item = localise(folder / "S2A_29RKH_20200219_0_L2A.json", folder)
     assert item.properties["s2:processing_baseline"] == "02.14"
     assert boa_add_offset(item) == 0  # before baseline 04.00: no offset, whatever the date
     later = item.clone()
@@ -254,43 +236,16 @@ def test_sentinel2_product_folder_equals_stac_item(small_scene, tmp_path, ext):
     item = json.loads(next(src_dir.glob("*.json")).read_text())
     safe = tmp_path / "safe" / "S2B_MSIL2A_TEST.SAFE"
     img = safe / "GRANULE" / "L2A_T50RPQ" / "IMG_DATA"
-    for res in ("R10m", "R20m"):
-        (img / res).mkdir(parents=True)
     for fname, res in (("B02", 10), ("B03", 10), ("B04", 10), ("B08", 10), ("B8A", 20), ("B11", 20), ("B12", 20), ("SCL", 20)):
-        with rasterio.open(src_dir / f"{fname}.tif") as src:
-            prof = src.profile
-            if ext == "jp2":  # lossless JPEG 2000, as ESA delivers
-                prof = prof | {"driver": "JP2OpenJPEG", "QUALITY": "100", "REVERSIBLE": "YES"}
-                for k in ("blockxsize", "blockysize", "tiled", "compress", "predictor", "interleave"):
-                    prof.pop(k, None)
-            with rasterio.open(img / f"R{res}m" / f"T50RPQ_20240908T025541_{fname}_{res}m.{ext}", "w", **prof) as dst:
-                dst.write(src.read())
-    for aux in safe.rglob("*.aux.xml"):  # ESA products have no sidecars declaring nodata
-        aux.unlink()
+        write_band(src_dir / f"{fname}.tif", img / f"R{res}m" / f"T50RPQ_20240908T025541_{fname}_{res}m.{ext}")
     baseline = item["properties"]["s2:processing_baseline"]
     offset = -1000 if baseline >= "04.00" else 0
-    (safe / "MTD_MSIL2A.xml").write_text(
-        f"<n1:Level-2A_User_Product xmlns:n1='https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd'>"
-        f"<n1:General_Info><Product_Info><PRODUCT_START_TIME>{item['properties']['datetime']}</PRODUCT_START_TIME>"
-        f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE><Datatake><SPACECRAFT_NAME>Sentinel-2B</SPACECRAFT_NAME></Datatake>"
-        f"</Product_Info><Product_Image_Characteristics><BOA_ADD_OFFSET_VALUES_LIST>"
-        f"<BOA_ADD_OFFSET band_id='0'>{offset}</BOA_ADD_OFFSET></BOA_ADD_OFFSET_VALUES_LIST></Product_Image_Characteristics>"
-        f"</n1:General_Info></n1:Level-2A_User_Product>")
+    (safe / "MTD_MSIL2A.xml").write_text(mtd_msil2a_xml(item["properties"]["datetime"], baseline, "Sentinel-2B"))
     bands = cfg.mosaic.bands
     if ext == "tif":  # a band file from another CRS (a reprojected copy slipped in) is named, not read
-        from rasterio.warp import calculate_default_transform, reproject
-
         bad_dir = tmp_path / "mixed"
         shutil.copytree(tmp_path / "safe", bad_dir)
-        f = next(bad_dir.rglob("*_B03_10m.tif"))
-        with rasterio.open(f) as src:
-            tr, w, h = calculate_default_transform(src.crs, "EPSG:32651", src.width, src.height, *src.bounds)
-            prof, data, s_tr, s_crs = src.profile | {"crs": "EPSG:32651", "transform": tr, "width": w, "height": h}, \
-                src.read(1), src.transform, src.crs
-        out = np.zeros((h, w), dtype=data.dtype)
-        reproject(data, out, src_transform=s_tr, src_crs=s_crs, dst_transform=tr, dst_crs="EPSG:32651")
-        with rasterio.open(f, "w", **prof) as dst:
-            dst.write(out, 1)
+        reproject_in_place(next(bad_dir.rglob("*_B03_10m.tif")), "EPSG:32651")
         with pytest.raises(SceneError, match=r"band file .*_B03_10m\.tif is in EPSG:32651, .* in EPSG:32650"):
             read_scenes(bad_dir, bands)
     from_safe = read_scenes(tmp_path / "safe", bands)
@@ -538,3 +493,125 @@ def test_indices_only_from_physical_reflectances():
     assert np.isnan(idx.ndvi[1]) and np.isnan(idx.evi[2]) and np.isfinite(idx.ndvi[2])  # red < 0; blue < 0
     assert np.isnan(idx.ndmi[3])  # swir16 3.0 is no reflectance
     assert np.isnan(idx.evi[3]) and np.isfinite(idx.ndvi[3])  # EVI denominator 0.95 + 5.4 - 7.5 + 1 = -0.15
+
+
+S2_BANDS = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
+
+
+def _real_s2_layouts(tmp_path: Path) -> dict[str, Path]:
+    """The real 29RKH scene as every Sentinel-2 catalogue and product layout read: its STAC item with Earth
+    Search keys, rekeyed to ESA band ids and to arbitrary keys declaring common names, a SAFE folder, an AWS
+    tile folder (JP2 in R10m/R20m) and a flat tile folder (GeoTIFFs beside tileInfo.json alone)."""
+    folder = shared(REAL_S2)
+    item = localise(folder / REAL_S2_ITEM, folder)
+    es = tmp_path / "earth_search"
+    es.mkdir()
+    (es / f"{item.id}.json").write_text(json.dumps(item.to_dict()))
+    write_safe(folder / REAL_S2_ITEM, tmp_path / "safe")
+    write_aws_tile(folder / REAL_S2_ITEM, tmp_path / "aws_tile")
+    write_aws_tile(folder / REAL_S2_ITEM, tmp_path / "aws_flat", ext="tif", flat=True, metadata_xml=False)
+    return {"earth_search_keys": es,
+            "esa_keys": rekeyed_item(item, tmp_path / "esa_keys", lambda k: ESA_KEYS.get(k, k), keep_eo=False),
+            "common_names": rekeyed_item(item, tmp_path / "common_names", lambda k: "SCL" if k == "scl" else f"band_{k}",
+                                         keep_eo=True),
+            "safe": tmp_path / "safe", "aws_tile": tmp_path / "aws_tile", "aws_flat": tmp_path / "aws_flat"}
+
+
+def test_real_sentinel2_every_layout_gives_the_same_reflectance(tmp_path):
+    """Real data (S2A 29RKH 2020-02-19, baseline 02.14): the scene read through ESA-key, Earth-Search-key and
+    common-name STAC items, a SAFE folder, an AWS tile folder (R10m/R20m JP2, B02-B04 also at 20 m) and a flat
+    tile folder gives bit-identical reflectance and masks on a 100 m grid; the 100 m bands equal DN / 10000 by
+    hand from rasterio-read DNs (offset 0 before baseline 04.00) where SCL and DN say valid."""
+    folder = shared(REAL_S2)
+    item = json.loads((folder / REAL_S2_ITEM).read_text())
+    baseline = item["properties"]["s2:processing_baseline"]
+    layouts = _real_s2_layouts(tmp_path)
+    with rasterio.open(folder / "B04.tif") as src:
+        win = rasterio.windows.Window(300, 300, 400, 400)
+        gbox = GeoBox((400, 400), src.window_transform(win), src.crs.to_wkt())
+    got = {}
+    for name, path in layouts.items():
+        scenes = read_scenes(path, S2_BANDS)
+        assert len(scenes) == 1, name
+        sc = scenes[0]
+        assert sc.datetime == dt.datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00")), name
+        assert (sc.scale, sc.offset) == (1e-4, boa_offset_for(baseline) / 10_000), name
+        refl, valid = load_reflectance(scenes, gbox, S2_BANDS, MASK, chunk_px=256)
+        got[name] = refl.isel(time=0).compute(), valid.isel(time=0).compute().values
+    aws = read_scenes(layouts["aws_tile"], S2_BANDS)[0]
+    assert "/R10m/B02.jp2" in aws.item.assets["blue"].href and "/R20m/B8A.jp2" in aws.item.assets["nir08"].href
+    assert aws.item.properties["s2:processing_baseline"] == baseline and aws.item.properties["proj:epsg"] == 32629
+    ref_refl, ref_valid = got["earth_search_keys"]
+    for name, (refl, valid) in got.items():
+        np.testing.assert_array_equal(valid, ref_valid, err_msg=name)
+        for b in S2_BANDS:
+            np.testing.assert_array_equal(refl[b].values, ref_refl[b].values, err_msg=f"{name} {b}")
+    # by hand: DNs on their own 100 m grid, SCL (200 m) repeated 2 x 2
+    rows, cols = slice(300, 700), slice(300, 700)
+    with rasterio.open(folder / "SCL.tif") as src:
+        scl = np.kron(src.read(1), np.ones((2, 2), dtype="uint8"))[rows, cols]
+    dns = {}
+    for b, f in (("blue", "B02"), ("green", "B03"), ("red", "B04"), ("nir", "B08")):
+        with rasterio.open(folder / f"{f}.tif") as src:
+            dns[b] = src.read(1)[rows, cols].astype("float64")
+    ok = ~np.isin(scl, MASK) & np.all([d > 0 for d in dns.values()], axis=0)
+    assert ok.mean() > 0.9
+    refl, valid = got["aws_tile"]
+    assert (valid[ok]).all()
+    for b, dn in dns.items():
+        np.testing.assert_allclose(refl[b].values[ok], (dn[ok] + boa_offset_for(baseline)) / 10_000, rtol=1e-6)
+
+
+def test_aws_tile_baseline_and_offset_come_from_its_files(tmp_path):
+    """Real data: the AWS tile's processing baseline comes from the identifiers its files carry (tileInfo.json
+    productName/datastrip id, productInfo.json name, metadata.xml TILE_ID/DATASTRIP_ID), never from the date:
+    02.14 gives no offset; the same ids renamed to 05.10 give -1000 DN; files that disagree, or carry no
+    baseline, are an error naming the folder; a product metadata file saved beside them gives BOA_ADD_OFFSET
+    itself; a Level-1C tile is refused."""
+    from forestcarbon.rs.scenes import scene_from_item, sentinel2_item_from_aws_tile
+
+    folder = shared(REAL_S2)
+    tile = write_aws_tile(folder / REAL_S2_ITEM, tmp_path / "t", ext="tif", flat=True)
+    meta = ("tileInfo.json", "productInfo.json", "metadata.xml")
+    orig = {n: (tile / n).read_text() for n in meta}
+    assert all("N0214" in orig[n] or "N02.14" in orig[n] for n in meta)
+
+    def offset_dn():
+        return round(scene_from_item(sentinel2_item_from_aws_tile(tile), tile).offset * 10_000)
+
+    assert offset_dn() == 0
+    for n in meta:
+        (tile / n).write_text(orig[n].replace("N0214", "N0510").replace("N02.14", "N05.10"))
+    assert sentinel2_item_from_aws_tile(tile).properties["s2:processing_baseline"] == "05.10" and offset_dn() == -1000
+    (tile / "productInfo.json").write_text(orig["productInfo.json"])
+    with pytest.raises(SceneError, match=r"disagree on the processing baseline: .*05\.10.*productInfo\.json name 02\.14"):
+        sentinel2_item_from_aws_tile(tile)
+    info = json.loads(orig["tileInfo.json"])
+    del info["productName"], info["datastrip"]
+    (tile / "tileInfo.json").write_text(json.dumps(info))
+    (tile / "productInfo.json").unlink()
+    (tile / "metadata.xml").unlink()
+    with pytest.raises(SceneError, match=r"no processing baseline .*cannot decide BOA_ADD_OFFSET"):
+        sentinel2_item_from_aws_tile(tile)
+    (tile / "product_metadata.xml").write_text(mtd_msil2a_xml("2020-02-19T11:34:25.405Z", "05.10"))
+    assert offset_dn() == -1000
+    info["productName"] = json.loads(orig["tileInfo.json"])["productName"].replace("MSIL2A", "MSIL1C")
+    (tile / "tileInfo.json").write_text(json.dumps(info))
+    with pytest.raises(SceneError, match=r"a Level-1C tile"):
+        sentinel2_item_from_aws_tile(tile)
+
+
+def test_aws_tile_band_file_from_other_ground_is_named(tmp_path):
+    """Real data: a flat AWS tile folder whose B04.tif is shifted 10 km east (same CRS, a neighbouring tile's
+    file) is refused, naming the file, its bounds and the tile metadata.xml declares."""
+    from forestcarbon.rs.scenes import sentinel2_item_from_aws_tile
+
+    tile = write_aws_tile(shared(REAL_S2) / REAL_S2_ITEM, tmp_path / "t", ext="tif", flat=True)
+    with rasterio.open(tile / "B04.tif") as src:
+        prof, dn = src.profile, src.read()
+    prof["transform"] = prof["transform"] * Affine.translation(100, 0)  # 100 px of 100 m
+    with rasterio.open(tile / "B04.tif", "w", **prof) as dst:
+        dst.write(dn)
+    with pytest.raises(SceneError, match=r"band file B04\.tif covers \(209980, 2690220, 319780, 2800020\), metadata\.xml "
+                                         r"declares the tile \(199980, 2690220, 309780, 2800020\)"):
+        sentinel2_item_from_aws_tile(tile)

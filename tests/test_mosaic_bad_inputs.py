@@ -129,3 +129,31 @@ def test_float_reflectance_instead_of_dn(setup):
     with pytest.raises(SceneError, match=r"B04\.tif: band 'red' of scene .* holds float32 values"):
         _run(cfg)
     _no_output(out)
+
+
+def test_mixed_crs_aws_tile_folder_fails_at_preflight(tmp_path):
+    """Real data: the 29RKH scene as an AWS tile folder whose R10m/B03.jp2 was reprojected to UTM 28N: the
+    mosaic-only CLI run stops at preflight with one line naming that file and both CRSs; nothing is written."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from .conftest import shared
+    from .s2_layouts import REAL_S2, REAL_S2_ITEM, reproject_in_place, write_aws_tile
+
+    tile = write_aws_tile(shared(REAL_S2) / REAL_S2_ITEM, tmp_path / "scenes")
+    reproject_in_place(tile / "R10m" / "B03.jp2", "EPSG:32628")
+    cfg = {"grid": {"crs": "EPSG:32629", "resolution_m": 100, "bounds": [230_000, 2_720_000, 270_000, 2_760_000]},
+           "inputs": {"stac_items": str(tmp_path / "scenes")}, "output": str(tmp_path / "out")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).parent / "forestcarbon"
+    t0 = time.monotonic()
+    res = subprocess.run([str(exe), "run", str(tmp_path / "c.yaml"), "--stage", "mosaic"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "band file R10m/B03.jp2 is in EPSG:32628, metadata.xml says EPSG:32629" in errors[0]
+    assert "Traceback" not in res.stderr and time.monotonic() - t0 < 60
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from odc.geo.geobox import GeoBox
 from ..errors import SceneError
 from . import bandpass, qa
 from .scenes import Scene
-from .sensors import SENTINEL2_L2A
+from .sensors import REFLECTANCE_RANGE, SENTINEL2_L2A
 from .warp import ExactDriver
 
 log = logging.getLogger(__name__)
@@ -159,11 +159,6 @@ def median_composite(refl: xr.Dataset, valid: xr.DataArray) -> tuple[xr.Dataset,
                           output_dtypes=["float32"], keep_attrs=True)
     count = valid.sum("time").astype("uint16")
     return comp, count
-
-
-REFLECTANCE_RANGE = (0.0, 1.5)
-"""Reflectances an index may use: above 0 (a ratio of non-positive values is meaningless -- NDVI reached
-|7373| on negative reflectance) and at most 1.5 (bright snow and cloud edges reach ~1.2)."""
 
 
 def spectral_indices(comp: xr.Dataset) -> xr.Dataset:

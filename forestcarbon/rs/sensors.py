@@ -13,6 +13,15 @@ swir22.
   The band numbers differ: OLI (Landsat 8/9) has a coastal band 1, so blue is
   SR_B2 ... SWIR2 SR_B7; TM/ETM+ (Landsat 4, 5, 7) start with blue at SR_B1,
   and SR_B6 does not exist (band 6 is thermal, ST_B6).
+
+Both deliver reflectance as unsigned 16-bit DNs: Sentinel-2 L2A DN 0 = NO_DATA, DN 1 to 2^15 − 1 valid
+(ESA, processing baseline 04.00 evolution note of January 2022, as quoted on sentiwiki "S2 Products": L2A_BOA
+= (DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE, QUANTIFICATION_VALUE 10000; the products' metadata lists the
+Special_Values NODATA 0 and SATURATED 65535); Landsat C2 SR fill 0, unsigned 16-bit, valid range
+7273–43636, i.e. reflectance 0–1 (USGS, "How do I use a scale factor with Landsat Level-2 science
+products?", table of scale factors, fill values, data types and valid ranges; LSDS-1619).  Single pixels
+do leave the valid range (clouds: the real Landsat scene's DNs reach 54316), so values are judged by a
+band's median and maximum (:data:`MEDIAN_REFLECTANCE_RANGE`, :data:`MIN_BRIGHTEST_REFLECTANCE`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,26 @@ class Sensor:
     scale: float
     offset: float
     nodata: int = 0
+    dtype: str = "uint16"  # the product's reflectance DNs (see the module docstring)
+
+
+REFLECTANCE_RANGE = (0.0, 1.5)
+"""Reflectances an index may use: above 0 (a ratio of non-positive values is meaningless -- NDVI reached
+|7373| on negative reflectance) and at most 1.5 (bright snow and cloud edges reach ~1.2)."""
+
+MEDIAN_REFLECTANCE_RANGE = (-0.05, REFLECTANCE_RANGE[1])
+"""Where the median valid reflectance of a delivered band must lie.  The real scenes in ../shared/data
+(Sentinel-2 29RKH 2020-02-19, Landsat 8 001062 2020-10-31) have band medians 0.17–0.57, though single
+pixels reach −0.11 (Landsat B1 over dark targets): dark pixels pull a median towards 0, not to −0.05.
+Below: another scaling (Collection 1 reflectance × 10000 read with C2's scale and −0.2 offset gives
+−0.07 on the Landsat scene's red band); above 1.5 (:data:`REFLECTANCE_RANGE`): DNs scaled twice (× 10)."""
+
+MIN_BRIGHTEST_REFLECTANCE = 0.01
+"""The brightest valid pixel of a delivered band reflects at least this much: a scene overlapping a forest
+area of interest holds land or cloud, which reflect more than 1 % in every band (in the real scenes the
+dimmest band, Landsat B7, peaks at 0.67).  Reflectance delivered as integers 0/1 reads as at most 0.0001
+(Sentinel-2 before baseline 04.00; with an offset it reads negative and the median rule catches it), and
+in percent mostly below 0.01."""
 
 
 SENTINEL2_L2A = Sensor(
