@@ -71,6 +71,7 @@ class InputsConfig(_Strict):
     lidar_metrics_raster: Path | None = None  # pre-made metrics (bands named zmax, zq95, ...) instead of points
     lidar_normalized: bool | Literal["auto"] = "auto"
     lidar_crs: str | None = None
+    landcover: Path | None = None  # a land-cover raster for the forest mask (forest_mask.landcover_forest_classes)
     dem: Path | None = None  # a DEM (m above sea level) for the terrain features; else the LiDAR DTM where flown
     ground_classes: tuple[int, ...] = (2,)
     plots: Path | None = None
@@ -215,6 +216,40 @@ class CarbonConfig(_Strict):
     group_field: str | None = None
 
 
+class ForestMaskConfig(_Strict):
+    """Where the map may hold biomass (:mod:`forestcarbon.rs.forest_mask`); nothing configured: everywhere.
+
+    ``parcel_field`` names the parcels' land-class field (地类, e.g. ``DI_LEI``) and ``forest_codes`` its values
+    that are forest land with trees; ``outside_parcels``: pixels outside every parcel are ``non_forest`` or
+    decided by the ``evidence`` of the other sources.  ``landcover_forest_classes``: classes of
+    ``inputs.landcover`` that are forest (ESA WorldCover: 10).  ``ndvi_min``: pixels of the mosaic whose NDVI
+    is lower are non-forest.  ``non_forest_agb_mg_ha``: what non-forest pixels get (0).
+    """
+
+    parcel_field: str | None = None
+    forest_codes: tuple[str, ...] = ()
+    outside_parcels: Literal["non_forest", "evidence"] = "non_forest"
+    landcover_forest_classes: tuple[int, ...] = (10,)
+    ndvi_min: float | None = Field(None, ge=-1, le=1)
+    non_forest_agb_mg_ha: float = Field(0.0, ge=0)
+
+    @field_validator("forest_codes", mode="before")
+    @classmethod
+    def _codes_are_text(cls, v):
+        return tuple(str(c).strip() for c in v) if isinstance(v, (list, tuple)) else v
+
+    @model_validator(mode="after")
+    def _codes_with_field(self) -> "ForestMaskConfig":
+        if self.parcel_field and not self.forest_codes:
+            raise ValueError(f"forest_mask.parcel_field {self.parcel_field!r} needs forest_mask.forest_codes "
+                             "(the land-class values that are forest)")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.parcel_field) or self.ndvi_min is not None
+
+
 class ComputeConfig(_Strict):
     chunk_px: int = Field(1024, ge=64)
     dask_address: str | None = None
@@ -239,6 +274,7 @@ class Config(_Strict):
     lidar: LidarConfig = LidarConfig()
     model: ModelConfig = ModelConfig()
     carbon: CarbonConfig = CarbonConfig()
+    forest_mask: ForestMaskConfig = ForestMaskConfig()
     compute: ComputeConfig = ComputeConfig()
     output: Path = Path("output")
     truth: TruthConfig | None = None
@@ -254,7 +290,7 @@ def default_allometry_path() -> Path:
 def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
-        "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "plots", "trees", "parcels", "projects",
+        "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "landcover", "plots", "trees", "parcels", "projects",
         "allometry", "output", "agb",
     }
     if isinstance(node, dict):

@@ -64,6 +64,8 @@ class Layout:
     def carbon(self) -> Path: return self.root / "maps" / "carbon.tif"
     @property
     def carbon_rule(self) -> Path: return self.root / "maps" / "carbon_rule.tif"
+    @property
+    def forest_mask(self) -> Path: return self.root / "maps" / "forest_mask.tif"
     # 6 parcels
     @property
     def parcels_gpkg(self) -> Path: return self.root / "parcels" / "parcels_carbon.gpkg"

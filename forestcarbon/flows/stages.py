@@ -38,6 +38,7 @@ from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.regressor import fit_agb_model, model_card, predict_block, sparse_features, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
+from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block, masked_agb
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
@@ -90,7 +91,7 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
     needed = {k for n in names for k in STAGE_NEEDS[n]}
     if "lidar" in names and i.plots is not None:
         needed.add("plots")  # plot-footprint metrics
-    if "map" in names and cfg.carbon.group_field:
+    if "map" in names and (cfg.carbon.group_field or cfg.forest_mask.parcel_field):
         needed.add("parcels")
     for key in sorted(needed):
         if getattr(i, key) is None:
@@ -103,6 +104,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         must.append(("inputs.projects", i.projects))
     if "terrain" in names and i.dem is not None:
         must.append(("inputs.dem", i.dem))
+    if "map" in names and i.landcover is not None:
+        must.append(("inputs.landcover", i.landcover))
     if cfg.allometry is not None and {"plots", "map", "parcels"} & set(names):
         must.append(("allometry", cfg.allometry))
     if cfg.truth is not None and "report" in names:
@@ -114,8 +117,13 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
             raise InputNotFoundError(f"{key}: file not found: {p}")
     check_output_folder(cfg, [p for _, p in must])
     if "parcels" in needed:
-        check_layer(i.parcels, i.parcels_layer, (i.parcel_id,) + ((cfg.carbon.group_field,) if cfg.carbon.group_field else ()))
+        fields = (i.parcel_id,) + tuple(f for f in (cfg.carbon.group_field, cfg.forest_mask.parcel_field) if f)
+        check_layer(i.parcels, i.parcels_layer, fields)
         check_layer_contents(i.parcels, i.parcels_layer, i.parcel_id)
+        if "map" in names and cfg.forest_mask.parcel_field:
+            check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field, cfg.forest_mask.forest_codes)
+    if "map" in names and i.landcover is not None:
+        check_categorical_raster(i.landcover, "inputs.landcover")
     if "plots" in needed:
         if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
             if cfg.ground.plots_crs is None:
@@ -154,6 +162,26 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         if "plots" in names:
             check_inventory(ctx, registry)
     return ctx
+
+
+def check_forest_codes(path: Path, layer: str | None, field: str, codes: tuple[str, ...]) -> None:
+    """At least one parcel must carry one of the forest codes (else the codes are written differently from the
+    layer's, e.g. 111 against '0111', and every pixel would be zeroed)."""
+    values = gpd.read_file(path, layer=layer, columns=[field], ignore_geometry=True)[field].map(_code)
+    if not values.isin(codes).any():
+        found = sorted(values.unique().tolist())
+        raise ConfigError(f"forest_mask.forest_codes {list(codes)}: no parcel of {path} carries one in field {field!r} "
+                          f"(its values: {found[:12]}{' ...' if len(found) > 12 else ''})")
+
+
+def check_categorical_raster(path: Path, key: str) -> None:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise CRSError(f"{key}: {path} has no CRS")
+        if np.dtype(src.dtypes[0]).kind not in "iu":
+            raise ConfigError(f"{key}: {path} band 1 has type {src.dtypes[0]}; a land-cover raster holds integer classes")
 
 
 def check_dem(path: Path) -> None:
@@ -532,6 +560,17 @@ def stage_map(ctx: Context) -> dict:
     required = np.array([wall for _, ns, wall in sources for _ in ns])
     agb = data.map_blocks(predict_block, bundle["estimator"], required, drop_axis=0, dtype="float32")
     tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
+    mask_summary = None
+    if cfg.forest_mask.configured or cfg.inputs.landcover is not None:
+        fm = cfg.forest_mask
+        write_cog(forest_mask_layer(ctx), ctx.gbox, ctx.out.forest_mask, nodata=None, block=cfg.compute.chunk_px,
+                  descriptions=["forest", "non_forest_reasons"],
+                  tags={"reason_bits": json.dumps(REASON_BITS), "config": fm.model_dump_json(),
+                        "landcover": str(cfg.inputs.landcover)})
+        forest = open_stack(ctx.out.forest_mask, cfg.compute.chunk_px).data[0]
+        agb = da.map_blocks(masked_agb, agb, forest, fm.non_forest_agb_mg_ha, dtype="float32")
+        tags |= {"forest_mask": f"{ctx.out.forest_mask.name}: non-forest pixels = {fm.non_forest_agb_mg_ha:g} Mg/ha"}
+        mask_summary = forest_mask_summary(ctx)
     write_cog(agb, ctx.gbox, ctx.out.agb, descriptions=["agb_mg_ha"], units="Mg/ha", tags=tags, block=cfg.compute.chunk_px)
     agb_w = open_stack(ctx.out.agb, cfg.compute.chunk_px).data[0]
     registry = load_registry(cfg.allometry or default_allometry_path())
@@ -549,7 +588,58 @@ def stage_map(ctx: Context) -> dict:
                     "rule_area_ha": json.dumps(area, ensure_ascii=False)}
     write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=list(CARBON_BANDS), units="Mg C/ha", tags=ctags,
               block=cfg.compute.chunk_px)
-    return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area}
+    return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area, "forest_mask": mask_summary}
+
+
+def forest_mask_layer(ctx: Context) -> "da.Array":
+    """(2, y, x) forest flag and non-forest reasons from the configured sources (:mod:`..rs.forest_mask`)."""
+    from ..rs.rasters import load_on_grid
+
+    cfg, i, fm = ctx.cfg, ctx.cfg.inputs, ctx.cfg.forest_mask
+    chunk = cfg.compute.chunk_px
+    parcel = landcover = ndvi = None
+    lc_nodata = None
+    if fm.parcel_field:
+        parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
+        is_forest = parcels[fm.parcel_field].map(_code).isin(fm.forest_codes).to_numpy()
+        parcel = burn_values(parcels, is_forest.astype("uint8"), ctx.gbox, fill=NO_PARCEL, chunk_px=chunk)
+    if i.landcover is not None:
+        import rasterio
+
+        with rasterio.open(i.landcover) as src:
+            finer = abs(src.transform.a) < abs(ctx.gbox.affine.a)
+            lc_nodata = None if src.nodata is None else int(src.nodata)
+        lc = load_on_grid(i.landcover, ctx.gbox, resampling="mode" if finer else "nearest", chunk_px=chunk)
+        landcover, lc_nodata = lc.isel(band=0).data, lc.attrs.get("nodata", lc_nodata)
+    if fm.ndvi_min is not None:
+        ctx.need(ctx.out.indices)
+        ndvi = open_stack(ctx.out.indices, chunk).sel(band="ndvi").data
+    layers = [a for a in (parcel, landcover, ndvi) if a is not None]
+
+    def block(*arrays):
+        it = iter(arrays)
+        return forest_mask_block(next(it) if parcel is not None else None, next(it) if landcover is not None else None,
+                                 next(it) if ndvi is not None else None, landcover_forest=fm.landcover_forest_classes,
+                                 landcover_nodata=lc_nodata, ndvi_min=fm.ndvi_min, outside_parcels=fm.outside_parcels)
+
+    return da.map_blocks(block, *layers, new_axis=0, chunks=((2,), *layers[0].chunks), dtype="uint8")
+
+
+def _code(v) -> str:
+    """A land-class value as text: integers without a decimal point (a code read as 111.0 is '111')."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+
+
+def forest_mask_summary(ctx: Context) -> dict:
+    """Forest and non-forest area (ha) and the area each reason zeroed."""
+    m = open_stack(ctx.out.forest_mask, ctx.cfg.compute.chunk_px).data
+    px = pixel_area_ha(ctx.gbox)
+    forest, *by_reason = dask.compute((m[0] == 1).sum(), *[((m[1] & b) > 0).sum() for b in REASON_BITS.values()])
+    n = int(np.prod(ctx.gbox.shape))
+    return {"forest_ha": float(forest) * px, "non_forest_ha": float(n - forest) * px,
+            "non_forest_ha_by_reason": {k: float(c) * px for k, c in zip(REASON_BITS, by_reason)}}
 
 
 CARBON_BANDS = ("carbon_mg_ha", "carbon_above_mg_ha", "carbon_below_mg_ha")
