@@ -66,3 +66,9 @@ class UnresolvedSpeciesWarning(ForestCarbonWarning):
 class BandpassWarning(ForestCarbonWarning):
     """Landsat scenes are composited with Sentinel-2 without a bandpass adjustment (no verified coefficients
     for their sensor, e.g. TM or ETM+)."""
+
+
+class SpatialCVWarning(ForestCarbonWarning):
+    """Spatial cross-validation blocks are smaller than the practical range of the out-of-fold residuals'
+    variogram, so held-out plots still have correlated neighbours in the training folds and the CV figures
+    are optimistic (Roberts et al. 2017, Ecography 40:913-929)."""

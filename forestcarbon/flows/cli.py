@@ -275,6 +275,180 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
         typer.echo(f"no DTM written: the heights of every tile are already above ground ({dtm})")
 
 
+model_app = typer.Typer(no_args_is_help=True, help="Biomass models from tables of plot metrics.")
+app.add_typer(model_app, name="model")
+
+_UNITS_BY_SUFFIX = {"_mg_ha": "Mg/ha", "_m2_ha": "m2/ha", "_m3_ha": "m3/ha", "_t_ha": "t/ha", "_ha": "per ha"}
+
+
+@model_app.command("fit")
+def model_fit(table: Path = typer.Option(..., help="plot table: CSV, Excel or GeoPackage, one row per plot"),
+              target: str = typer.Option(..., help="target column, e.g. agb_mg_ha"),
+              features: Optional[str] = typer.Option(None, help="feature columns, comma separated (default: every "
+                                                                "numeric column but the target, groups, x, y, coverage)"),
+              groups: Optional[str] = typer.Option(None, help="hold out whole groups of this column (e.g. plot clusters)"),
+              block_size: Optional[float] = typer.Option(None, help="or hold out squares of this side, metres, over --x-col/--y-col"),
+              x_col: Optional[str] = typer.Option(None, help="easting column, metres (spatial blocks, residual variogram)"),
+              y_col: Optional[str] = typer.Option(None, help="northing column, metres"),
+              coverage_col: Optional[str] = typer.Option(None, help="coverage class per plot (e.g. lidar/optical): "
+                                                                    "figures and interval calibration per class"),
+              out: Path = typer.Option(..., help="output folder"),
+              folds: int = typer.Option(5, help="cross-validation folds"),
+              seed: int = typer.Option(0, help="random seed (random CV folds, forests)"),
+              kinds: str = typer.Option("loglog_linear,random_forest,hist_gradient_boosting", help="candidate model kinds"),
+              target_units: Optional[str] = typer.Option(None, help="units of the target (default: from its name, e.g. _mg_ha)"),
+              support_kind: str = typer.Option("plot footprint mean", help="what a feature value summarises"),
+              support_m2: Optional[float] = typer.Option(None, help="area of that support, m2 (e.g. the plot area)"),
+              sheet: Optional[str] = typer.Option(None, help="Excel sheet or GeoPackage layer")):
+    """Choose and fit a model by spatial or grouped CV; write DIR/model.joblib, DIR/model_card.json and the
+    out-of-fold predictions; print the spatial/grouped and random CV figures side by side."""
+    _setup_logging()
+    import warnings
+
+    from ..vector.inventory import read_table
+
+    try:
+        df = read_table(table, sheet)
+        prep = _model_fit_inputs(df, table, target, features, groups, block_size, x_col, y_col, coverage_col)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = _model_fit_run(df, prep, target, groups, block_size, folds, seed, kinds, table)
+    except ForestCarbonError as err:
+        _fail(err)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    units = target_units or next((u for sfx, u in _UNITS_BY_SUFFIX.items() if target.lower().endswith(sfx)), "unknown")
+    files = _model_fit_write(res, df, prep, out, table, target, units,
+                             {"kind": support_kind, "area_m2": support_m2}, groups)
+    typer.echo(_model_fit_report(res, units))
+    typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+def _model_fit_inputs(df, table, target, features, groups, block_size, x_col, y_col, coverage_col) -> dict:
+    """Check the table against the options (one-line FieldError each, rows as a spreadsheet shows them)."""
+    import numpy as np
+    import pandas as pd
+
+    from ..fileio import file_rows
+
+    named = {"--target": target, "--groups": groups, "--x-col": x_col, "--y-col": y_col, "--coverage-col": coverage_col}
+    for opt, col in named.items():
+        if col is not None and col not in df.columns:
+            raise FieldError(f"{table}: no column {col!r} (given as {opt})")
+    if groups is None and block_size is None:
+        raise FieldError(f"{table}: give --groups COL or --block-size M (with --x-col/--y-col) for spatial/grouped CV")
+    if groups is not None and block_size is not None:
+        raise FieldError(f"{table}: give --groups or --block-size, not both")
+    if block_size is not None and (x_col is None or y_col is None):
+        raise FieldError(f"{table}: --block-size needs --x-col and --y-col")
+    if block_size is not None and not block_size > 0:
+        raise FieldError(f"{table}: --block-size must be positive, got {block_size}")
+    used = {c for c in named.values() if c is not None}
+    if features is None:
+        feats = [c for c in df.columns if c not in used and pd.api.types.is_numeric_dtype(df[c])]
+    else:
+        feats = [f.strip() for f in features.split(",") if f.strip()]
+        missing = [f for f in feats if f not in df.columns]
+        if missing:
+            raise FieldError(f"{table}: features missing from the table: {missing}")
+    if not feats:
+        raise FieldError(f"{table}: no numeric feature columns")
+    y = pd.to_numeric(df[target], errors="coerce").to_numpy(dtype="float64")
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise FieldError(f"{table}: target {target!r} is missing or not a finite number in rows {file_rows(bad)}")
+    for col in [*feats, *(c for c in (x_col, y_col) if c is not None)]:
+        vals = pd.to_numeric(df[col], errors="coerce")
+        wrong = np.flatnonzero(vals.isna().to_numpy() & df[col].notna().to_numpy())
+        if wrong.size:
+            raise FieldError(f"{table}: column {col!r} holds non-numbers in rows {file_rows(wrong)}")
+        df[col] = vals
+    df[target] = y
+    if groups is not None and df[groups].isna().any():
+        raise FieldError(f"{table}: group column {groups!r} is empty in rows {file_rows(np.flatnonzero(df[groups].isna()))}")
+    return {"features": feats, "x": None if x_col is None else df[x_col].to_numpy(float),
+            "y": None if y_col is None else df[y_col].to_numpy(float),
+            "coverage": None if coverage_col is None else df[coverage_col].astype(str).to_numpy()}
+
+
+def _model_fit_run(df, prep, target, groups, block_size, folds, seed, kinds, table):
+    from ..errors import ModelError
+    from ..models.fit import fit_table
+
+    try:
+        return fit_table(df, target, prep["features"], groups=None if groups is None else df[groups].astype(str).to_numpy(),
+                         group_name=groups or "group", block_m=block_size, x=prep["x"], y=prep["y"],
+                         coverage=prep["coverage"], folds=folds, seed=seed,
+                         kinds=[k.strip() for k in kinds.split(",") if k.strip()])
+    except ModelError as err:
+        raise ModelError(f"{table}: {err}") from None
+
+
+def _model_fit_write(res, df, prep, out: Path, table: Path, target: str, units: str, support: dict, groups) -> list[Path]:
+    import joblib
+    import pandas as pd
+
+    from ..fileio import atomic_path, sha256, write_json, write_table
+    from ..models.card import build_card, frame_sha256
+
+    out.mkdir(parents=True, exist_ok=True)
+    training = df[[*prep["features"], target]]
+    card = build_card(res, name=Path(table).stem, target_units=units, support=support,
+                      training_sha256=frame_sha256(training), source=str(table))
+    card["training_file_sha256"] = sha256(table)
+    model_path, card_path = out / "model.joblib", out / "model_card.json"
+    with atomic_path(model_path) as tmp:
+        joblib.dump({"estimator": res.model, "features": list(res.features), "model_id": card["model_id"],
+                     "intervals": res.intervals, "aoa": res.aoa, "residual_variogram": res.variogram}, tmp)
+    card["model_file_sha256"] = sha256(model_path)
+    write_json(card, card_path)
+    cvp = pd.DataFrame({"row": df.index.to_numpy() + 2, "observed": res.honest.observed})
+    if groups is not None:
+        cvp["group"] = df[groups].astype(str).to_numpy()
+    for key, cv in res.cv.items():
+        cvp[f"fold_{key}"], cvp[f"pred_{key}"] = cv.fold, cv.predicted
+    rows = res.calibration["rows"]
+    cvp["interval_lower"], cvp["interval_upper"], cvp["inside_interval"] = rows["lower"], rows["upper"], rows["inside"]
+    if prep["coverage"] is not None:
+        cvp["coverage_class"] = prep["coverage"]
+    files = [model_path, card_path, out / "cv_predictions.csv", out / "model_selection.csv"]
+    write_table(cvp, files[2])
+    write_table(res.selection, files[3])
+    if res.variogram is not None:
+        files.append(out / "residual_variogram.json")
+        write_json(res.variogram.to_dict(), files[-1])
+    return files
+
+
+def _model_fit_report(res, units: str) -> str:
+    keys = list(res.cv)
+    cols = [res.cv[k].scheme for k in keys]
+    w = max(24, *(len(c) + 2 for c in cols))
+    lines = [f"model: {res.selection.loc[res.selection.chosen, 'candidate'].iloc[0]}, chosen by {res.scheme} RMSE "
+             f"among {len(res.selection)} candidates; {len(res.honest.observed)} plots",
+             f"{'':16}" + "".join(f"{c:>{w}}" for c in cols)]
+    fmt = {"r2": ("R²", "{:.3f}"), "rmse": (f"RMSE ({units})", "{:.3f}"), "rrmse": ("rRMSE", "{:.1%}"),
+           "bias": (f"bias ({units})", "{:+.3f}"), "n": ("plots", "{:d}")}
+    for m, (label, f) in fmt.items():
+        lines.append(f"{label:16}" + "".join(f"{f.format(res.cv[k].overall[m]):>{w}}" for k in keys))
+    for cls in sorted(res.honest.per_class):
+        for m in ("rmse", "r2", "n"):
+            label, f = fmt[m]
+            lines.append(f"{(cls + ' ' + label)[:16]:16}" + "".join(
+                f"{f.format(res.cv[k].per_class[cls][m]):>{w}}" for k in keys))
+    cal = res.calibration
+    lines.append(f"{cal['nominal']:.0%} intervals ({cal['method']}, nested {res.scheme} CV): "
+                 f"{cal['overall']['inside_fraction']:.1%} of held-out plots inside, mean width "
+                 f"{cal['overall']['mean_width']:.3f} {units}"
+                 + "".join(f"; {c}: {v['inside_fraction']:.1%} of {v['n']}" for c, v in cal["per_coverage_class"].items()))
+    if res.variogram is not None:
+        v = res.variogram
+        lines.append(f"residual variogram ({v.model}): nugget {v.nugget:.3g}, partial sill {v.partial_sill:.3g}, "
+                     f"practical range {v.practical_range_m:.0f} m" + ("" if v.status == "ok" else f" ({v.status})"))
+    lines += [f"note: {n}" for n in res.notes]
+    return "\n".join(lines)
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("demo-output"), help="output folder"),
          seed: int = typer.Option(0), size_km: float = typer.Option(10.0)):
