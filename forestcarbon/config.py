@@ -194,7 +194,14 @@ class LidarConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    kind: Literal["hist_gradient_boosting", "random_forest"] = "hist_gradient_boosting"
+    """``kind``: ``auto`` chooses among random forest (a small grid), HistGradientBoosting and the log-log
+    linear baseline by spatial-block CV RMSE; or one of them.  ``rf_grid``: the random-forest settings
+    compared (scikit-learn parameter names).  ``interval_alpha``: 1 - the nominal coverage
+    of the per-pixel intervals (0.10: p05-p95)."""
+
+    kind: Literal["auto", "hist_gradient_boosting", "random_forest", "loglog_linear"] = "auto"
+    rf_grid: dict[str, tuple[float, ...]] = {"min_samples_leaf": (1, 5), "max_features": (1 / 3, 1.0)}
+    interval_alpha: float = Field(0.10, gt=0, lt=0.5)
     cv_block_m: float = Field(1000.0, gt=0)
     cv_folds: int = Field(5, ge=2)
     seed: int = 0

@@ -469,8 +469,13 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="output folder"),
         f"outputs: {out / 'output'}",
         f"report:  {out / 'output' / 'report' / 'index.html'}",
         f"forest parcels: {summary['forest_parcels']}  total carbon: {summary['total_carbon_t']:,.0f} t C  ({summary['total_co2e_t']:,.0f} t CO2e)",
-        f"model block-CV: R2 {summary['model']['cv_r2']:.3f}, RMSE {summary['model']['cv_rmse_mg_ha']:.1f} Mg/ha",
     ]
+    for name, mm in summary["model"]["models"].items():
+        sp, rn = mm["spatial_cv"], mm["random_cv"]
+        served = "served" if name in summary["model"]["serving_order"] else "not served"
+        lines.append(f"{name} model ({mm['kind']}, {served}): block-CV R2 {sp['r2']:.3f}, RMSE {sp['rmse']:.1f} Mg/ha; "
+                     f"random CV R2 {rn['r2']:.3f}, RMSE {rn['rmse']:.1f}; 90 % intervals hold "
+                     f"{mm['interval_inside_fraction']:.0%} of held-out plots (n {sp['n']})")
     if t:
         lines += [
             f"truth total carbon: {t['total_carbon_t']:,.0f} t C; relative error {t['total_relative_error']:+.2%}",

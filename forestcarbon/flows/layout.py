@@ -66,6 +66,22 @@ class Layout:
     def carbon_rule(self) -> Path: return self.root / "maps" / "carbon_rule.tif"
     @property
     def forest_mask(self) -> Path: return self.root / "maps" / "forest_mask.tif"
+    @property
+    def agb_sd(self) -> Path: return self.root / "maps" / "agb_sd.tif"
+    @property
+    def agb_p05(self) -> Path: return self.root / "maps" / "agb_p05.tif"
+    @property
+    def agb_p95(self) -> Path: return self.root / "maps" / "agb_p95.tif"
+    @property
+    def model_source(self) -> Path: return self.root / "maps" / "model_source.tif"
+    @property
+    def carbon_sd(self) -> Path: return self.root / "maps" / "carbon_sd.tif"
+    @property
+    def carbon_p05(self) -> Path: return self.root / "maps" / "carbon_p05.tif"
+    @property
+    def carbon_p95(self) -> Path: return self.root / "maps" / "carbon_p95.tif"
+    @property
+    def prediction_work(self) -> Path: return self.root / "maps" / ".prediction.tif"
     # 6 parcels
     @property
     def parcels_gpkg(self) -> Path: return self.root / "parcels" / "parcels_carbon.gpkg"

@@ -133,9 +133,7 @@ def build_report(ctx) -> dict:
         "forest_area_ha_without_estimate": float(parcels.loc[forest & parcels["carbon_t"].isna(), "area_ha"].sum()),
         "forest_parcels_under_half_mapped": int((forest & (parcels["valid_fraction"] < 0.5)).sum()),
         "scope": "totals over forest parcels (land_class == 'forest' where the field exists, else all parcels)",
-        "model": {"model_id": card["model_id"], "estimator": card["estimator"], "cv_r2": card["cv"]["r2"],
-                  "cv_rmse_mg_ha": card["cv"]["rmse"], "cv_rrmse": card["cv"]["rrmse"],
-                  "cv_bias_mg_ha": card["cv"]["bias"], "n_plots": card["cv"]["n"], "features": card["features"]},
+        "model": model_summary(card),
         "carbon_conversion": _conversion_tags(out.carbon),
         "equations": _equation_summary(out),
         "grid": {"crs": str(ctx.gbox.crs), "shape": list(ctx.gbox.shape), "resolution_m": cfg.grid.resolution_m,
@@ -180,7 +178,8 @@ def build_report(ctx) -> dict:
         ax.plot([0, lim], [0, lim], "k--", lw=1)
         ax.set_xlabel("plot AGB from allometry (Mg/ha)")
         ax.set_ylabel("block-CV prediction (Mg/ha)")
-        ax.set_title(f"Block CV: R² {card['cv']['r2']:.2f}, RMSE {card['cv']['rmse']:.1f} Mg/ha")
+        cv = summary["model"]["models"][card["serving_order"][0]]["spatial_cv"]
+        ax.set_title(f"Block CV ({card['serving_order'][0]} model): R² {cv['r2']:.2f}, RMSE {cv['rmse']:.1f} Mg/ha")
     pngs.append(_quicklook(rep / "cv_scatter.png", scatter, axes=True))
     if summary["forest_parcels_without_estimate"]:
         log.warning("report: %d forest parcels (%.1f ha) have no mapped pixel and are not in the totals",
@@ -189,6 +188,24 @@ def build_report(ctx) -> dict:
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
         {"truth": summary["truth"]} if "truth" in summary else {})
+
+
+def model_summary(card: dict) -> dict:
+    """Each model's kind, spatial-block and random CV side by side, interval calibration per coverage class,
+    the comparison on the LiDAR plots, and which models serve the map."""
+    keys = ("r2", "rmse", "rrmse", "bias", "n")
+    models = {}
+    for name, c in card["models"].items():
+        honest = next(k for k in c["cv"] if k != "random")
+        models[name] = {"kind": c["kind"], "features": c["features"],
+                        "spatial_cv": {k: c["cv"][honest][k] for k in keys},
+                        "random_cv": {k: c["cv"]["random"][k] for k in keys},
+                        "interval_inside_fraction": c["calibration"]["overall"]["inside_fraction"],
+                        "interval_inside_by_coverage": {k: v["inside_fraction"] for k, v in
+                                                        (c["calibration"].get("per_coverage_class") or {}).items()},
+                        "nominal_coverage": c["calibration"]["nominal"]}
+    return {"model_id": card["model_id"], "serving_order": card["serving_order"], "models": models,
+            "comparison_on_lidar_plots": card.get("comparison_on_lidar_plots"), "notes": card.get("notes", [])}
 
 
 def _conversion_tags(carbon_tif: Path) -> dict:

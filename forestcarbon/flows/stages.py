@@ -9,6 +9,7 @@ these together.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -27,18 +28,19 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ..config import Config, default_allometry_path
-from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, LidarError, SceneError,
-                      StageInputError, UnresolvedSpeciesWarning)
+from ..errors import (AllometryError, ConfigError, CRSError, FieldError, InputNotFoundError, LidarError, ModelError,
+                      SceneError, StageInputError, UnresolvedSpeciesWarning)
 from ..fileio import atomic_path, sha256, write_json, write_table
 from ..models import carbon as carbon_model
 from ..models.allometry import (candidate_agb, load_registry, resolve_fallback, resolve_species, species_groups,
                                validate_trees)
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
-from ..models.regressor import fit_agb_model, model_card, predict_block, sparse_features, spatial_blocks
+from ..models.coverage import CoverageModel, predict_coverage_block
+from ..models.regressor import sparse_features, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
-from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block, masked_agb
+from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
@@ -511,84 +513,202 @@ def feature_rasters(ctx: Context) -> list[tuple[Path, list[str], bool]]:
 
 
 def stage_model(ctx: Context) -> dict:
-    cfg = ctx.cfg
+    """Coverage-aware models (:mod:`..models.coverage`): an optical model on every plot with the wall-to-wall
+    features, a LiDAR + optical model on the plots LiDAR covers; each chosen by spatial-block CV among
+    ``model.kind`` candidates, with random CV beside it, calibrated intervals, a residual variogram,
+    permutation importance and (complete features) the area of applicability (:func:`..models.fit.fit_table`)."""
+    from ..models.card import build_card
+    from ..models.coverage import SOURCES, coverage_labels
+    from ..models.fit import fit_table
+
+    cfg, m = ctx.cfg, ctx.cfg.model
     ctx.need(ctx.out.plots)
     plots = gpd.read_file(ctx.out.plots, layer="plots")
     table = pd.DataFrame({"plot_id": plots["plot_id"]})
-    features: list[str] = []
-    for path, names, _ in feature_rasters(ctx):
+    sources = feature_rasters(ctx)
+    for path, names, _ in sources:
         z = zonal_table(path, plots, "plot_id", ("mean",))
         for n in names:
             table[n] = z[f"{n}_mean"].to_numpy()
-        features += names
+    wall = [n for _, ns, w in sources if w for n in ns]
+    partial = [n for _, ns, w in sources if not w for n in ns]
     table["agb_mg_ha"] = plots["agb_mg_ha"].to_numpy()
     c = plots.geometry.centroid
     table["x"], table["y"] = c.x.to_numpy(), c.y.to_numpy()
-    table["cv_block"] = spatial_blocks(table.x, table.y, cfg.model.cv_block_m)
-    dropped = sparse_features(table, features, min_plots=2 * cfg.model.cv_folds)
+    table["cv_block"] = spatial_blocks(table.x, table.y, m.cv_block_m)
+    no_optical = ~np.isfinite(table[wall].to_numpy(dtype="float64")).all(axis=1)
+    if no_optical.any():
+        log.warning("model: %d plots lack mosaic features (cloud or outside the mosaic) and train no model: %s",
+                    int(no_optical.sum()), table.plot_id[no_optical].astype(str).tolist()[:10])
+    table["trains"] = ~no_optical
+    train = table[~no_optical].reset_index(drop=True)
+    dropped = sparse_features(train, wall + partial, min_plots=2 * m.cv_folds)
     if dropped:
-        log.warning("model: features %s have fewer than %d plots with values; not used", dropped, 2 * cfg.model.cv_folds)
-        features = [f for f in features if f not in dropped]
-    fm = fit_agb_model(table, features, "agb_mg_ha", table["cv_block"].to_numpy(), kind=cfg.model.kind,
-                       folds=cfg.model.cv_folds, seed=cfg.model.seed)
-    table["agb_cv_pred_mg_ha"] = fm.oof_pred
+        log.warning("model: features %s have fewer than %d plots with values; not used", dropped, 2 * m.cv_folds)
+    wall = [f for f in wall if f not in dropped]
+    partial = [f for f in partial if f not in dropped]
+    coverage = coverage_labels(train, partial)
+    rf_grid = {k: tuple(int(v) if k == "min_samples_leaf" else v for v in vs) for k, vs in m.rf_grid.items()}
+    kw = dict(block_m=m.cv_block_m, folds=m.cv_folds, seed=m.seed, alpha=m.interval_alpha, rf_grid=rf_grid,
+              kinds=MAP_KINDS if m.kind == "auto" else (m.kind,))
+    fits, notes = {}, []
+    lidar_rows = coverage == "lidar"
+    if partial:
+        sub = train[lidar_rows].reset_index(drop=True)
+        try:
+            fits["lidar"] = fit_table(sub, "agb_mg_ha", wall + partial, x=sub.x, y=sub.y, **kw)
+        except ModelError as err:
+            notes.append(f"no LiDAR model ({int(lidar_rows.sum())} plots under LiDAR): {err}")
+            log.warning("model: %s", notes[-1])
+    fits["optical"] = fit_table(train, "agb_mg_ha", wall, x=train.x, y=train.y, coverage=coverage, **kw)
+    table["coverage_class"] = ""
+    table.loc[~no_optical, "coverage_class"] = coverage
+    for name, fit in fits.items():
+        col = np.full(len(table), np.nan)
+        rows = np.flatnonzero(~no_optical)[lidar_rows] if name == "lidar" else np.flatnonzero(~no_optical)
+        col[rows] = fit.honest.predicted
+        table[f"agb_cv_pred_{name}_mg_ha"] = col
+    comparison = model_comparison(fits)
+    serving = [n for n in ("lidar", "optical") if n in fits]
+    if comparison is not None and not comparison["lidar_plus_optical"]["rmse"] < comparison["optical_only"]["rmse"]:
+        serving.remove("lidar")
+        notes.append(f"the LiDAR + optical model is not served: on the {comparison['optical_only']['n']} plots under "
+                     f"LiDAR its spatial-CV RMSE {comparison['lidar_plus_optical']['rmse']:.1f} Mg/ha is not below the "
+                     f"optical model's {comparison['optical_only']['rmse']:.1f} (more LiDAR plots would change that)")
+        log.warning("model: %s", notes[-1])
+    served = "lidar" if "lidar" in serving else "optical"
+    table["agb_cv_pred_mg_ha"] = table[f"agb_cv_pred_{served}_mg_ha"].fillna(table["agb_cv_pred_optical_mg_ha"])
     write_table(table, ctx.out.training_table)
-    card = model_card(fm, name=cfg.name, training_sha256=sha256(ctx.out.training_table),
-                      config=cfg.model.model_dump(),
-                      lidar_features=[n for _, ns, wall in feature_rasters(ctx) if not wall for n in ns if n in fm.features])
-    card["features_dropped"] = {f: f"fewer than {2 * cfg.model.cv_folds} plots with values" for f in dropped}
+    digest = sha256(ctx.out.training_table)
+    support = {"kind": "plot footprint mean of the grid's features", "area_m2": float(plots.geometry.area.median())}
+    grid = {"crs": ctx.gbox.crs.to_wkt(), "resolution_m": float(abs(ctx.gbox.affine.a))}
+    cards = {n: build_card(f, name=f"{cfg.name}-{n}", target_units="Mg/ha (dry aboveground biomass)", support=support,
+                           training_sha256=digest, source=str(ctx.out.training_table), grid=grid)
+             for n, f in fits.items()}
+    ident = hashlib.sha256((digest + "".join(c["model_id"] for c in cards.values())).encode()).hexdigest()[:16]
+    card = {"model_id": f"{cfg.name}-{ident}", "training_table_sha256": digest, "features": wall + partial,
+            "lidar_features": partial if "lidar" in fits else [], "models": cards, "serving_order": serving,
+            "comparison_on_lidar_plots": comparison, "features_dropped":
+            {f: f"fewer than {2 * m.cv_folds} plots with values" for f in dropped},
+            "plots_without_mosaic_features": table.plot_id[no_optical].astype(str).tolist(), "notes": notes,
+            "config": m.model_dump()}
+    models = [CoverageModel(n, fits[n].model, fits[n].intervals, tuple(fits[n].features)) for n in serving]
+    card["served_features"] = [f for f in wall + partial if any(f in mm.features for mm in models)]
     with atomic_path(ctx.out.model) as tmp:
-        joblib.dump({"estimator": fm.estimator, "features": list(fm.features), "model_id": card["model_id"]}, tmp)
+        joblib.dump({"models": models, "features": card["served_features"], "model_id": card["model_id"],
+                     "aoa": {n: f.aoa for n, f in fits.items()}, "support": support, "grid": grid}, tmp)
     card["model_file_sha256"] = sha256(ctx.out.model)
     write_json(card, ctx.out.model_card)
-    return {"model_id": card["model_id"], **{f"cv_{k}": v for k, v in fm.cv.items()}}
+    out = {"model_id": card["model_id"], "comparison_on_lidar_plots": comparison}
+    for n, f in fits.items():
+        for scheme, res in f.cv.items():
+            out[f"{n}_{scheme}_cv"] = {k: res.overall[k] for k in ("r2", "rmse", "rrmse", "bias", "n")}
+        out[f"{n}_interval_inside_fraction"] = f.calibration["overall"]["inside_fraction"]
+        out[f"{n}_kind"] = f.model.kind
+    return out
+
+
+MAP_KINDS = ("random_forest", "hist_gradient_boosting")
+"""What ``model.kind: auto`` compares for the map: the log-log baseline needs strictly positive features,
+and spectral indices, northness and eastness are signed, so it could not predict every pixel
+(``forestcarbon model fit`` compares it on tables of positive metrics)."""
+
+
+def model_comparison(fits: dict) -> dict | None:
+    """Both models on the plots LiDAR covers, each under its own spatial-block CV: the optical model's
+    out-of-block predictions there (its per-class figures) against the LiDAR + optical model's."""
+    if "lidar" not in fits:
+        return None
+    opt = fits["optical"].honest.per_class.get("lidar")
+    return {"lidar_plus_optical": {k: fits["lidar"].honest.overall[k] for k in ("r2", "rmse", "rrmse", "bias", "n")},
+            "optical_only": opt}
 
 
 # 5 --------------------------------------------------------------------- map
 def stage_map(ctx: Context) -> dict:
+    """AGB with its SD and 90 % interval from the coverage-aware models, the serving model per pixel, the
+    forest mask, and carbon with the same interval (carbon is monotone in AGB, so the AGB quantiles map
+    onto carbon quantiles; its SD is the AGB SD times the pixel's carbon-to-AGB ratio)."""
+    from ..models.coverage import BANDS, SOURCES
+    from ..rs.forest_mask import masked_bands
+
     cfg = ctx.cfg
+    chunk = cfg.compute.chunk_px
     ctx.need(ctx.out.model)
     bundle = joblib.load(ctx.out.model)
+    if not isinstance(bundle, dict) or "models" not in bundle:
+        raise ConfigError(f"{ctx.out.model}: written by an older forestcarbon (no coverage models); rerun the model stage")
+    grid = {"crs": ctx.gbox.crs.to_wkt(), "resolution_m": float(abs(ctx.gbox.affine.a))}
+    if bundle["grid"]["crs"] != grid["crs"] or abs(bundle["grid"]["resolution_m"] - grid["resolution_m"]) > 1e-6:
+        raise ModelError(f"{ctx.out.model}: model {bundle['model_id']} was trained on another grid "
+                         f"({bundle['grid']['resolution_m']} m); rerun the model stage")
     used = set(bundle["features"])
     sources = [(p, [n for n in ns if n in used], wall) for p, ns, wall in feature_rasters(ctx)]
     sources = [s for s in sources if s[1]]
     names = [n for _, ns, _ in sources for n in ns]
-    if names != bundle["features"]:
-        raise ConfigError(f"{ctx.out.model}: model features {bundle['features']} differ from the rasters' {names}; rerun the model stage")
-    stack = xr.concat([open_stack(p, cfg.compute.chunk_px).sel(band=ns) for p, ns, _ in sources], dim="band")
+    if set(names) != used:
+        raise ModelError(f"{ctx.out.model}: model {bundle['model_id']} uses features {sorted(used - set(names))} "
+                         "the feature rasters lack; rerun the model stage")
+    stack = xr.concat([open_stack(p, chunk).sel(band=ns) for p, ns, _ in sources], dim="band")
     data = stack.data.rechunk({0: -1})
-    required = np.array([wall for _, ns, wall in sources for _ in ns])
-    agb = data.map_blocks(predict_block, bundle["estimator"], required, drop_axis=0, dtype="float32")
+    pred = data.map_blocks(predict_coverage_block, names, bundle["models"], chunks=((len(BANDS),), *data.chunks[1:]),
+                           dtype="float32")
     tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
     mask_summary = None
     if cfg.forest_mask.configured or cfg.inputs.landcover is not None:
         fm = cfg.forest_mask
-        write_cog(forest_mask_layer(ctx), ctx.gbox, ctx.out.forest_mask, nodata=None, block=cfg.compute.chunk_px,
+        write_cog(forest_mask_layer(ctx), ctx.gbox, ctx.out.forest_mask, nodata=None, block=chunk,
                   descriptions=["forest", "non_forest_reasons"],
                   tags={"reason_bits": json.dumps(REASON_BITS), "config": fm.model_dump_json(),
                         "landcover": str(cfg.inputs.landcover)})
-        forest = open_stack(ctx.out.forest_mask, cfg.compute.chunk_px).data[0]
-        agb = da.map_blocks(masked_agb, agb, forest, fm.non_forest_agb_mg_ha, dtype="float32")
-        tags |= {"forest_mask": f"{ctx.out.forest_mask.name}: non-forest pixels = {fm.non_forest_agb_mg_ha:g} Mg/ha"}
+        forest = open_stack(ctx.out.forest_mask, chunk).data[0]
+        v = fm.non_forest_agb_mg_ha
+        pred = da.map_blocks(masked_bands, pred, forest, (v, 0.0, v, v, None), dtype="float32")
+        tags |= {"forest_mask": f"{ctx.out.forest_mask.name}: non-forest pixels = {v:g} Mg/ha"}
         mask_summary = forest_mask_summary(ctx)
-    write_cog(agb, ctx.gbox, ctx.out.agb, descriptions=["agb_mg_ha"], units="Mg/ha", tags=tags, block=cfg.compute.chunk_px)
-    agb_w = open_stack(ctx.out.agb, cfg.compute.chunk_px).data[0]
+    write_cog(pred, ctx.gbox, ctx.out.prediction_work, descriptions=list(BANDS), block=chunk)
+    try:
+        bands = open_stack(ctx.out.prediction_work, chunk).data
+        itags = tags | {"interval": f"nominal {1 - cfg.model.interval_alpha:.0%} (conformal, spatial-block calibrated)"}
+        for i, path in ((0, ctx.out.agb), (1, ctx.out.agb_sd), (2, ctx.out.agb_p05), (3, ctx.out.agb_p95)):
+            write_cog(bands[i], ctx.gbox, path, descriptions=[BANDS[i]], units="Mg/ha", tags=itags if i else tags,
+                      block=chunk)
+        write_cog(bands[4].astype("uint8"), ctx.gbox, ctx.out.model_source, nodata=None, descriptions=["model_source"],
+                  tags={"codes": json.dumps({"none": 0, **SOURCES}), "model_id": bundle["model_id"]}, block=chunk)
+    finally:
+        ctx.out.prediction_work.unlink(missing_ok=True)
+    agb_w = open_stack(ctx.out.agb, chunk).data[0]
     registry = load_registry(cfg.allometry or default_allometry_path())
     conversion = registry.conversion
     rule = carbon_rule_layer(ctx, registry)
-    write_cog(rule, ctx.gbox, ctx.out.carbon_rule, nodata=None, descriptions=["carbon_rule"], block=cfg.compute.chunk_px,
+    write_cog(rule, ctx.gbox, ctx.out.carbon_rule, nodata=None, descriptions=["carbon_rule"], block=chunk,
               tags={"rules": json.dumps({k: v["group"] for k, v in conversion.describe().items()}),
                     "group_field": str(cfg.carbon.group_field)})
-    rule_w = open_stack(ctx.out.carbon_rule, cfg.compute.chunk_px).data[0]
+    rule_w = open_stack(ctx.out.carbon_rule, chunk).data[0]
     carbon = da.map_blocks(conversion.carbon_bands, agb_w, rule_w, new_axis=0,
                            chunks=((3,), *agb_w.chunks), dtype="float32")
     area = _rule_area_ha(ctx, agb_w, rule_w, conversion)
     ctags = tags | {"units": "Mg C/ha", "carbon": "C = AGB*CF_above(rule) + AGB*R(rule, AGB)*CF_below(rule)",
                     "rules": json.dumps(conversion.describe(), ensure_ascii=False),
                     "rule_area_ha": json.dumps(area, ensure_ascii=False)}
-    write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=list(CARBON_BANDS), units="Mg C/ha", tags=ctags,
-              block=cfg.compute.chunk_px)
-    return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area, "forest_mask": mask_summary}
+    write_cog(carbon, ctx.gbox, ctx.out.carbon, descriptions=list(CARBON_BANDS), units="Mg C/ha", tags=ctags, block=chunk)
+
+    def total_carbon(a, r):
+        return conversion.carbon_bands(a, r)[0]
+
+    for src, dst in ((ctx.out.agb_p05, ctx.out.carbon_p05), (ctx.out.agb_p95, ctx.out.carbon_p95)):
+        q = open_stack(src, chunk).data[0]
+        write_cog(da.map_blocks(total_carbon, q, rule_w, dtype="float32"), ctx.gbox, dst, descriptions=[dst.stem + "_mg_ha"],
+                  units="Mg C/ha", tags=ctags | {"from": src.name}, block=chunk)
+    c_total = open_stack(ctx.out.carbon, chunk).data[0]
+    sd = open_stack(ctx.out.agb_sd, chunk).data[0]
+    ratio = da.where(agb_w > 0, c_total / da.where(agb_w > 0, agb_w, 1), 0)
+    write_cog((sd * ratio).astype("float32"), ctx.gbox, ctx.out.carbon_sd, descriptions=["carbon_sd_mg_ha"],
+              units="Mg C/ha", tags=ctags | {"carbon_sd": "agb_sd x carbon/agb of the pixel"}, block=chunk)
+    served = dask.compute(*[(open_stack(ctx.out.model_source, chunk).data[0] == k).sum() for k in SOURCES.values()])
+    px = pixel_area_ha(ctx.gbox)
+    return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area, "forest_mask": mask_summary,
+            "area_ha_by_model": {n: float(c) * px for n, c in zip(SOURCES, served)}}
 
 
 def forest_mask_layer(ctx: Context) -> "da.Array":

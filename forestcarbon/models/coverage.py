@@ -1,0 +1,70 @@
+"""Coverage-aware AGB maps: a LiDAR + optical model where LiDAR exists, an optical-only model elsewhere.
+
+Each model is an :class:`~.estimator.AGBRegressor` with its calibrated :class:`~.intervals.IntervalModel`,
+fitted on the plots whose features it uses are complete (``fit.fit_table``).  A pixel takes the first
+model (in :data:`SOURCES` order) whose features are all finite there; the ``model_source`` band says
+which.  Predictions and interval bounds are clipped at 0 Mg/ha (biomass is not negative).
+
+The conformal interval comes from a quantile forest, the point estimate from the chosen model: where the
+point falls outside its interval the interval is widened to hold it (coverage can only grow), and the SD
+is recomputed from the widened interval as :class:`~.intervals.IntervalModel` defines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from .estimator import AGBRegressor
+from .intervals import IntervalModel
+
+SOURCES = {"lidar": 1, "optical": 2}
+"""Code of each model in the ``model_source`` band (0: no model could predict: features missing)."""
+
+BANDS = ("agb_mg_ha", "agb_sd_mg_ha", "agb_p05_mg_ha", "agb_p95_mg_ha", "model_source")
+
+
+@dataclass(frozen=True)
+class CoverageModel:
+    name: str  # a key of SOURCES
+    estimator: AGBRegressor
+    intervals: IntervalModel
+    features: tuple[str, ...]
+
+
+def coverage_labels(table: pd.DataFrame, lidar_features: Sequence[str]) -> np.ndarray:
+    """'lidar' for rows whose LiDAR features are all finite, else 'optical'."""
+    if not lidar_features:
+        return np.full(len(table), "optical")
+    ok = np.isfinite(table[list(lidar_features)].to_numpy(dtype="float64")).all(axis=1)
+    return np.where(ok, "lidar", "optical")
+
+
+def predict_coverage_block(block: np.ndarray, names: Sequence[str], models: Sequence[CoverageModel]) -> np.ndarray:
+    """(len(BANDS), y, x) float32 for a (feature, y, x) block whose features are ``names``: AGB, its SD, the
+    interval bounds (nominal 90 % with alpha 0.10: p05 and p95) and the serving model's code."""
+    nf, ny, nx = block.shape
+    X = block.reshape(nf, -1).T.astype("float64")
+    out = np.full((len(BANDS), ny * nx), np.nan, dtype="float32")
+    out[4] = 0
+    todo = np.ones(ny * nx, dtype=bool)
+    names = [str(n) for n in names]
+    for m in models:
+        cols = [names.index(f) for f in m.features]
+        ok = todo & np.isfinite(X[:, cols]).all(axis=1)
+        if ok.any():
+            frame = pd.DataFrame(X[np.ix_(ok, cols)], columns=list(m.features))
+            iv = m.intervals.predict(frame)
+            point = np.clip(m.estimator.predict(frame), 0, None)
+            lo = np.clip(np.minimum(iv["lower"].to_numpy(), point), 0, None)
+            hi = np.maximum(iv["upper"].to_numpy(), point)
+            out[0, ok] = point
+            out[1, ok] = (hi - lo) / (2 * norm.ppf(1 - m.intervals.alpha / 2))
+            out[2, ok], out[3, ok] = lo, hi
+            out[4, ok] = SOURCES[m.name]
+            todo &= ~ok
+    return out.reshape(len(BANDS), ny, nx)
