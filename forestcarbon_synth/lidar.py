@@ -25,12 +25,15 @@ from .landscape import CRS, Frame
 
 
 def lidar_block(frame: Frame) -> tuple[float, float, float, float]:
-    """Extent of the flight block, snapped to 1 km tiles (about 16% of the county)."""
+    """Extent of the flight block, snapped to 1 km tiles: about 16 % of a 10 km county, and at least
+    2 km wide, so that a small test county's LiDAR plots do not all fall in one 1 km square -- the
+    pipeline's default spatial CV block: with all of them in one block, holding it out leaves the
+    model no LiDAR value to learn from, and its fit fails."""
     s = frame.size_m
     x0 = frame.x0 + round(0.45 * s / 1000) * 1000
     y0 = frame.y0 + round(0.20 * s / 1000) * 1000
     w = max(1000.0, round(0.4 * s / 1000) * 1000)
-    return (x0, y0, x0 + w, y0 + w)
+    return (x0, y0, min(x0 + max(w, 2000.0), frame.x0 + s), y0 + w)
 
 
 def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.ndarray, land, out: Path,
