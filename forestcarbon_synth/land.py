@@ -294,7 +294,7 @@ def crop_fractions(cover_key: str, date: str, phase: np.ndarray) -> tuple[np.nda
 
     Paddy: single-season rice of the Qu River plain (synthetic calendar): green 0.9 until ~30 days before
     harvest on day 298 ± 12 (late October), ripening to 0.25 green / 0.65 straw at harvest, then stubble
-    (straw 0.35) with winter green manure rising to 0.25 over 60 days -- green as forest in September.
+    (straw 0.35) with winter green manure rising to 0.15 over 60 days -- green as forest in September.
     Dry cropland: an autumn crop at 0.6 cover harvested on day 265 ± 15, a winter crop (rape, vegetables)
     sown 20 days later, reaching 0.45 cover after 90 days.
     """
@@ -303,7 +303,7 @@ def crop_fractions(cover_key: str, date: str, phase: np.ndarray) -> tuple[np.nda
         harvest = 298 + 12 * phase
         before = t < harvest
         ripen = np.clip((harvest - t) / 30.0, 0, 1)
-        green = np.where(before, 0.25 + 0.65 * ripen, np.minimum(0.05 + 0.2 * (t - harvest) / 60.0, 0.25))
+        green = np.where(before, 0.25 + 0.65 * ripen, np.minimum(0.05 + 0.1 * (t - harvest) / 60.0, 0.15))
         straw = np.where(before, 0.9 - green, np.maximum(0.35 - 0.3 * (t - harvest) / 90.0, 0.05))
         return green, straw
     harvest = 265 + 15 * phase
@@ -317,8 +317,8 @@ def crop_fractions(cover_key: str, date: str, phase: np.ndarray) -> tuple[np.nda
 # near zero; dry straw: no red trough; impervious: flat and bright); the levels are synthetic, not
 # transcribed from a spectral library.
 CROP_GREEN = (0.035, 0.085, 0.040, 0.42, 0.43, 0.22, 0.10)
-STRAW = (0.060, 0.090, 0.115, 0.25, 0.26, 0.32, 0.24)
-WET_SOIL = (0.050, 0.070, 0.090, 0.14, 0.15, 0.17, 0.13)
+STRAW = (0.060, 0.090, 0.115, 0.22, 0.23, 0.32, 0.24)
+WET_SOIL = (0.050, 0.070, 0.090, 0.12, 0.13, 0.16, 0.12)
 WATER = (0.055, 0.070, 0.050, 0.025, 0.020, 0.008, 0.005)
 ROOF = (0.150, 0.170, 0.190, 0.23, 0.24, 0.27, 0.25)
 ROAD = (0.110, 0.125, 0.135, 0.16, 0.17, 0.21, 0.19)
