@@ -2,7 +2,8 @@
 plantations, the parcels' land-class codes (地类, field ``DI_LEI``) and a WorldCover-like land-cover map.
 
 Layout.  A river (35 m wide, synthetic) meanders west to east through a valley carved into the DEM and is
-its own parcels (water, ``0230``).  A county road follows the river's north bank and township roads climb
+its own parcels (water, ``0230``); water lies level (each water parcel at its lowest DEM cell, river
+reaches stepping down as between weirs).  A county road follows the river's north bank and township roads climb
 into the hills; roads stay *inside* the parcels they cross (narrow linear features are not split out of a
 小班), so forest parcels hold road cells of zero biomass.  Non-forest parcels lie mostly in the valley
 (probability ∝ exp(-distance to river / 800 m)): paddy, dry cropland, villages (built-up with camphor
@@ -139,6 +140,17 @@ def carve_valley(dem: np.ndarray, frame: Frame, river: shapely.Polygon) -> np.nd
     """Lower the DEM along the river: 90 m at its axis, fading over ~700 m (synthetic valley)."""
     d = distance_to(river, frame)
     return dem - 90.0 * np.exp(-((d / 700.0) ** 2))
+
+
+def level_water(dem: np.ndarray, parcels: gpd.GeoDataFrame, ids: np.ndarray) -> np.ndarray:
+    """Water lies level: each water parcel (a pond, or a river reach between two parcel edges, as between
+    weirs) takes the lowest DEM value of its cells as its surface."""
+    dem = dem.copy()
+    for i in np.flatnonzero(parcels["land_use"].to_numpy() == "water"):
+        sel = ids == i
+        if sel.any():
+            dem[sel] = dem[sel].min()
+    return dem
 
 
 def cell_centres(frame: Frame) -> tuple[np.ndarray, np.ndarray]:

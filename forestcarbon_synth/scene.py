@@ -64,6 +64,7 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     dem = land.carve_valley(dem, frame, river)
     parcels = land.assign_land_use(rng, land.split_out_river(parcels, river), river)
     ids = landscape.rasterize_ids(parcels, frame)
+    dem = land.level_water(dem, parcels, ids)
     cells = land.land_cells(rng, parcels, frame, roads, ids)
     agb, tcode = landscape.true_agb(rng, parcels, frame, cells)
 

@@ -5,6 +5,9 @@ are, so that the pipeline must reproject them onto the CGCS2000 target grid.
 DNs follow the L2A convention of processing baseline >= 04.00: reflectance =
 (DN + BOA_ADD_OFFSET) / 10000 with BOA_ADD_OFFSET = -1000, DN 0 = nodata; one
 scene carries baseline 03.01 (no offset) so readers must decide from metadata.
+Forest reflects by canopy cover over soil; water, roofs, roads, paddies and dry
+fields by their own spectra and crop calendars (:mod:`forestcarbon_synth.land`:
+rice before its late-October harvest is as green as forest); SCL marks water 6.
 """
 
 from __future__ import annotations
