@@ -136,6 +136,10 @@ def test_landcover_input_and_its_stated_accuracy(scene):
     assert 0.75 < oa < 0.95  # a realistic 10 m product (ESA WorldCover 2021: 76.7 % globally)
     tree = seen == 10
     assert float(np.mean(wc_truth[tree] == 10)) == pytest.approx(float(tags["stated_tree_cover_users_accuracy"]), abs=0.005)
+    open_land = wc_truth != 10
+    commission = float(np.mean(seen[open_land] == 10))
+    assert commission == pytest.approx(float(tags["stated_open_land_mapped_as_tree_cover"]), abs=0.005)
+    assert 0.02 < commission < 0.2  # a mask from this product alone leaves some non-forest in
 
 
 def _ndvi_at(scene: Path, date: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
