@@ -78,6 +78,7 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     plots, trees = ground.make_plots(rng, frame, parcels, agb, cells.cover)
     (out / "ground").mkdir(exist_ok=True)
     plots.to_file(out / "ground" / "plots.gpkg", layer="plots", driver="GPKG")
+    trees["age"] = trees["age"].astype("Int64")  # culm age in du, integer as tallied; empty for trees
     trees.to_csv(out / "ground" / "trees.csv", index=False)
 
     sentinel2.write_scenes(rng, frame, agb, tcode, cells, out / "sentinel2")
