@@ -1,10 +1,13 @@
 """Ground plots and tree lists consistent with the true AGB at each plot.
 
-Each plot is a 0.0667 ha (1 mu) square, as in Chinese forest inventories.
+Each plot is a 0.0667 ha (1 mu) square, as in Chinese forest inventories,
+laid out in clusters (:func:`make_plots`) on any land, forest or not.
 Its target AGB is the true AGB field averaged over the plot footprint; trees
 are drawn (DBH, height) and kept until their summed AGB -- computed with the
 county's own allometry (:func:`tree_agb_kg`), published equations written out
-here, for some types not the ones the pipeline picks -- is closest to that target.
+here, for some types not the ones the pipeline picks -- is closest to that
+target.  A plot without trees (farmland, water, built-up, clear-cut) appears in
+the plots layer only: the tree list has no row for it, as a tally sheet has none.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ def tree_agb_kg(ftype: str, d, h, age_du=None):
     raise ValueError(f"no synthetic allometry for {ftype!r}")
 
 
-def footprint_mean(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> float:
-    """Mean of a 10 m field over a polygon by 1 m point sampling."""
+def footprint_values(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> np.ndarray:
+    """Values of a 10 m field at 1 m points inside a polygon, row by row (the middle one at its centre
+    for a square)."""
     x0, y0, x1, y1 = geom.bounds
     xs = np.arange(x0 + step / 2, x1, step)
     ys = np.arange(y0 + step / 2, y1, step)
@@ -68,58 +72,117 @@ def footprint_mean(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> 
     inside = shapely.contains_xy(geom, xx, yy)
     col = ((xx[inside] - frame.x0) / frame.res).astype(int)
     row = ((frame.y0 + frame.size_m - yy[inside]) / frame.res).astype(int)
-    return float(field[row, col].mean())
+    return field[row, col]
 
 
-def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, plots_per_km2: float = 2.2,
-               min_plots: int = 60):
+def footprint_mean(field: np.ndarray, frame: Frame, geom, step: float = 1.0) -> float:
+    """Mean of a 10 m field over a polygon by 1 m point sampling."""
+    return float(footprint_values(field, frame, geom, step).mean())
+
+
+CLUSTER_OFFSETS_M = ((0, 0), (-150, -150), (150, -150), (150, 150), (-150, 150))  # centre + corners, synthetic
+GROVE_SPECIES = "樟树"  # camphor, the village grove tree (the pipeline's species table knows it: CICA)
+
+
+def cluster_centres(rng, frame: Frame, plots_per_km2: float, min_plots: int) -> np.ndarray:
+    """Cluster centres on a randomly placed systematic grid, dense enough that ~4 of each cluster's 5
+    positions yield the density of ``plots_per_km2`` (at least 1.4 × ``min_plots`` plots)."""
     area_km2 = (frame.size_m / 1000) ** 2
     plots_per_km2 = max(plots_per_km2, 1.4 * min_plots / area_km2)  # small test scenes still get a trainable sample
-    spacing = 1000 / np.sqrt(plots_per_km2)
+    spacing = 1000 / np.sqrt(plots_per_km2 / 4)
     x0, y0, x1, y1 = frame.bounds
     off = rng.uniform(0, spacing, 2)
-    gx = np.arange(x0 + off[0], x1 - PLOT_SIDE_M, spacing)
-    gy = np.arange(y0 + off[1], y1 - PLOT_SIDE_M, spacing)
+    gx = np.arange(x0 + off[0], x1, spacing)
+    gy = np.arange(y0 + off[1], y1, spacing)
     xx, yy = np.meshgrid(gx, gy)
-    pts = shapely.points(xx.ravel(), yy.ravel())
-    forest = parcels[parcels.land_class == "forest"]
-    hit = forest.sindex.query(pts, predicate="within")
+    return np.c_[xx.ravel(), yy.ravel()]
+
+
+def recorded_di_lei(parcel, cover_codes: np.ndarray) -> str:
+    """The land class a field crew records for a plot: the parcel's correct code for forest land in forest
+    use (0111 / 0113 / 0141 / 0161), else by the land under the plot's centre (0230 water, 0210 farmland,
+    0250 built-up, roads and village groves), as the continuous inventory records every systematic plot."""
+    from .land import COVER
+
+    use = parcel.land_use
+    if use == "forest":
+        return "0113" if parcel.forest_type == "moso_bamboo" else "0111"
+    if use in ("young_plantation", "clearcut"):
+        return {"young_plantation": "0141", "clearcut": "0161"}[use]
+    centre = int(cover_codes[cover_codes.size // 2])
+    if centre == COVER["water"].code:
+        return "0230"
+    if centre in (COVER["paddy"].code, COVER["cropland"].code):
+        return "0210"
+    return "0250"
+
+
+def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, cover: np.ndarray,
+               plots_per_km2: float = 2.2, min_plots: int = 60):
+    """Clustered plots and their tree lists.
+
+    Clusters of up to five 1-mu square plots (centre and the corners of a 300 m square, as inventories
+    lay out plot clusters to save walking; ``cluster`` names it) around centres on a systematic grid.  A
+    position is kept when its square lies inside one parcel, whatever the land: plots on farmland, water,
+    villages and clear-cuts are recorded with their land class (``DI_LEI``) and zero trees unless trees
+    stand there (village groves: camphor, :data:`GROVE_SPECIES`).  Clear-cut plots hold no tallied trees
+    (the regrowth is sprouts and shrubs).  Moso bamboo plots list culms with DBH, height and ``age`` in du
+    (度; 1 du = 2 years), the columns the pipeline's bamboo equation reads (DBH and age).
+    """
     by_key = {t.key: t for t in FOREST_TYPES}
+    grove = by_key["broadleaf"]
     plots, trees = [], []
-    for k, (pi, fi) in enumerate(zip(*hit)):
-        p = forest.iloc[fi]
-        cx, cy = shapely.get_x(pts[pi]), shapely.get_y(pts[pi])
-        sq = shapely.box(cx - PLOT_SIDE_M / 2, cy - PLOT_SIDE_M / 2, cx + PLOT_SIDE_M / 2, cy + PLOT_SIDE_M / 2)
-        if not p.geometry.contains(sq):
-            continue  # plots are laid out inside one stand
-        t = by_key[p.forest_type]
-        target_mg_ha = footprint_mean(agb, frame, sq)
-        plot_id = f"P{len(plots) + 1:04d}"
-        target_kg = target_mg_ha * sq.area / 10_000 * 1000
-        if t.key == "moso_bamboo":
-            dbh = rng.normal(10.0, 1.5, 4000).clip(5, 16)
-        else:
-            dq = min(t.dbh_max, 3.0 + t.dbh_per_year * p.age)
-            dbh = rng.gamma(8.0, dq / 8.0, 4000).clip(1.5, t.dbh_max * 1.3)
-        htop = max(2.0, float(canopy_height_m(target_mg_ha, t.h_coef)))
-        d95 = np.quantile(dbh, 0.95)
-        hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
-        age = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)
-        kg = tree_agb_kg(t.key, dbh, hgt, age)
-        n = int(np.argmin(np.abs(np.cumsum(kg) - target_kg))) + 1
-        plots.append({
-            "plot_id": plot_id, "shape": "square", "size_m2": round(sq.area, 2),
-            "survey_date": (dt.date(2024, 10, 1) + dt.timedelta(days=int(rng.integers(0, 60)))).isoformat(),
-            "parcel_id": p.parcel_id, "geometry": sq,
-        })
-        tree_rows = pd.DataFrame({
-            "plot_id": plot_id, "tree_id": [f"{plot_id}-{i + 1:03d}" for i in range(n)],
-            "species": t.species, "dbh_cm": dbh[:n].round(1), "height_m": hgt[:n].round(1),
-        })
-        if t.key == "moso_bamboo":
-            tree_rows["age"] = age[:n]
-        trees.append(tree_rows)
+    for ci, (cx0, cy0) in enumerate(cluster_centres(rng, frame, plots_per_km2, min_plots)):
+        rot = rng.uniform(0, np.pi / 2)
+        for dx, dy in CLUSTER_OFFSETS_M:
+            cx = cx0 + dx * np.cos(rot) - dy * np.sin(rot)
+            cy = cy0 + dx * np.sin(rot) + dy * np.cos(rot)
+            sq = shapely.box(cx - PLOT_SIDE_M / 2, cy - PLOT_SIDE_M / 2, cx + PLOT_SIDE_M / 2, cy + PLOT_SIDE_M / 2)
+            if not shapely.contains(shapely.box(*frame.bounds), sq):
+                continue
+            hit = parcels.sindex.query(sq, predicate="within")
+            if hit.size != 1:
+                continue  # plots are laid out inside one stand
+            p = parcels.iloc[int(hit[0])]
+            target_mg_ha = footprint_mean(agb, frame, sq)
+            under = footprint_values(cover, frame, sq)
+            plot_id = f"P{len(plots) + 1:04d}"
+            plots.append({
+                "plot_id": plot_id, "cluster": f"C{ci + 1:03d}", "shape": "square", "size_m2": round(sq.area, 2),
+                "survey_date": (dt.date(2024, 10, 1) + dt.timedelta(days=int(rng.integers(0, 60)))).isoformat(),
+                "parcel_id": p.parcel_id, "DI_LEI": recorded_di_lei(p, under), "geometry": sq,
+            })
+            if p.land_use == "clearcut" or target_mg_ha <= 0:
+                continue  # no tallied trees: the plot is in the plots layer and nowhere in the tree list
+            t = by_key.get(p.forest_type, grove)
+            species = t.species if t.key in by_key and p.land_use != "village" else GROVE_SPECIES
+            age = p.age if p.land_use != "village" else int(rng.integers(30, 80))
+            trees.append(_tree_list(rng, plot_id, t, species, age, target_mg_ha, sq.area))
     return gpd.GeoDataFrame(plots, crs=CRS), pd.concat(trees, ignore_index=True)
+
+
+def _tree_list(rng, plot_id: str, t, species: str, age: int, target_mg_ha: float, area_m2: float) -> pd.DataFrame:
+    """Trees drawn (DBH, height; culm age for bamboo) and kept while their summed true AGB comes closest
+    to the plot's target (possibly none)."""
+    target_kg = target_mg_ha * area_m2 / 10_000 * 1000
+    if t.key == "moso_bamboo":
+        dbh = rng.normal(10.0, 1.5, 4000).clip(5, 16)
+    else:
+        dq = min(t.dbh_max, 3.0 + t.dbh_per_year * age)
+        dbh = rng.gamma(8.0, dq / 8.0, 4000).clip(1.5, t.dbh_max * 1.3)
+    htop = max(2.0, float(canopy_height_m(target_mg_ha, t.h_coef)))
+    d95 = np.quantile(dbh, 0.95)
+    hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
+    du = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)
+    kg = tree_agb_kg(t.key, dbh, hgt, du)
+    n = int(np.argmin(np.abs(np.concatenate([[0.0], np.cumsum(kg)]) - target_kg)))
+    rows = pd.DataFrame({
+        "plot_id": plot_id, "tree_id": [f"{plot_id}-{i + 1:03d}" for i in range(n)],
+        "species": species, "dbh_cm": dbh[:n].round(1), "height_m": hgt[:n].round(1),
+    })
+    if t.key == "moso_bamboo":
+        rows["age"] = du[:n]
+    return rows
 
 
 def make_projects(rng, frame: Frame) -> gpd.GeoDataFrame:

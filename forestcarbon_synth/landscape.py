@@ -13,7 +13,7 @@ from affine import Affine
 from pyproj import Transformer
 from scipy import ndimage
 
-from .forest_types import FOREST_TYPES, NON_FOREST_SHARE
+from .forest_types import FOREST_TYPES
 
 CRS = "EPSG:4549"  # CGCS2000 / 3-degree Gauss-Kruger CM 120E
 CENTRE_LONLAT = (118.9, 29.0)  # near Quzhou, Zhejiang
@@ -72,19 +72,18 @@ def make_parcels(rng, frame: Frame, mean_area_ha: float = 7.0) -> gpd.GeoDataFra
     order = np.lexsort((shapely.get_x(c), -np.round(shapely.get_y(c), -2)))
     cells = cells[order]
     n = len(cells)
-    keys = [t.key for t in FOREST_TYPES] + ["non_forest"]
-    shares = np.array([t.share for t in FOREST_TYPES] + [NON_FOREST_SHARE])
+    keys = [t.key for t in FOREST_TYPES]
+    shares = np.array([t.share for t in FOREST_TYPES])
     ftype = rng.choice(keys, size=n, p=shares / shares.sum())
     by_key = {t.key: t for t in FOREST_TYPES}
-    age = np.array([rng.integers(*by_key[k].age_range) if k in by_key else 0 for k in ftype])
-    species = [by_key[k].species if k in by_key else "" for k in ftype]
+    age = np.array([rng.integers(*by_key[k].age_range) for k in ftype])
     gdf = gpd.GeoDataFrame(
         {
             "parcel_id": [f"QZ{i + 1:05d}" for i in range(n)],
-            "land_class": np.where(ftype == "non_forest", "non_forest", "forest"),
             "forest_type": ftype,
-            "dom_species": species,
+            "dom_species": [by_key[k].species for k in ftype],
             "age": age.astype("int32"),
+            "land_use": "upland",  # decided by land.assign_land_use once the river is cut out
         },
         geometry=cells,
         crs=CRS,
@@ -110,20 +109,37 @@ def rasterize_ids(parcels: gpd.GeoDataFrame, frame: Frame, factor: int = 1) -> n
     return rasterio.features.rasterize(shapes, out_shape=(n, n), transform=tr, fill=-1, dtype="int32")
 
 
-def true_agb(rng, parcels: gpd.GeoDataFrame, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-    """True AGB (Mg/ha) per 10 m cell and the forest-type index per cell."""
+def true_agb(rng, parcels: gpd.GeoDataFrame, frame: Frame, land) -> tuple[np.ndarray, np.ndarray]:
+    """True woody AGB (Mg/ha) per 10 m cell and the forest-type index per cell.
+
+    Stands follow their type's growth curve at the parcel's age, × a stand-level site deviation
+    (lognormal, SD 0.15) × within-stand texture.  ``land`` (:class:`forestcarbon_synth.land.Land`) sets the
+    rest (rules in :mod:`forestcarbon_synth.land`): clear-cuts 0.5-2.5 Mg/ha of regrowth, village groves
+    60-150 Mg/ha, every other non-forest cell 0, and each cell's road share removes its share of the stand.
+    The type index is the forest type's position in ``FOREST_TYPES``; village groves take broadleaf's;
+    cells without trees take ``len(FOREST_TYPES)`` (non-forest).
+    """
+    from .land import COVER
+
     by_key = {t.key: t for t in FOREST_TYPES}
     ids = rasterize_ids(parcels, frame)
-    mean = np.array(
-        [by_key[k].agb_mg_ha(a) if k in by_key else 1.5 for k, a in zip(parcels.forest_type, parcels.age)]
-    )
+    mean = np.array([by_key[k].agb_mg_ha(a) if k in by_key else 0.0 for k, a in zip(parcels.forest_type, parcels.age)])
     # stand-level deviation from the yield curve (site quality), then within-stand texture
     mean = mean * np.exp(rng.normal(0, 0.15, len(mean)))
     texture = np.exp(smooth_field(rng, ids.shape, 2.0, 0.22) + smooth_field(rng, ids.shape, 0.7, 0.12))
+    regrowth = rng.uniform(0.5, 2.5, len(parcels))  # Mg/ha, synthetic
+    grove = rng.uniform(60.0, 150.0, len(parcels))  # Mg/ha, synthetic
     agb = mean[ids] * texture
-    agb = np.where(parcels.land_class.to_numpy()[ids] == "forest", agb, mean[ids] * texture**0.5)
-    type_codes = {k: i for i, k in enumerate(list(by_key) + ["non_forest"])}
-    tcode = np.array([type_codes[k] for k in parcels.forest_type])[ids]
+    cover = land.cover
+    agb = np.where(cover == COVER["clearcut"].code, regrowth[ids] * np.sqrt(texture), agb)
+    agb = np.where(cover == COVER["village_trees"].code, grove[ids] * texture, agb)
+    agb = np.where(np.isin(cover, [c.code for c in (COVER["forest"], COVER["clearcut"], COVER["village_trees"],
+                                                    COVER["road"])]), agb, 0.0)
+    agb = agb * (1.0 - land.road_share)
+    type_codes = {k: i for i, k in enumerate(by_key)}
+    tcode = np.array([type_codes.get(k, len(FOREST_TYPES)) for k in parcels.forest_type])[ids]
+    tcode = np.where(cover == COVER["village_trees"].code, type_codes["broadleaf"], tcode)
+    tcode = np.where(agb > 0, tcode, len(FOREST_TYPES))
     return agb.astype("float32"), tcode.astype("uint8")
 
 

@@ -1,9 +1,13 @@
 """Airborne LiDAR of the synthetic county: LAS 1.4 / LAZ tiles in EPSG:4549.
 
 Ground returns (class 2) lie on a hilly DEM; vegetation returns (classes 3-5)
-come from a canopy whose top height and cover follow the true AGB.  A flight
-block covers part of the county only; a few high outliers ("birds", class 1)
-are added per tile so that the pipeline's outlier filter has work to do.
+come from a canopy whose top height and cover follow the true AGB (at the
+stand's density beside roads, which take their share of each cell's pulses to
+the ground).  Village roofs return as buildings (class 6, 4-12 m above ground),
+and water absorbs most pulses: four in five over the river and ponds return
+nothing, the rest lie on the surface as class 9 (ASPRS LAS 1.4 classes).  A
+flight block covers part of the county only; a few high outliers ("birds",
+class 1) are added per tile so that the pipeline's outlier filter has work to do.
 """
 
 from __future__ import annotations
@@ -16,24 +20,30 @@ from pyproj import CRS as PCRS
 from scipy import ndimage
 
 from .forest_types import FOREST_TYPES, canopy_cover, canopy_height_m
+from .land import COVER
 from .landscape import CRS, Frame
 
 
 def lidar_block(frame: Frame) -> tuple[float, float, float, float]:
-    """Extent of the flight block, snapped to 1 km tiles (about 16% of the county)."""
+    """Extent of the flight block, snapped to 1 km tiles: about 16 % of a 10 km county, and at least
+    2 km wide, so that a small test county's LiDAR plots do not all fall in one 1 km square -- the
+    pipeline's default spatial CV block: with all of them in one block, holding it out leaves the
+    model no LiDAR value to learn from, and its fit fails."""
     s = frame.size_m
     x0 = frame.x0 + round(0.45 * s / 1000) * 1000
     y0 = frame.y0 + round(0.20 * s / 1000) * 1000
     w = max(1000.0, round(0.4 * s / 1000) * 1000)
-    return (x0, y0, x0 + w, y0 + w)
+    return (x0, y0, min(x0 + max(w, 2000.0), frame.x0 + s), y0 + w)
 
 
-def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.ndarray, out: Path,
+def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.ndarray, land, out: Path,
                 density_per_m2: float = 0.5, tile_m: float = 1000.0) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     h_coef = np.array([t.h_coef for t in FOREST_TYPES] + [1.0])
-    htop = canopy_height_m(agb, h_coef[tcode])
-    cover = canopy_cover(agb) * 0.9
+    stand_agb = np.where(land.road_share < 0.95, agb / np.maximum(1 - land.road_share, 0.05), 0.0)
+    htop = canopy_height_m(stand_agb, h_coef[tcode])
+    cover = canopy_cover(stand_agb) * 0.9 * (1 - land.road_share)
+    water = land.cover == COVER["water"].code
     bx0, by0, bx1, by1 = lidar_block(frame)
     paths = []
     top = frame.y0 + frame.size_m
@@ -51,6 +61,13 @@ def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.n
             under = ~hit & (rng.random(n) < 0.15)
             zrel = np.where(under, rng.uniform(0.2, 1.8, n), zrel)
             cls = np.where(~hit & ~under, 2, np.where(zrel < 0.5, 3, np.where(zrel < 2, 4, 5))).astype("uint8")
+            roof = land.roof_m[ci]
+            building = ~hit & (roof > 0)
+            zrel = np.where(building, roof + rng.normal(0, 0.1, n), zrel)
+            cls[building] = 6
+            on_water = water[ci]
+            zrel = np.where(on_water, np.abs(rng.normal(0, 0.03, n)), zrel)
+            cls[on_water] = 9
             z = ground + zrel
             nb = 20  # birds and multipath outliers
             z[:nb] = ground[:nb] + rng.uniform(150, 400, nb)
@@ -59,6 +76,9 @@ def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.n
             header.offsets = np.array([tx, ty, 0.0])
             header.scales = np.array([0.01, 0.01, 0.01])
             header.add_crs(PCRS.from_user_input(CRS))
+            keep = ~on_water | (rng.random(n) < 0.2)  # water absorbs four pulses in five
+            keep[:nb] = True
+            x, y, z, cls, n = x[keep], y[keep], z[keep], cls[keep], int(keep.sum())
             las = laspy.LasData(header)
             las.x, las.y, las.z = x, y, z
             las.classification = cls

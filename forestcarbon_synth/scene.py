@@ -9,17 +9,22 @@ import numpy as np
 import rasterio
 import yaml
 
-from . import ground, landscape, lidar, sentinel2
+from . import ground, land, landscape, lidar, sentinel2
+from .forest_types import canopy_cover
 from forestcarbon.config import default_allometry_path
 from forestcarbon.models.allometry import load_registry
 
 
-def _write_truth_raster(path: Path, arr: np.ndarray, frame: landscape.Frame, description: str):
-    profile = dict(driver="COG", width=frame.n, height=frame.n, count=1, dtype="float32",
-                   crs=landscape.CRS, transform=frame.transform, nodata=None, compress="DEFLATE", predictor=3)
+def _write_truth_raster(path: Path, arr: np.ndarray, frame: landscape.Frame, description: str, dtype: str = "float32",
+                        tags: dict | None = None):
+    profile = dict(driver="COG", width=frame.n, height=frame.n, count=1, dtype=dtype,
+                   crs=landscape.CRS, transform=frame.transform, nodata=None, compress="DEFLATE",
+                   predictor=3 if dtype == "float32" else 2)
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(arr.astype("float32"), 1)
+        dst.write(arr.astype(dtype), 1)
         dst.set_band_description(1, description)
+        if tags:
+            dst.update_tags(**tags)
 
 
 def true_carbon_mg_ha(agb: np.ndarray, parcels, frame: landscape.Frame) -> np.ndarray:
@@ -33,6 +38,19 @@ def true_carbon_mg_ha(agb: np.ndarray, parcels, frame: landscape.Frame) -> np.nd
     return c_above + c_below
 
 
+LANDCOVER_FILE = "worldcover_like_2021.tif"
+
+
+def _correct_code(land_use: str, forest_type: str, trap: str) -> str:
+    """The DI_LEI a correct, current inventory would carry for the parcel's truth land use (forest land
+    cleared for crops stays forest land in law: 1633 毁林开垦)."""
+    if trap == "converted":
+        return "1633"
+    if land_use == "forest":
+        return "0113" if forest_type == "moso_bamboo" else "0111"
+    return {"young_plantation": "0141", "clearcut": "0161", "water": "0230", "village": "0250"}.get(land_use, "0210")
+
+
 def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     """Generate the scene into ``out`` and return the path of its ``config.yaml``."""
     out = Path(out)
@@ -41,35 +59,65 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     frame = landscape.make_frame(size_km)
     parcels = landscape.make_parcels(rng, frame)
     dem = landscape.make_dem(rng, frame)
-    agb, tcode = landscape.true_agb(rng, parcels, frame)
+    river_centre, river = land.make_river(rng, frame)
+    roads = land.make_roads(rng, frame, river_centre)
+    dem = land.carve_valley(dem, frame, river)
+    parcels = land.assign_land_use(rng, land.split_out_river(parcels, river), river)
+    ids = landscape.rasterize_ids(parcels, frame)
+    dem = land.level_water(dem, parcels, ids)
+    cells = land.land_cells(rng, parcels, frame, roads, ids)
+    agb, tcode = landscape.true_agb(rng, parcels, frame, cells)
 
+    delivered = parcels[["parcel_id", "DI_LEI", "land_class", "forest_type", "dom_species", "age", "area_ha", "geometry"]]
     (out / "parcels").mkdir(exist_ok=True)
-    parcels.to_file(out / "parcels" / "parcels.gpkg", layer="parcels", driver="GPKG")
+    delivered.to_file(out / "parcels" / "parcels.gpkg", layer="parcels", driver="GPKG")
     projects = ground.make_projects(rng, frame)
     (out / "projects").mkdir(exist_ok=True)
     projects.to_file(out / "projects" / "projects.gpkg", layer="projects", driver="GPKG")
 
-    plots, trees = ground.make_plots(rng, frame, parcels, agb)
+    plots, trees = ground.make_plots(rng, frame, parcels, agb, cells.cover)
     (out / "ground").mkdir(exist_ok=True)
     plots.to_file(out / "ground" / "plots.gpkg", layer="plots", driver="GPKG")
+    trees["age"] = trees["age"].astype("Int64")  # culm age in du, integer as tallied; empty for trees
     trees.to_csv(out / "ground" / "trees.csv", index=False)
 
-    sentinel2.write_scenes(rng, frame, agb, tcode, out / "sentinel2")
-    lidar.write_tiles(rng, frame, dem, agb, tcode, out / "lidar")
+    sentinel2.write_scenes(rng, frame, agb, tcode, cells, out / "sentinel2")
+    lidar.write_tiles(rng, frame, dem, agb, tcode, cells, out / "lidar")
 
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
-    _write_truth_raster(truth / "agb_truth.tif", agb, frame, "true AGB (Mg/ha)")
+    wc_truth = land.true_worldcover(cells, canopy_cover(agb))
+    (out / "landcover").mkdir(exist_ok=True)
+    wc_accuracy = land.write_worldcover(out / "landcover" / LANDCOVER_FILE, land.mapped_worldcover(rng, wc_truth, cells),
+                                        frame, wc_truth)
+    _write_truth_raster(truth / "agb_truth.tif", agb, frame, "true woody AGB (Mg/ha)")
+    legend = {c.code: {"key": c.key, "forest": c.forest, "worldcover": c.worldcover} for c in land.COVERS}
+    _write_truth_raster(truth / "land_cover_truth.tif", cells.cover, frame, "true land cover (code)", "uint8",
+                        {"legend": json.dumps(legend)})
+    _write_truth_raster(truth / "worldcover_truth.tif", wc_truth, frame, "true ESA WorldCover class", "uint8")
+    roads.to_file(truth / "roads.gpkg", layer="roads", driver="GPKG")
     carbon = true_carbon_mg_ha(agb, parcels, frame)
     ptruth = landscape.parcel_truth(parcels, frame, carbon)
-    ptruth["land_class"] = parcels.land_class.to_numpy()
+    for col in ("land_class", "land_use", "DI_LEI", "di_lei_trap"):
+        ptruth[col] = parcels[col].to_numpy()
+    ptruth["di_lei_correct"] = [_correct_code(u, f, t) for u, f, t in zip(parcels.land_use, parcels.forest_type,
+                                                                         parcels.di_lei_trap)]
     ptruth.to_csv(truth / "parcel_carbon_truth.csv", index=False)
+    nf = ~np.isin(cells.cover, [c.code for c in land.COVERS if c.forest])
     (truth / "README.json").write_text(json.dumps({
         "seed": seed, "size_km": size_km, "crs": landscape.CRS,
         "carbon_definition": "carbon_t = integral over the parcel of the pipeline's carbon conversion "
                              "(forestcarbon.models.carbon, rule by the parcel's dom_species) applied to true AGB",
         "total_true_carbon_t_forest": float(ptruth.true_carbon_t[ptruth.land_class == "forest"].sum()),
-    }, indent=1))
+        "agb_definition": "true woody AGB: stands, clear-cut regrowth and village groves; crops, rice, grass, "
+                          "water, roads and buildings 0 (forestcarbon_synth.land)",
+        "land_cover_legend": legend,
+        "non_forest_truth_pixels": int(nf.sum()),
+        "non_forest_truth_agb_mg": float(agb[nf].sum() * frame.res**2 / 10_000),
+        "landcover_input": {"file": f"landcover/{LANDCOVER_FILE}", "classes": land.WORLDCOVER,
+                            "accuracy_against_truth_on_target_grid": wc_accuracy},
+        "di_lei_codes": land.DI_LEI_CODES,
+    }, indent=1, ensure_ascii=False))
 
     cfg = {
         "name": f"synthetic-quzhou-seed{seed}",

@@ -5,6 +5,9 @@ are, so that the pipeline must reproject them onto the CGCS2000 target grid.
 DNs follow the L2A convention of processing baseline >= 04.00: reflectance =
 (DN + BOA_ADD_OFFSET) / 10000 with BOA_ADD_OFFSET = -1000, DN 0 = nodata; one
 scene carries baseline 03.01 (no offset) so readers must decide from metadata.
+Forest reflects by canopy cover over soil; water, roofs, roads, paddies and dry
+fields by their own spectra and crop calendars (:mod:`forestcarbon_synth.land`:
+rice before its late-October harvest is as green as forest); SCL marks water 6.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.warp import Resampling, reproject, transform_bounds
 
+from . import land as landmod
 from .forest_types import BANDS, FOREST_TYPES, SOIL, canopy_cover
 from .landscape import CRS, Frame, smooth_field
 
@@ -47,13 +51,30 @@ def _to_utm(arr, frame: Frame, transform, shape, resampling):
     return out
 
 
-def surface_reflectance(agb_utm, type_utm):
-    """Cloud-free surface reflectance (band, y, x) from AGB and forest type."""
+def surface_reflectance(agb_utm, type_utm, background=None):
+    """Cloud-free surface reflectance (band, y, x) of a canopy over ``background`` (band, y, x; bare soil
+    where not given) from AGB and forest type."""
     fc = canopy_cover(agb_utm)
     veg = np.array([t.veg for t in FOREST_TYPES] + [(0.04, 0.08, 0.05, 0.30, 0.31, 0.20, 0.10)], dtype="float32")
-    v = veg[type_utm.astype(int)]  # y, x, band
-    refl = fc[..., None] * v + (1 - fc[..., None]) * np.asarray(SOIL, dtype="float32")
-    return np.moveaxis(refl, -1, 0)
+    v = np.moveaxis(veg[type_utm.astype(int)], -1, 0)  # band, y, x
+    if background is None:
+        background = np.asarray(SOIL, dtype="float32")[:, None, None]
+    return fc * v + (1 - fc) * background
+
+
+def land_surface(agb_u, type_u, cover_u, road_u, phase_u, date: str) -> np.ndarray:
+    """Cloud-free surface reflectance (band, y, x) on ``date``: the canopy model over soil (over slash and
+    regrowth in clear-cuts) at the stand's own density, water, roofs and farmland by their own spectra and
+    crop calendars (:mod:`forestcarbon_synth.land`), and each cell's road share blended in."""
+    stand_agb = np.where(road_u < 0.95, agb_u / np.maximum(1 - road_u, 0.05), 0.0)
+    soil = np.asarray(SOIL, dtype="float32")[:, None, None]
+    clear = np.asarray(landmod.clearcut_reflectance(SOIL), dtype="float32")[:, None, None]
+    background = np.where(cover_u == landmod.COVER["clearcut"].code, clear, soil)
+    refl = surface_reflectance(stand_agb, type_u, background)
+    other, m = landmod.cover_reflectance(cover_u, phase_u, date, SOIL)
+    refl = np.where(m, other, refl)
+    road = np.asarray(landmod.ROAD, dtype="float32")[:, None, None]
+    return ((1 - road_u) * refl + road_u * road).astype("float32")
 
 
 def _clouds(rng, shape, cover):
@@ -75,19 +96,23 @@ def _write_band(path: Path, dn: np.ndarray, transform, name: str):
         dst.set_band_description(1, name)
 
 
-def write_scenes(rng, frame: Frame, agb: np.ndarray, tcode: np.ndarray, out: Path) -> list[Path]:
+def write_scenes(rng, frame: Frame, agb: np.ndarray, tcode: np.ndarray, land, out: Path) -> list[Path]:
     transform, shape = utm_frame(frame)
     agb_u = _to_utm(agb, frame, transform, shape, Resampling.bilinear)
     type_u = _to_utm(tcode.astype("float32") + 1, frame, transform, shape, Resampling.nearest)
     covered = type_u > 0
     type_u = np.where(covered, type_u - 1, len(FOREST_TYPES)).astype(int)
-    base = surface_reflectance(agb_u, type_u)
+    cover_u = _to_utm(land.cover, frame, transform, shape, Resampling.nearest).astype("uint8")
+    road_u = _to_utm(land.road_share, frame, transform, shape, Resampling.bilinear)
+    phase_u = _to_utm(land.phase, frame, transform, shape, Resampling.nearest)
+    water = cover_u == landmod.COVER["water"].code
     paths = []
     for i, (date, cover) in enumerate(zip(DATES, CLOUD_COVER)):
         baseline = "03.01" if i == 2 else "05.10"
         offset = 0 if baseline < "04.00" else 1000
         season = 1.0 + 0.04 * np.sin(i / len(DATES) * np.pi)
         gain = season * (1 + rng.normal(0, 0.02, len(BANDS)))[:, None, None]
+        base = land_surface(agb_u, type_u, cover_u, road_u, phase_u, date)
         refl = base * gain + rng.normal(0, 0.004, base.shape).astype("float32")
         opaque, medium, cirrus, shadow, field = _clouds(rng, shape, cover)
         cloud_refl = 0.35 + 0.35 * np.clip(field - field.min(), 0, None) / (np.ptp(field) + 1e-9)
@@ -96,6 +121,7 @@ def write_scenes(rng, frame: Frame, agb: np.ndarray, tcode: np.ndarray, out: Pat
         refl = np.where(shadow, refl * 0.3, refl)
         ndvi = (refl[3] - refl[2]) / (refl[3] + refl[2] + 1e-6)
         scl = np.where(ndvi > 0.4, 4, 5).astype("uint8")
+        scl[water] = 6
         scl[cirrus] = 10
         scl[shadow] = 3
         scl[medium] = 8
