@@ -228,15 +228,17 @@ class ForestMaskConfig(_Strict):
 
     ``parcel_field`` names the parcels' land-class field (地类, e.g. ``DI_LEI``) and ``forest_codes`` its values
     that are forest land with trees; ``outside_parcels``: pixels outside every parcel are ``non_forest`` or
-    decided by the ``evidence`` of the other sources.  ``landcover_forest_classes``: classes of
-    ``inputs.landcover`` that are forest (ESA WorldCover: 10).  ``ndvi_min``: pixels of the mosaic whose NDVI
-    is lower are non-forest.  ``non_forest_agb_mg_ha``: what non-forest pixels get (0).
+    decided by the ``evidence`` of the other sources.  ``landcover_never_forest_classes``: classes of
+    ``inputs.landcover`` that zero a pixel anywhere (ESA WorldCover: 50 built-up, 80 water);
+    ``landcover_forest_classes``: those that are forest where no parcel decides (WorldCover: 10).
+    ``ndvi_min``: pixels of the mosaic whose NDVI is lower are non-forest.  ``non_forest_agb_mg_ha``: what non-forest pixels get (0).
     """
 
     parcel_field: str | None = None
     forest_codes: tuple[str, ...] = ()
     outside_parcels: Literal["non_forest", "evidence"] = "non_forest"
     landcover_forest_classes: tuple[int, ...] = (10,)
+    landcover_never_forest_classes: tuple[int, ...] = (50, 80)
     ndvi_min: float | None = Field(None, ge=-1, le=1)
     non_forest_agb_mg_ha: float = Field(0.0, ge=0)
 

@@ -60,6 +60,9 @@ DI_LEI_CODES = {
     "0250": "建设用地", "0254": "其他用地",
 }
 FOREST_LAND_CODES = tuple(c for c in DI_LEI_CODES if c.startswith(("01", "16")))  # 林地: 01xx and 163x
+MAY_HOLD_TREES_CODES = tuple(c for c in FOREST_LAND_CODES if c[:3] in ("011", "012", "013", "014", "015", "016"))
+"""林地 whose land may carry woody biomass (乔木林, 竹林, 疏林, 灌木林, 未成林, 苗圃, 迹地): the synthetic
+county's ``forest_mask.forest_codes``."""
 NON_FOREST_CODES = tuple(c for c in DI_LEI_CODES if c.startswith("02"))  # 非林地
 
 # ESA WorldCover legend (Zanaga et al. 2022, ESA WorldCover 10 m 2021 v200, doi:10.5281/zenodo.7254221;

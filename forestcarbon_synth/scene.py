@@ -131,9 +131,12 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
             "parcel_id": "parcel_id",
             "projects": "projects/projects.gpkg",
             "project_id": "project_id",
+            "landcover": "landcover/worldcover_like_2021.tif",
         },
         "mosaic": {"start": "2024-09-01", "end": "2025-01-31"},
         "carbon": {"group_field": "dom_species"},
+        # 林地 that may hold trees: 乔木林, 竹林, 疏林, 灌木林, 未成林, 苗圃, 迹地 (not 无立木林地 163x, 宜林地 017x)
+        "forest_mask": {"parcel_field": "DI_LEI", "forest_codes": list(land.MAY_HOLD_TREES_CODES)},
         "output": "output",
         "truth": {"agb": "truth/agb_truth.tif", "parcels": "truth/parcel_carbon_truth.csv"},
     }

@@ -166,7 +166,7 @@ def _edited(scene_cfg: Path, tmp: Path, edit) -> Path:
     raw = yaml.safe_load(scene_cfg.read_text())
     edit(raw)
     p = tmp / "bad.yaml"
-    for key in ("stac_items", "laz", "plots", "trees", "parcels", "projects"):
+    for key in ("stac_items", "laz", "plots", "trees", "parcels", "projects", "landcover"):
         v = raw["inputs"].get(key)
         if v and not Path(v).is_absolute():
             raw["inputs"][key] = str(scene_cfg.parent / v)

@@ -40,7 +40,7 @@ from ..models.coverage import CoverageModel, predict_coverage_block
 from ..models.regressor import sparse_features, spatial_blocks
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
-from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block
+from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block, land_class_text
 from ..rs.grid import check_on_grid, geobox_from_config, pixel_area_ha
 from ..rs.scenes import check_scene_files, read_scenes, select_overlapping
 from ..rs.tiles import lonlat_footprint
@@ -169,7 +169,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
 def check_forest_codes(path: Path, layer: str | None, field: str, codes: tuple[str, ...]) -> None:
     """At least one parcel must carry one of the forest codes (else the codes are written differently from the
     layer's, e.g. 111 against '0111', and every pixel would be zeroed)."""
-    values = gpd.read_file(path, layer=layer, columns=[field], ignore_geometry=True)[field].map(_code)
+    values = pd.Series(land_class_text(gpd.read_file(path, layer=layer, columns=[field], ignore_geometry=True)[field],
+                                       codes))
     if not values.isin(codes).any():
         found = sorted(values.unique().tolist())
         raise ConfigError(f"forest_mask.forest_codes {list(codes)}: no parcel of {path} carries one in field {field!r} "
@@ -721,7 +722,7 @@ def forest_mask_layer(ctx: Context) -> "da.Array":
     lc_nodata = None
     if fm.parcel_field:
         parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
-        is_forest = parcels[fm.parcel_field].map(_code).isin(fm.forest_codes).to_numpy()
+        is_forest = np.isin(land_class_text(parcels[fm.parcel_field], fm.forest_codes), fm.forest_codes)
         parcel = burn_values(parcels, is_forest.astype("uint8"), ctx.gbox, fill=NO_PARCEL, chunk_px=chunk)
     if i.landcover is not None:
         import rasterio
@@ -740,23 +741,17 @@ def forest_mask_layer(ctx: Context) -> "da.Array":
         it = iter(arrays)
         return forest_mask_block(next(it) if parcel is not None else None, next(it) if landcover is not None else None,
                                  next(it) if ndvi is not None else None, landcover_forest=fm.landcover_forest_classes,
-                                 landcover_nodata=lc_nodata, ndvi_min=fm.ndvi_min, outside_parcels=fm.outside_parcels)
+                                 landcover_never_forest=fm.landcover_never_forest_classes, landcover_nodata=lc_nodata, ndvi_min=fm.ndvi_min, outside_parcels=fm.outside_parcels)
 
     return da.map_blocks(block, *layers, new_axis=0, chunks=((2,), *layers[0].chunks), dtype="uint8")
-
-
-def _code(v) -> str:
-    """A land-class value as text: integers without a decimal point (a code read as 111.0 is '111')."""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
 
 
 def forest_mask_summary(ctx: Context) -> dict:
     """Forest and non-forest area (ha) and the area each reason zeroed."""
     m = open_stack(ctx.out.forest_mask, ctx.cfg.compute.chunk_px).data
     px = pixel_area_ha(ctx.gbox)
-    forest, *by_reason = dask.compute((m[0] == 1).sum(), *[((m[1] & b) > 0).sum() for b in REASON_BITS.values()])
+    reasons = m[1].astype("uint8")
+    forest, *by_reason = dask.compute((m[0] == 1).sum(), *[((reasons & b) > 0).sum() for b in REASON_BITS.values()])
     n = int(np.prod(ctx.gbox.shape))
     return {"forest_ha": float(forest) * px, "non_forest_ha": float(n - forest) * px,
             "non_forest_ha_by_reason": {k: float(c) * px for k, c in zip(REASON_BITS, by_reason)}}

@@ -8,8 +8,12 @@ configured source says so:
   parcel's code is not one of the forest codes; pixels outside every parcel
   are non-forest too unless ``outside_parcels`` is ``"evidence"`` (then the
   other sources decide);
-* a land-cover raster (``inputs.landcover``): a class not among the forest
-  classes (ESA WorldCover 2021: 10 tree cover);
+* a land-cover raster (``inputs.landcover``): a class that is never forest
+  (ESA WorldCover: 50 built-up, 80 permanent water) zeroes a pixel anywhere; where
+  no parcel decides (no parcel layer, or outside parcels with ``"evidence"``) a
+  class not among the forest classes (WorldCover: 10 tree cover) does too.  Inside
+  forest parcels the map's tree/grass/crop confusion does not overrule the
+  inventory (WorldCover 2021 states 76.7 % overall accuracy);
 * the mosaic's spectral evidence: NDVI below ``ndvi_min`` (no green canopy:
   water, built-up, bare soil, fresh clear-cuts).
 
@@ -30,8 +34,9 @@ NO_PARCEL = 255
 
 
 def forest_mask_block(parcel_forest: np.ndarray | None, landcover: np.ndarray | None, ndvi: np.ndarray | None, *,
-                      landcover_forest: tuple[int, ...] = (10,), landcover_nodata: int | None = None,
-                      ndvi_min: float | None = None, outside_parcels: str = "non_forest") -> np.ndarray:
+                      landcover_forest: tuple[int, ...] = (10,), landcover_never_forest: tuple[int, ...] = (50, 80),
+                      landcover_nodata: int | None = None, ndvi_min: float | None = None,
+                      outside_parcels: str = "non_forest") -> np.ndarray:
     """(2, y, x) uint8: forest (1) / non-forest (0), and the bit-coded reasons (:data:`REASON_BITS`).
 
     ``parcel_forest`` is 1 where the pixel's parcel carries a forest code, 0 another code,
@@ -45,12 +50,33 @@ def forest_mask_block(parcel_forest: np.ndarray | None, landcover: np.ndarray | 
             reasons |= np.where(parcel_forest == NO_PARCEL, REASON_BITS["outside_parcels"], 0).astype(np.uint8)
     if landcover is not None:
         known = np.ones(shape, bool) if landcover_nodata is None else landcover != landcover_nodata
-        reasons |= np.where(known & ~np.isin(landcover, landcover_forest), REASON_BITS["landcover"], 0).astype(np.uint8)
+        undecided = (np.ones(shape, bool) if parcel_forest is None
+                     else (parcel_forest == NO_PARCEL) & (outside_parcels == "evidence"))
+        never = np.isin(landcover, landcover_never_forest) | (undecided & ~np.isin(landcover, landcover_forest))
+        reasons |= np.where(known & never, REASON_BITS["landcover"], 0).astype(np.uint8)
     if ndvi is not None and ndvi_min is not None:
         with np.errstate(invalid="ignore"):
             low = np.isfinite(ndvi) & (ndvi < ndvi_min)
         reasons |= np.where(low, REASON_BITS["ndvi"], 0).astype(np.uint8)
     return np.stack([(reasons == 0).astype(np.uint8), reasons])
+
+
+def land_class_text(values, codes) -> "np.ndarray":
+    """Land-class values as text comparable with ``codes``: 111.0 -> '111'; and when every code is the same
+    number of digits, shorter all-digit values are zero-padded to it ('111' -> '0111': a code field saved as
+    a number loses its leading zero)."""
+    import pandas as pd
+
+    widths = {len(c) for c in codes if c.isdigit()}
+    width = widths.pop() if len(widths) == 1 and all(c.isdigit() for c in codes) else None
+
+    def one(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        t = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
+        return t.zfill(width) if width and t.isdigit() and len(t) < width else t
+
+    return pd.Series(values).map(one).to_numpy()
 
 
 def masked_agb(agb: np.ndarray, forest: np.ndarray, non_forest_agb_mg_ha: float = 0.0) -> np.ndarray:
