@@ -311,11 +311,16 @@ def test_map_pixels_are_the_served_models_predictions(run):
     for f in ("agb", "agb_p05", "agb_p95", "model_source", "carbon", "carbon_p05", "carbon_p95"):
         with rasterio.open(out / f"maps/{f}.tif") as src:
             rd[f] = src.read(1)
+    forest = np.ones_like(rd["agb"], dtype=bool)
+    if (out / "maps/forest_mask.tif").exists():  # non-forest pixels are 0 by the mask, not by a model
+        with rasterio.open(out / "maps/forest_mask.tif") as src:
+            forest = src.read(1) == 1
+        assert (rd["agb"][~forest] == 0).all()
     rng = np.random.default_rng(0)
     codes = {"lidar": 1, "optical": 2}
     assert [m.name for m in bundle["models"]] == card["serving_order"]
     for m in bundle["models"]:
-        rows, cols = np.nonzero(rd["model_source"] == codes[m.name])
+        rows, cols = np.nonzero((rd["model_source"] == codes[m.name]) & forest)
         assert rows.size > 0
         pick = rng.choice(rows.size, size=min(200, rows.size), replace=False)
         X = pd.DataFrame({f: feats[f][rows[pick], cols[pick]] for f in m.features})

@@ -38,6 +38,7 @@ from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
 from ..models.coverage import CoverageModel, predict_coverage_block
 from ..models.regressor import sparse_features, spatial_blocks
+from ..models.support import window_at, window_mean, window_px
 from ..rs import composite, lidar
 from ..rs.cog import write_cog
 from ..rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block, land_class_text
@@ -527,10 +528,22 @@ def stage_model(ctx: Context) -> dict:
     plots = gpd.read_file(ctx.out.plots, layer="plots")
     table = pd.DataFrame({"plot_id": plots["plot_id"]})
     sources = feature_rasters(ctx)
-    for path, names, _ in sources:
-        z = zonal_table(path, plots, "plot_id", ("mean",))
-        for n in names:
-            table[n] = z[f"{n}_mean"].to_numpy()
+    res = float(abs(ctx.gbox.affine.a))
+    if m.support == "window":
+        k = m.window_px or window_px(float(plots.geometry.area.median()), res)
+        if k % 2 == 0:
+            raise ConfigError(f"model.window_px must be odd (a window centred on its pixel), not {k}")
+        support = {"kind": f"window mean {k} x {k} pixels", "area_m2": k * k * res * res, "window_px": k}
+        for path, names, _ in sources:
+            vals = plot_window_features(path, plots, ctx.gbox, k)
+            for j, n in enumerate(names):
+                table[n] = vals[:, j]
+    else:
+        support = {"kind": "plot footprint mean of the grid's features", "area_m2": float(plots.geometry.area.median())}
+        for path, names, _ in sources:
+            z = zonal_table(path, plots, "plot_id", ("mean",))
+            for n in names:
+                table[n] = z[f"{n}_mean"].to_numpy()
     wall = [n for _, ns, w in sources if w for n in ns]
     partial = [n for _, ns, w in sources if not w for n in ns]
     table["agb_mg_ha"] = plots["agb_mg_ha"].to_numpy()
@@ -581,8 +594,7 @@ def stage_model(ctx: Context) -> dict:
     table["agb_cv_pred_mg_ha"] = table[f"agb_cv_pred_{served}_mg_ha"].fillna(table["agb_cv_pred_optical_mg_ha"])
     write_table(table, ctx.out.training_table)
     digest = sha256(ctx.out.training_table)
-    support = {"kind": "plot footprint mean of the grid's features", "area_m2": float(plots.geometry.area.median())}
-    grid = {"crs": ctx.gbox.crs.to_wkt(), "resolution_m": float(abs(ctx.gbox.affine.a))}
+    grid = {"crs": ctx.gbox.crs.to_wkt(), "resolution_m": res}
     cards = {n: build_card(f, name=f"{cfg.name}-{n}", target_units="Mg/ha (dry aboveground biomass)", support=support,
                            training_sha256=digest, source=str(ctx.out.training_table), grid=grid)
              for n, f in fits.items()}
@@ -607,6 +619,24 @@ def stage_model(ctx: Context) -> dict:
         out[f"{n}_interval_inside_fraction"] = f.calibration["overall"]["inside_fraction"]
         out[f"{n}_kind"] = f.model.kind
     return out
+
+
+def plot_window_features(path: Path, plots: gpd.GeoDataFrame, gbox: GeoBox, k: int) -> np.ndarray:
+    """(plots, bands) window means (:func:`..models.support.window_mean`) of a feature raster around the
+    pixel holding each plot's centre, read window by window (NaN outside the raster)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    c = plots.geometry.centroid
+    inv = ~gbox.affine
+    cols, rows = zip(*[inv * (x, y) for x, y in zip(c.x, c.y)]) if len(plots) else ((), ())
+    rows = np.floor(np.asarray(rows, float)).astype(int)
+    cols = np.floor(np.asarray(cols, float)).astype(int)
+    with rasterio.open(path) as src:
+        def read(r0, r1, c0, c1):
+            a = src.read(window=Window(c0, r0, c1 - c0, r1 - r0), boundless=True, masked=True).astype("float64")
+            return a.filled(np.nan)
+        return window_at(read, rows, cols, k)
 
 
 MAP_KINDS = ("random_forest", "hist_gradient_boosting")
@@ -652,6 +682,9 @@ def stage_map(ctx: Context) -> dict:
                          "the feature rasters lack; rerun the model stage")
     stack = xr.concat([open_stack(p, chunk).sel(band=ns) for p, ns, _ in sources], dim="band")
     data = stack.data.rechunk({0: -1})
+    k = int(bundle["support"].get("window_px", 1))
+    if k > 1:  # the features the model was trained on: window means of about the plot's area
+        data = data.map_overlap(window_mean, k=k, depth={0: 0, 1: k // 2, 2: k // 2}, boundary=np.nan, dtype="float32")
     pred = data.map_blocks(predict_coverage_block, names, bundle["models"], chunks=((len(BANDS),), *data.chunks[1:]),
                            dtype="float32")
     tags = {"model_id": bundle["model_id"], "units": "Mg/ha"}
