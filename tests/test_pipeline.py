@@ -26,7 +26,7 @@ CONTRACT = [
     "maps/agb.tif", "maps/carbon.tif", "parcels/parcels_carbon.gpkg", "parcels/parcels_carbon.parquet",
     "projects/projects_carbon.gpkg", "projects/project_parcels.csv", "report/index.html", "report/summary.json",
     "terrain/terrain.tif", "maps/agb_sd.tif", "maps/agb_p05.tif", "maps/agb_p95.tif", "maps/model_source.tif",
-    "maps/carbon_sd.tif", "maps/carbon_p05.tif", "maps/carbon_p95.tif",
+    "maps/carbon_sd.tif", "maps/carbon_p05.tif", "maps/carbon_p95.tif", "maps/aoa.tif",
 ]
 
 
@@ -329,3 +329,30 @@ def test_map_pixels_are_the_served_models_predictions(run):
     assert (rd["agb_p05"][ok] <= rd["agb"][ok] + 1e-3).all() and (rd["agb"][ok] <= rd["agb_p95"][ok] + 1e-3).all()
     assert (rd["carbon_p05"][ok] <= rd["carbon"][ok] + 1e-3).all() and (rd["carbon"][ok] <= rd["carbon_p95"][ok] + 1e-3).all()
     assert set(np.unique(rd["model_source"]).tolist()) <= {0, 1, 2}
+
+
+def test_area_of_applicability_by_brute_force(run):
+    """The map's dissimilarity index at sample pixels, recomputed with numpy from the training table and the
+    card's standardisation: distance to the nearest training plot over the mean distance between plots."""
+    _, out, _ = run
+    card = json.loads((out / "model/model_card.json").read_text())["models"]["optical"]["area_of_applicability"]
+    tt = pd.read_csv(out / "model/training_table.csv")
+    tt = tt[tt["trains"]]
+    feats, center, scale, w = card["features"], np.array(card["center"]), np.array(card["scale"]), np.array(card["weight"])
+    Z = (tt[feats].to_numpy(float) - center) / scale * w
+    D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
+    mean_d = np.mean([D[i][np.arange(len(Z)) != i].mean() for i in range(len(Z))])
+    assert mean_d == pytest.approx(card["mean_distance"], rel=1e-9)
+    vals = {}
+    for f in ("mosaic/reflectance.tif", "mosaic/indices.tif", "terrain/terrain.tif"):
+        with rasterio.open(out / f) as src:
+            for i, name in enumerate(src.descriptions):
+                vals[name] = src.read(i + 1)
+    with rasterio.open(out / "maps/aoa.tif") as src:
+        di, inside = src.read(1), src.read(2)
+    rows, cols = np.nonzero(np.isfinite(di))
+    pick = np.random.default_rng(1).choice(rows.size, 100, replace=False)
+    z = (np.stack([vals[f][rows[pick], cols[pick]] for f in feats], axis=1) - center) / scale * w
+    want = np.sqrt(((z[:, None, :] - Z[None, :, :]) ** 2).sum(-1)).min(axis=1) / mean_d
+    np.testing.assert_allclose(di[rows[pick], cols[pick]], want, rtol=1e-4)
+    np.testing.assert_array_equal(inside[rows[pick], cols[pick]], (want <= card["threshold"]).astype("float32"))

@@ -81,6 +81,8 @@ class Layout:
     @property
     def carbon_p95(self) -> Path: return self.root / "maps" / "carbon_p95.tif"
     @property
+    def aoa(self) -> Path: return self.root / "maps" / "aoa.tif"
+    @property
     def prediction_work(self) -> Path: return self.root / "maps" / ".prediction.tif"
     # 6 parcels
     @property

@@ -36,7 +36,7 @@ from ..models.allometry import (candidate_agb, load_registry, resolve_fallback, 
                                validate_trees)
 from ..models.height import fill_heights
 from ..models.uncertainty import ErrorModel, monte_carlo
-from ..models.coverage import CoverageModel, predict_coverage_block
+from ..models.coverage import CoverageModel, applicability_block, predict_coverage_block
 from ..models.regressor import sparse_features, spatial_blocks
 from ..models.support import window_at, window_mean, window_px
 from ..rs import composite, lidar
@@ -739,10 +739,20 @@ def stage_map(ctx: Context) -> dict:
     ratio = da.where(agb_w > 0, c_total / da.where(agb_w > 0, agb_w, 1), 0)
     write_cog((sd * ratio).astype("float32"), ctx.gbox, ctx.out.carbon_sd, descriptions=["carbon_sd_mg_ha"],
               units="Mg C/ha", tags=ctags | {"carbon_sd": "agb_sd x carbon/agb of the pixel"}, block=chunk)
+    trained = (bundle.get("aoa") or {}).get("optical")
+    aoa_summary = None
+    if trained is not None:  # where the optical model (the one that serves everywhere) is applicable
+        di = data.map_blocks(applicability_block, names, trained, chunks=((2,), *data.chunks[1:]), dtype="float32")
+        write_cog(di, ctx.gbox, ctx.out.aoa, descriptions=["dissimilarity_index", "inside_aoa"], block=chunk,
+                  tags={"method": "Meyer & Pebesma 2021 dissimilarity index (CAST 1.1.0 trainDI/aoa), optical model",
+                        "threshold": str(trained.threshold), "features": json.dumps(trained.features)})
+        inside = open_stack(ctx.out.aoa, chunk).data[1]
+        n_in, n_out = dask.compute((inside == 1).sum(), (inside == 0).sum())
+        aoa_summary = {"inside_ha": float(n_in) * pixel_area_ha(ctx.gbox), "outside_ha": float(n_out) * pixel_area_ha(ctx.gbox)}
     served = dask.compute(*[(open_stack(ctx.out.model_source, chunk).data[0] == k).sum() for k in SOURCES.values()])
     px = pixel_area_ha(ctx.gbox)
     return {"model_id": bundle["model_id"], "carbon_rule_area_ha": area, "forest_mask": mask_summary,
-            "area_ha_by_model": {n: float(c) * px for n, c in zip(SOURCES, served)}}
+            "area_ha_by_model": {n: float(c) * px for n, c in zip(SOURCES, served)}, "area_of_applicability": aoa_summary}
 
 
 def forest_mask_layer(ctx: Context) -> "da.Array":

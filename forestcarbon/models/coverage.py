@@ -68,3 +68,15 @@ def predict_coverage_block(block: np.ndarray, names: Sequence[str], models: Sequ
             out[4, ok] = SOURCES[m.name]
             todo &= ~ok
     return out.reshape(len(BANDS), ny, nx)
+
+
+def applicability_block(block: np.ndarray, names: Sequence[str], trained) -> np.ndarray:
+    """(2, y, x) float32: the dissimilarity index (Meyer & Pebesma 2021; :class:`~.validation.TrainDI`) of each
+    pixel's features and 1 inside the area of applicability (DI <= the training threshold), 0 outside; NaN
+    where a feature is missing."""
+    nf, ny, nx = block.shape
+    names = [str(n) for n in names]
+    X = block.reshape(nf, -1).T[:, [names.index(f) for f in trained.features]].astype("float64")
+    di = trained.di(X)
+    inside = np.where(np.isfinite(di), (di <= trained.threshold).astype("float64"), np.nan)
+    return np.stack([di, inside]).astype("float32").reshape(2, ny, nx)
