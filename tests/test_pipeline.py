@@ -356,3 +356,41 @@ def test_area_of_applicability_by_brute_force(run):
     want = np.sqrt(((z[:, None, :] - Z[None, :, :]) ** 2).sum(-1)).min(axis=1) / mean_d
     np.testing.assert_allclose(di[rows[pick], cols[pick]], want, rtol=1e-4)
     np.testing.assert_array_equal(inside[rows[pick], cols[pick]], (want <= card["threshold"]).astype("float32"))
+
+
+def _stage_copy(run, tmp_path, *folders):
+    """The module run's config and a copy of the outputs a single stage reads."""
+    import shutil
+
+    cfg, out, _ = run
+    dst = tmp_path / "out"
+    for f in folders:
+        shutil.copytree(out / f, dst / f)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(json.loads(cfg.with_output(dst).model_dump_json())))
+    return p, dst
+
+
+def test_too_few_plots_for_the_cv_fail_in_one_line(run, tmp_path):
+    p, dst = _stage_copy(run, tmp_path, "mosaic", "lidar", "terrain", "plots")
+    plots = gpd.read_file(dst / "plots/plots.gpkg", layer="plots")
+    plots.head(6).to_file(dst / "plots/plots.gpkg", layer="plots", driver="GPKG")
+    res = _cli("run", str(p), "--stage", "model")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "6 rows; 5-fold cross-validation needs at least 10" in lines[0]
+    assert not (dst / "model/model.joblib").exists()
+
+
+def test_a_model_for_another_grid_fails_in_one_line(run, tmp_path):
+    import joblib
+
+    p, dst = _stage_copy(run, tmp_path, "mosaic", "lidar", "terrain", "plots", "model")
+    bundle = joblib.load(dst / "model/model.joblib")
+    bundle["grid"] = {**bundle["grid"], "resolution_m": 30.0}
+    joblib.dump(bundle, dst / "model/model.joblib")
+    res = _cli("run", str(p), "--stage", "map")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "was trained on another grid (30.0 m); rerun the model stage" in lines[0]
+    assert not (dst / "maps/agb.tif").exists()

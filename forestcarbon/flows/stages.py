@@ -522,6 +522,7 @@ def stage_model(ctx: Context) -> dict:
     from ..models.card import build_card
     from ..models.coverage import SOURCES, coverage_labels
     from ..models.fit import fit_table
+    from ..models.validation import make_splits
 
     cfg, m = ctx.cfg, ctx.cfg.model
     ctx.need(ctx.out.plots)
@@ -556,6 +557,7 @@ def stage_model(ctx: Context) -> dict:
                     int(no_optical.sum()), table.plot_id[no_optical].astype(str).tolist()[:10])
     table["trains"] = ~no_optical
     train = table[~no_optical].reset_index(drop=True)
+    make_splits(len(train), folds=m.cv_folds, seed=m.seed)  # enough plots for the CV at all, before anything else
     dropped = sparse_features(train, wall + partial, min_plots=2 * m.cv_folds)
     if dropped:
         log.warning("model: features %s have fewer than %d plots with values; not used", dropped, 2 * m.cv_folds)
