@@ -181,6 +181,26 @@ def build_report(ctx) -> dict:
         cv = summary["model"]["models"][card["serving_order"][0]]["spatial_cv"]
         ax.set_title(f"Block CV ({card['serving_order'][0]} model): R² {cv['r2']:.2f}, RMSE {cv['rmse']:.1f} Mg/ha")
     pngs.append(_quicklook(rep / "cv_scatter.png", scatter, axes=True))
+    served = card["models"][card["serving_order"][0]]
+
+    def importance(fig, ax):
+        imp = pd.DataFrame(served["permutation_importance"]).sort_values("rmse_increase")
+        ax.barh(imp["feature"], imp["rmse_increase"], xerr=imp["rmse_increase_sd"], color="tab:green")
+        ax.set_xlabel("RMSE increase when the feature is permuted (Mg/ha)")
+        ax.set_title(f"Permutation importance ({card['serving_order'][0]} model)")
+
+    def folds(fig, ax):
+        for k, (scheme, color) in enumerate((("spatial", "tab:blue"), ("random", "tab:orange"))):
+            pf = pd.DataFrame(served["cv"][scheme]["per_fold"])
+            ax.bar(pf["fold"] + (k - 0.5) * 0.4, pf["rmse"], width=0.4, color=color, label=f"{scheme} CV RMSE")
+            ax.plot(pf["fold"] + (k - 0.5) * 0.4, pf["bias"], "k_", markersize=14)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("fold (black: bias, Mg/ha)")
+        ax.set_ylabel("Mg/ha")
+        ax.legend()
+        ax.set_title("Accuracy by fold: spatial blocks vs random")
+    pngs.append(_quicklook(rep / "importance.png", importance, axes=True))
+    pngs.append(_quicklook(rep / "cv_folds.png", folds, axes=True))
     if summary["forest_parcels_without_estimate"]:
         log.warning("report: %d forest parcels (%.1f ha) have no mapped pixel and are not in the totals",
                     summary["forest_parcels_without_estimate"], summary["forest_area_ha_without_estimate"])
