@@ -199,11 +199,13 @@ class ModelConfig(_Strict):
     compared (scikit-learn parameter names).  ``support``: ``plot_mean`` trains on the plot-footprint mean of
     each feature and predicts single pixels; ``window`` trains and predicts on the mean over a k x k window of
     about the plot's area (``window_px``, odd; default from the median plot area, :mod:`..models.support`).
-    ``interval_alpha``: 1 - the nominal coverage
+    ``plots_without_features``: plots without the mosaic's features (persistent cloud, outside the mosaic) are
+    dropped with a count and named in the card, or an ``error``.  ``interval_alpha``: 1 - the nominal coverage
     of the per-pixel intervals (0.10: p05-p95)."""
 
     kind: Literal["auto", "hist_gradient_boosting", "random_forest", "loglog_linear"] = "auto"
     support: Literal["plot_mean", "window"] = "plot_mean"
+    plots_without_features: Literal["drop", "error"] = "drop"
     window_px: int | None = Field(None, ge=1)
     rf_grid: dict[str, tuple[float, ...]] = {"min_samples_leaf": (1, 5), "max_features": (1 / 3, 1.0)}
     interval_alpha: float = Field(0.10, gt=0, lt=0.5)

@@ -394,3 +394,24 @@ def test_a_model_for_another_grid_fails_in_one_line(run, tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "was trained on another grid (30.0 m); rerun the model stage" in lines[0]
     assert not (dst / "maps/agb.tif").exists()
+
+
+def test_plots_without_mosaic_features_dropped_with_a_count_or_refused(run, tmp_path):
+    """Two plots moved off the mosaic: dropped and named in the card by default, one line with 'error'."""
+    p, dst = _stage_copy(run, tmp_path, "mosaic", "lidar", "terrain", "plots")
+    plots = gpd.read_file(dst / "plots/plots.gpkg", layer="plots")
+    moved = plots.plot_id.astype(str).iloc[:2].tolist()
+    plots.loc[plots.index[:2], "geometry"] = plots.geometry.iloc[:2].translate(xoff=50_000)
+    plots.to_file(dst / "plots/plots.gpkg", layer="plots", driver="GPKG")
+    raw = yaml.safe_load(p.read_text())
+    raw["model"]["plots_without_features"] = "error"
+    p2 = tmp_path / "strict.yaml"
+    p2.write_text(yaml.safe_dump(raw))
+    res = _cli("run", str(p2), "--stage", "model")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and f"2 plots lack mosaic features (cloud or outside the mosaic): {moved}" in lines[0], res.stderr
+    res = _cli("run", str(p), "--stage", "model")
+    assert res.returncode == 0, res.stderr
+    card = json.loads((dst / "model/model_card.json").read_text())
+    assert card["plots_without_mosaic_features"] == moved
+    assert card["models"]["optical"]["n_training_rows"] == len(plots) - 2

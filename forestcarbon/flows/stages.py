@@ -553,8 +553,13 @@ def stage_model(ctx: Context) -> dict:
     table["cv_block"] = spatial_blocks(table.x, table.y, m.cv_block_m)
     no_optical = ~np.isfinite(table[wall].to_numpy(dtype="float64")).all(axis=1)
     if no_optical.any():
+        ids = table.plot_id[no_optical].astype(str).tolist()
+        if m.plots_without_features == "error":
+            raise ModelError(f"{int(no_optical.sum())} plots lack mosaic features (cloud or outside the mosaic): "
+                             f"{ids[:10]}{' ...' if len(ids) > 10 else ''}; model.plots_without_features: drop to "
+                             "train without them")
         log.warning("model: %d plots lack mosaic features (cloud or outside the mosaic) and train no model: %s",
-                    int(no_optical.sum()), table.plot_id[no_optical].astype(str).tolist()[:10])
+                    len(ids), ids[:10])
     table["trains"] = ~no_optical
     train = table[~no_optical].reset_index(drop=True)
     make_splits(len(train), folds=m.cv_folds, seed=m.seed)  # enough plots for the CV at all, before anything else
