@@ -24,16 +24,16 @@ from .land import COVER
 from .landscape import CRS, Frame
 
 
-BLOCK_SHARE = (0.6, 0.5)  # of the county's side, west-east and south-north; synthetic
+BLOCK_SHARE = (0.5, 0.4)  # of the county's side, west-east and south-north; synthetic
 
 
 def lidar_block(frame: Frame) -> tuple[float, float, float, float]:
-    """Extent of the flight block, snapped to 1 km tiles and at least 2 km a side: 6 km × 5 km of a 10 km
-    county (30 % of its area), 2 km × 2 km of a 3 km test county.  Bureaus fly LiDAR over large contiguous
+    """Extent of the flight block, snapped to 1 km tiles and at least 2 km a side: 5 km × 4 km of a 10 km
+    county (20 % of its area), 2 km × 2 km of a 3 km test county.  Bureaus fly LiDAR over large contiguous
     blocks and lay calibration plots inside them (:func:`forestcarbon_synth.ground.cluster_centres` doubles
-    the plot grid there), so about half the plots lie under LiDAR, spread over dozens of 1 km squares --
+    the plot grid there), so a third of the plots lie under LiDAR, spread over about twenty 1 km squares --
     the pipeline's default spatial CV block -- and a LiDAR + optical model can be fitted and tested under
-    spatial CV."""
+    spatial CV.  (A larger block costs the demo about 6 s of LiDAR processing per 1 km tile.)"""
     s = frame.size_m
     w, h = (max(2000.0, round(f * s / 1000) * 1000) for f in BLOCK_SHARE)
     x0 = frame.x0 + round(0.25 * s / 1000) * 1000

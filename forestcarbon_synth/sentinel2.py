@@ -128,13 +128,24 @@ def illumination(normals_u: np.ndarray, date: str) -> np.ndarray:
 
 
 def misregister(arr: np.ndarray, shift_m: np.ndarray, order: int = 1) -> np.ndarray:
-    """``arr`` ((band,) y, x, 10 m pixels) as a scene whose geolocation is off by ``shift_m`` (east, north)."""
+    """``arr`` ((band,) y, x, 10 m pixels) as a scene whose geolocation is off by ``shift_m`` (east, north):
+    each feature appears that far east and north of where it is."""
     from scipy import ndimage
 
     dy, dx = -shift_m[1] / 10.0, shift_m[0] / 10.0  # content moves: north is up (row − 1)
     if arr.ndim == 2:
         return ndimage.shift(arr, (dy, dx), order=order, mode="nearest")
     return np.stack([ndimage.shift(a, (dy, dx), order=order, mode="nearest") for a in arr])
+
+
+def _coarse_field(rng, shape, sigma_px: float, sd: float, factor: int = 10) -> np.ndarray:
+    """A smooth random field like :func:`smooth_field`, drawn ``factor`` times coarser and interpolated
+    (cheap for smoothing lengths of many pixels)."""
+    from scipy import ndimage
+
+    coarse = smooth_field(rng, (shape[0] // factor + 2, shape[1] // factor + 2), sigma_px / factor, sd)
+    fine = ndimage.zoom(coarse, factor, order=1)
+    return fine[: shape[0], : shape[1]].astype("float32")
 
 
 def _clouds(rng, shape, cover):
@@ -176,7 +187,7 @@ def write_scenes(rng, frame: Frame, tcode: np.ndarray, land, structure, dem: np.
         season = 1.0 + 0.04 * np.sin(i / len(DATES) * np.pi)
         gain = season * (1 + rng.normal(0, 0.02, len(BANDS)))[:, None, None]
         base = land_surface(canopy_u, fc_u, cover_u, road_u, phase_u, date) * illumination(normals_u, date)
-        aot = rng.normal(0, AOT_SD) + smooth_field(rng, shape, AOT_FIELD_PX, AOT_SD)
+        aot = rng.normal(0, AOT_SD) + _coarse_field(rng, shape, AOT_FIELD_PX, AOT_SD)
         base = base + np.asarray(AOT_SENSITIVITY, dtype="float32")[:, None, None] * aot[None].astype("float32")
         shift = absolute + rng.normal(0, COREGISTRATION_SD_M, 2)
         base = misregister(base, shift)
