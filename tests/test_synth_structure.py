@@ -53,14 +53,14 @@ def test_terrain_illumination_by_hand():
     flat = sentinel2.terrain_normals(np.zeros((n, n)), 10.0)
     np.testing.assert_allclose(sentinel2.illumination(flat, "2024-12-07"), 1.0, rtol=1e-6)
     rows = np.arange(n)[:, None] * np.ones((1, n))
-    south = sentinel2.terrain_normals(rows * 10.0 * 0.2, 10.0)  # rising northwards: faces south
+    south = sentinel2.terrain_normals(-rows * 10.0 * 0.2, 10.0)  # rows run south; rising northwards: faces south
     zen, az = sentinel2.sun_angles("2024-12-07")
     assert 0.9 < zen < 1.05 and np.pi / 2 < az < np.pi  # ~55°, from the south-east before noon
     normal = np.array([0.0, -0.2, 1.0]) / np.sqrt(1.04)  # east, north, up
     sun = np.array([np.sin(zen) * np.sin(az), np.sin(zen) * np.cos(az), np.cos(zen)])
     expected = 1 + sentinel2.TERRAIN_RESIDUAL * (normal @ sun / np.cos(zen) - 1)
     np.testing.assert_allclose(sentinel2.illumination(south, "2024-12-07")[5:-5, 5:-5], expected, rtol=1e-5)
-    north = sentinel2.terrain_normals(-rows * 10.0 * 0.2, 10.0)
+    north = sentinel2.terrain_normals(rows * 10.0 * 0.2, 10.0)
     assert expected > 1 > float(sentinel2.illumination(north, "2024-12-07")[10, 10])
 
 
