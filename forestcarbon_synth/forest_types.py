@@ -1,10 +1,10 @@
 """Forest types of the synthetic county and their growth, structure and spectra.
 
 Growth follows a Chapman-Richards curve AGB(age) = amax * (1 - exp(-k age))^p
-(Mg/ha); canopy top height follows h = h_coef * AGB^0.45 (m); canopy cover
-fc = 1 - exp(-AGB / cover_scale), which makes optical reflectance saturate at
-high biomass.  Values are plausible for subtropical Zhejiang plantations, not
-taken from a yield table.
+(Mg/ha); canopy top height h = h_coef * (AGB / stocking)^0.45 (m) and canopy
+cover, which makes optical reflectance saturate at high biomass, are set per
+stand by :mod:`forestcarbon_synth.structure`.  Values are plausible for
+subtropical Zhejiang plantations, not taken from a yield table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class ForestType:
     """Growth and appearance of one synthetic forest type.
 
     ``amax`` asymptotic AGB (Mg/ha), ``k`` rate (1/yr) and ``p`` shape of the
-    Chapman-Richards curve; ``age_range`` (yr); ``h_coef`` in h_m = h_coef·AGB^0.45;
+    Chapman-Richards curve; ``age_range`` (yr); ``h_coef`` in h_m = h_coef·(AGB/stocking)^0.45;
     ``dbh_per_year`` (cm/yr) and ``dbh_max`` (cm) set plot DBH draws; ``veg`` is
     the closed-canopy surface reflectance per band (unitless, 0-1).
     """
@@ -51,10 +51,3 @@ FOREST_TYPES = (
 )
 SOIL = (0.075, 0.105, 0.135, 0.21, 0.22, 0.27, 0.21)
 BANDS = ("blue", "green", "red", "nir", "nir08", "swir16", "swir22")
-
-def canopy_height_m(agb_mg_ha, h_coef):
-    return h_coef * np.power(np.maximum(agb_mg_ha, 0.0), 0.45)
-
-
-def canopy_cover(agb_mg_ha):
-    return 1.0 - np.exp(-np.maximum(agb_mg_ha, 0.0) / 35.0)

@@ -20,7 +20,7 @@ import pandas as pd
 import shapely
 from shapely import affinity
 
-from .forest_types import FOREST_TYPES, canopy_height_m
+from .forest_types import FOREST_TYPES
 from .landscape import CRS, Frame
 
 PLOT_SIDE_M = float(np.sqrt(10_000 / 15))  # 1 mu = 666.7 m2
@@ -84,9 +84,12 @@ CLUSTER_OFFSETS_M = ((0, 0), (-150, -150), (150, -150), (150, 150), (-150, 150))
 GROVE_SPECIES = "樟树"  # camphor, the village grove tree (the pipeline's species table knows it: CICA)
 
 
-def cluster_centres(rng, frame: Frame, plots_per_km2: float, min_plots: int) -> np.ndarray:
+def cluster_centres(rng, frame: Frame, plots_per_km2: float, min_plots: int,
+                    dense_block: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Cluster centres on a randomly placed systematic grid, dense enough that ~4 of each cluster's 5
-    positions yield the density of ``plots_per_km2`` (at least 1.4 × ``min_plots`` plots)."""
+    positions yield the density of ``plots_per_km2`` (at least 1.4 × ``min_plots`` plots).  Inside
+    ``dense_block`` (x0, y0, x1, y1; the LiDAR flight block) a second grid, offset by half a spacing in both
+    directions, doubles the density: the calibration plots a bureau lays where it flew LiDAR."""
     area_km2 = (frame.size_m / 1000) ** 2
     plots_per_km2 = max(plots_per_km2, 1.4 * min_plots / area_km2)  # small test scenes still get a trainable sample
     spacing = 1000 / np.sqrt(plots_per_km2 / 4)
@@ -95,7 +98,13 @@ def cluster_centres(rng, frame: Frame, plots_per_km2: float, min_plots: int) -> 
     gx = np.arange(x0 + off[0], x1, spacing)
     gy = np.arange(y0 + off[1], y1, spacing)
     xx, yy = np.meshgrid(gx, gy)
-    return np.c_[xx.ravel(), yy.ravel()]
+    centres = np.c_[xx.ravel(), yy.ravel()]
+    if dense_block is None:
+        return centres
+    bx0, by0, bx1, by1 = dense_block
+    extra = centres + spacing / 2
+    inside = (extra[:, 0] > bx0) & (extra[:, 0] < bx1) & (extra[:, 1] > by0) & (extra[:, 1] < by1)
+    return np.vstack([centres, extra[inside]])
 
 
 def recorded_di_lei(parcel, cover_codes: np.ndarray) -> str:
@@ -118,21 +127,24 @@ def recorded_di_lei(parcel, cover_codes: np.ndarray) -> str:
 
 
 def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, cover: np.ndarray,
+               height_m: np.ndarray, dense_block: tuple[float, float, float, float] | None = None,
                plots_per_km2: float = 2.2, min_plots: int = 60):
     """Clustered plots and their tree lists.
 
     Clusters of up to five 1-mu square plots (centre and the corners of a 300 m square, as inventories
-    lay out plot clusters to save walking; ``cluster`` names it) around centres on a systematic grid.  A
+    lay out plot clusters to save walking; ``cluster`` names it) around centres on a systematic grid, twice
+    as dense inside ``dense_block`` (:func:`cluster_centres`).  A
     position is kept when its square lies inside one parcel, whatever the land: plots on farmland, water,
     villages and clear-cuts are recorded with their land class (``DI_LEI``) and zero trees unless trees
     stand there (village groves: camphor, :data:`GROVE_SPECIES`).  Clear-cut plots hold no tallied trees
     (the regrowth is sprouts and shrubs).  Moso bamboo plots list culms with DBH, height and ``age`` in du
-    (度; 1 du = 2 years), the columns the pipeline's bamboo equation reads (DBH and age).
+    (度; 1 du = 2 years), the columns the pipeline's bamboo equation reads (DBH and age).  Tree heights
+    scale with the canopy top height over the plot (``height_m``, the height LiDAR sees).
     """
     by_key = {t.key: t for t in FOREST_TYPES}
     grove = by_key["broadleaf"]
     plots, trees = [], []
-    for ci, (cx0, cy0) in enumerate(cluster_centres(rng, frame, plots_per_km2, min_plots)):
+    for ci, (cx0, cy0) in enumerate(cluster_centres(rng, frame, plots_per_km2, min_plots, dense_block)):
         rot = rng.uniform(0, np.pi / 2)
         for dx, dy in CLUSTER_OFFSETS_M:
             cx = cx0 + dx * np.cos(rot) - dy * np.sin(rot)
@@ -157,20 +169,22 @@ def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, co
             t = by_key.get(p.forest_type, grove)
             species = t.species if t.key in by_key and p.land_use != "village" else GROVE_SPECIES
             age = p.age if p.land_use != "village" else int(rng.integers(30, 80))
-            trees.append(_tree_list(rng, plot_id, t, species, age, target_mg_ha, sq.area))
+            htop = footprint_mean(height_m, frame, sq)
+            trees.append(_tree_list(rng, plot_id, t, species, age, target_mg_ha, sq.area, htop))
     return gpd.GeoDataFrame(plots, crs=CRS), pd.concat(trees, ignore_index=True)
 
 
-def _tree_list(rng, plot_id: str, t, species: str, age: int, target_mg_ha: float, area_m2: float) -> pd.DataFrame:
-    """Trees drawn (DBH, height; culm age for bamboo) and kept while their summed true AGB comes closest
-    to the plot's target (possibly none)."""
+def _tree_list(rng, plot_id: str, t, species: str, age: int, target_mg_ha: float, area_m2: float,
+               htop_m: float) -> pd.DataFrame:
+    """Trees drawn (DBH, height up to the canopy top ``htop_m``; culm age for bamboo) and kept while their
+    summed true AGB comes closest to the plot's target (possibly none)."""
     target_kg = target_mg_ha * area_m2 / 10_000 * 1000
     if t.key == "moso_bamboo":
         dbh = rng.normal(10.0, 1.5, 4000).clip(5, 16)
     else:
         dq = min(t.dbh_max, 3.0 + t.dbh_per_year * age)
         dbh = rng.gamma(8.0, dq / 8.0, 4000).clip(1.5, t.dbh_max * 1.3)
-    htop = max(2.0, float(canopy_height_m(target_mg_ha, t.h_coef)))
+    htop = max(2.0, float(htop_m))
     d95 = np.quantile(dbh, 0.95)
     hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
     du = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)

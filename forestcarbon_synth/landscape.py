@@ -143,6 +143,11 @@ def true_agb(rng, parcels: gpd.GeoDataFrame, frame: Frame, land) -> tuple[np.nda
     return agb.astype("float32"), tcode.astype("uint8")
 
 
+def stand_agb(agb: np.ndarray, road_share: np.ndarray) -> np.ndarray:
+    """The stand's AGB (Mg/ha) in each cell before its road share took its part (0 on cells mostly road)."""
+    return np.where(road_share < 0.95, agb / np.maximum(1 - road_share, 0.05), 0.0).astype("float32")
+
+
 def parcel_truth(parcels: gpd.GeoDataFrame, frame: Frame, carbon_mg_ha: np.ndarray, factor: int = 5) -> pd.DataFrame:
     """True carbon (t) per parcel: the 10 m carbon field integrated over each
     polygon on a grid ``factor`` times finer (independent of any zonal tool)."""

@@ -1,12 +1,13 @@
 """Airborne LiDAR of the synthetic county: LAS 1.4 / LAZ tiles in EPSG:4549.
 
 Ground returns (class 2) lie on a hilly DEM; vegetation returns (classes 3-5)
-come from a canopy whose top height and cover follow the true AGB (at the
-stand's density beside roads, which take their share of each cell's pulses to
-the ground).  Village roofs return as buildings (class 6, 4-12 m above ground),
+come from a canopy whose top height and cover are the stand's structure
+(:mod:`forestcarbon_synth.structure`: height from biomass and stocking, cover
+from biomass and crown closure; at the stand's density beside roads, which take
+their share of each cell's pulses to the ground).  Village roofs return as buildings (class 6, 4-12 m above ground),
 and water absorbs most pulses: four in five over the river and ponds return
 nothing, the rest lie on the surface as class 9 (ASPRS LAS 1.4 classes).  A
-flight block covers part of the county only; a few high outliers ("birds",
+flight block covers about half the county (:func:`lidar_block`); a few high outliers ("birds",
 class 1) are added per tile so that the pipeline's outlier filter has work to do.
 """
 
@@ -19,30 +20,34 @@ import numpy as np
 from pyproj import CRS as PCRS
 from scipy import ndimage
 
-from .forest_types import FOREST_TYPES, canopy_cover, canopy_height_m
 from .land import COVER
 from .landscape import CRS, Frame
 
 
+BLOCK_SHARE = (0.5, 0.4)  # of the county's side, west-east and south-north; synthetic
+
+
 def lidar_block(frame: Frame) -> tuple[float, float, float, float]:
-    """Extent of the flight block, snapped to 1 km tiles: about 16 % of a 10 km county, and at least
-    2 km wide, so that a small test county's LiDAR plots do not all fall in one 1 km square -- the
-    pipeline's default spatial CV block: with all of them in one block, holding it out leaves the
-    model no LiDAR value to learn from, and its fit fails."""
+    """Extent of the flight block, snapped to 1 km tiles and at least 2 km a side: 5 km × 4 km of a 10 km
+    county (20 % of its area), 2 km × 2 km of a 3 km test county.  Bureaus fly LiDAR over large contiguous
+    blocks and lay calibration plots inside them (:func:`forestcarbon_synth.ground.cluster_centres` doubles
+    the plot grid there), so a third of the plots lie under LiDAR, spread over about twenty 1 km squares --
+    the pipeline's default spatial CV block -- and a LiDAR + optical model can be fitted and tested under
+    spatial CV.  (A larger block costs the demo about 6 s of LiDAR processing per 1 km tile.)"""
     s = frame.size_m
-    x0 = frame.x0 + round(0.45 * s / 1000) * 1000
-    y0 = frame.y0 + round(0.20 * s / 1000) * 1000
-    w = max(1000.0, round(0.4 * s / 1000) * 1000)
-    return (x0, y0, min(x0 + max(w, 2000.0), frame.x0 + s), y0 + w)
+    w, h = (max(2000.0, round(f * s / 1000) * 1000) for f in BLOCK_SHARE)
+    x0 = frame.x0 + round(0.25 * s / 1000) * 1000
+    y0 = frame.y0 + round(0.15 * s / 1000) * 1000
+    return (x0, y0, min(x0 + w, frame.x0 + s), min(y0 + h, frame.y0 + s))
 
 
-def write_tiles(rng, frame: Frame, dem: np.ndarray, agb: np.ndarray, tcode: np.ndarray, land, out: Path,
+def write_tiles(rng, frame: Frame, dem: np.ndarray, structure, land, out: Path,
                 density_per_m2: float = 0.5, tile_m: float = 1000.0) -> list[Path]:
+    """Tiles over :func:`lidar_block`; canopy top height and cover from ``structure``
+    (:class:`forestcarbon_synth.structure.Structure`)."""
     out.mkdir(parents=True, exist_ok=True)
-    h_coef = np.array([t.h_coef for t in FOREST_TYPES] + [1.0])
-    stand_agb = np.where(land.road_share < 0.95, agb / np.maximum(1 - land.road_share, 0.05), 0.0)
-    htop = canopy_height_m(stand_agb, h_coef[tcode])
-    cover = canopy_cover(stand_agb) * 0.9 * (1 - land.road_share)
+    htop = structure.height_m
+    cover = structure.cover * 0.9 * (1 - land.road_share)
     water = land.cover == COVER["water"].code
     bx0, by0, bx1, by1 = lidar_block(frame)
     paths = []

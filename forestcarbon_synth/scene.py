@@ -9,8 +9,7 @@ import numpy as np
 import rasterio
 import yaml
 
-from . import ground, land, landscape, lidar, sentinel2
-from .forest_types import canopy_cover
+from . import ground, land, landscape, lidar, sentinel2, structure
 from forestcarbon.config import default_allometry_path
 from forestcarbon.models.allometry import load_registry
 
@@ -67,6 +66,7 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     dem = land.level_water(dem, parcels, ids)
     cells = land.land_cells(rng, parcels, frame, roads, ids)
     agb, tcode = landscape.true_agb(rng, parcels, frame, cells)
+    stand = structure.stand_structure(rng, ids, landscape.stand_agb(agb, cells.road_share), tcode)
 
     delivered = parcels[["parcel_id", "DI_LEI", "land_class", "forest_type", "dom_species", "age", "area_ha", "geometry"]]
     (out / "parcels").mkdir(exist_ok=True)
@@ -75,18 +75,19 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     (out / "projects").mkdir(exist_ok=True)
     projects.to_file(out / "projects" / "projects.gpkg", layer="projects", driver="GPKG")
 
-    plots, trees = ground.make_plots(rng, frame, parcels, agb, cells.cover)
+    plots, trees = ground.make_plots(rng, frame, parcels, agb, cells.cover, stand.height_m,
+                                    dense_block=lidar.lidar_block(frame))
     (out / "ground").mkdir(exist_ok=True)
     plots.to_file(out / "ground" / "plots.gpkg", layer="plots", driver="GPKG")
     trees["age"] = trees["age"].astype("Int64")  # culm age in du, integer as tallied; empty for trees
     trees.to_csv(out / "ground" / "trees.csv", index=False)
 
-    sentinel2.write_scenes(rng, frame, agb, tcode, cells, out / "sentinel2")
-    lidar.write_tiles(rng, frame, dem, agb, tcode, cells, out / "lidar")
+    sentinel2.write_scenes(rng, frame, tcode, cells, stand, dem, out / "sentinel2")
+    lidar.write_tiles(rng, frame, dem, stand, cells, out / "lidar")
 
     truth = out / "truth"
     truth.mkdir(exist_ok=True)
-    wc_truth = land.true_worldcover(cells, canopy_cover(agb))
+    wc_truth = land.true_worldcover(cells, stand.cover)
     (out / "landcover").mkdir(exist_ok=True)
     wc_accuracy = land.write_worldcover(out / "landcover" / LANDCOVER_FILE, land.mapped_worldcover(rng, wc_truth, cells),
                                         frame, wc_truth)
