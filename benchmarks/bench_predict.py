@@ -188,10 +188,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--pixels", type=int, default=2 ** 22, help="map pixels (a square, side rounded up to 16)")
     ap.add_argument("--features", type=int, default=20)
-    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2, help="dask threads of the full path (the map stage's default)")
     ap.add_argument("--reference-pixels", type=int, default=2 ** 21)
-    ap.add_argument("--base", type=int, default=2 ** 20, help="pixels of the base area for the memory-by-area runs")
+    ap.add_argument("--base", type=int, default=2 ** 18, help="pixels of the base area for the memory-by-area runs")
     ap.add_argument("--kind", default="random_forest", choices=("auto", "random_forest", "hist_gradient_boosting"),
                     help="point model kinds compared by fit_table (auto: both, as the map stage's model.kind auto)")
     ap.add_argument("--model", type=Path, help="reuse the model saved here by an earlier run (fit and save it if absent)")
