@@ -44,15 +44,45 @@ def coverage_labels(table: pd.DataFrame, lidar_features: Sequence[str]) -> np.nd
     return np.where(ok, "lidar", "optical")
 
 
-def predict_coverage_block(block: np.ndarray, names: Sequence[str], models: Sequence[CoverageModel]) -> np.ndarray:
+def predict_threads() -> int:
+    """Threads :func:`predict_coverage_block` splits a block's rows over: the dask scheduler's ``num_workers``
+    when set (the pipeline's ``compute.workers``), else the CPU count."""
+    import os
+
+    import dask
+
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def predict_coverage_block(block: np.ndarray, names: Sequence[str], models: Sequence[CoverageModel],
+                           threads: int | None = None) -> np.ndarray:
     """(len(BANDS), y, x) float32 for a (feature, y, x) block whose features are ``names``: AGB, its SD, the
-    interval bounds (nominal 90 % with alpha 0.10: p05 and p95) and the serving model's code."""
+    interval bounds (nominal 90 % with alpha 0.10: p05 and p95) and the serving model's code.
+
+    The block's rows are split into ``threads`` parts (default :func:`predict_threads`) predicted at once in
+    threads: the forests' tree traversal releases the GIL, and ``rs.cog.write_cog`` computes one map block
+    at a time, so without this one core would do a whole map's prediction.  Each pixel's numbers do not
+    depend on the split (the models predict row by row)."""
     nf, ny, nx = block.shape
     X = block.reshape(nf, -1).T.astype("float64")
-    out = np.full((len(BANDS), ny * nx), np.nan, dtype="float32")
-    out[4] = 0
-    todo = np.ones(ny * nx, dtype=bool)
     names = [str(n) for n in names]
+    threads = min(threads or predict_threads(), max(1, X.shape[0] // 4096))
+    if threads == 1:
+        return _predict_rows(X, names, models).reshape(len(BANDS), ny, nx)
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = np.array_split(np.arange(X.shape[0]), threads)
+    with ThreadPoolExecutor(threads) as pool:
+        out = list(pool.map(lambda rows: _predict_rows(X[rows[0]:rows[-1] + 1], names, models), parts))
+    return np.concatenate(out, axis=1).reshape(len(BANDS), ny, nx)
+
+
+def _predict_rows(X: np.ndarray, names: list[str], models: Sequence[CoverageModel]) -> np.ndarray:
+    """(len(BANDS), n) for the (n, features) rows ``X``."""
+    n = X.shape[0]
+    out = np.full((len(BANDS), n), np.nan, dtype="float32")
+    out[4] = 0
+    todo = np.ones(n, dtype=bool)
     for m in models:
         cols = [names.index(f) for f in m.features]
         ok = todo & np.isfinite(X[:, cols]).all(axis=1)
@@ -67,7 +97,7 @@ def predict_coverage_block(block: np.ndarray, names: Sequence[str], models: Sequ
             out[2, ok], out[3, ok] = lo, hi
             out[4, ok] = SOURCES[m.name]
             todo &= ~ok
-    return out.reshape(len(BANDS), ny, nx)
+    return out
 
 
 def applicability_block(block: np.ndarray, names: Sequence[str], trained) -> np.ndarray:
