@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from forestcarbon.config import ForestMaskConfig
-from forestcarbon.rs.forest_mask import NO_PARCEL, forest_mask_block, masked_agb
+from forestcarbon.rs.forest_mask import NO_PARCEL, forest_mask_block, masked_bands
 
 from .test_pipeline import _cli
 
@@ -34,7 +34,10 @@ def test_each_source_and_its_reason():
     forest, why = forest_mask_block(parcel, None, ndvi, ndvi_min=0.3, outside_parcels="evidence")
     np.testing.assert_array_equal(forest[0], [1, 0, 1, 1, 0, 1, 0])
     agb = np.array([[120.0, 80.0, np.nan, 50.0, 10.0, np.nan, 3.0]], dtype="float32")
-    np.testing.assert_array_equal(masked_agb(agb, forest[0]), [[120.0, 0.0, np.nan, 50.0, 0.0, np.nan, 0.0]])
+    sd = np.full_like(agb, 9.0)
+    got = masked_bands(np.stack([agb, sd]), forest[0], (0.0, None))  # band 2 left as it is
+    np.testing.assert_array_equal(got[0], [[120.0, 0.0, np.nan, 50.0, 0.0, np.nan, 0.0]])
+    np.testing.assert_array_equal(got[1], sd)
 
 
 def test_codes_saved_as_numbers_find_their_leading_zero():

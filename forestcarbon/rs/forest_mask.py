@@ -79,11 +79,6 @@ def land_class_text(values, codes) -> "np.ndarray":
     return pd.Series(values).map(one).to_numpy()
 
 
-def masked_agb(agb: np.ndarray, forest: np.ndarray, non_forest_agb_mg_ha: float = 0.0) -> np.ndarray:
-    """AGB (Mg/ha) on forest pixels, ``non_forest_agb_mg_ha`` elsewhere (NaN stays NaN on forest pixels only)."""
-    return np.where(forest == 1, agb, np.float32(non_forest_agb_mg_ha)).astype("float32")
-
-
 def masked_bands(bands: np.ndarray, forest: np.ndarray, values) -> np.ndarray:
     """``bands`` (band, y, x) where ``forest`` is 1, band i's ``values[i]`` elsewhere (None: left as it is)."""
     out = np.array(bands, dtype="float32", copy=True)
