@@ -1,9 +1,10 @@
 """Prediction benchmark: the map stage's prediction path (read feature COGs, coverage models' AGB with its
-conformal QRF interval and SD, write the prediction COG and its per-band COGs) against one ``predict`` call
+conformal interval and SD, write the prediction COG and its per-band COGs) against one ``predict`` call
 of the same fitted point estimator on the same features already in memory (numpy/pandas, no I/O).
 
-The model is the project's: ``models.fit.fit_table`` (random forests chosen by spatial-block CV, cqr
-intervals calibrated by nested spatial CV) on a synthetic plot table whose features are drawn like the
+The model is the project's: ``models.fit.fit_table`` (random forests chosen by spatial-block CV; intervals
+from the chosen forest's own trees, ``cqr_trees``, calibrated by nested spatial CV: point and interval from
+one traversal) on a synthetic plot table whose features are drawn like the
 pixels'; the full path is ``flows.stages.stage_map``'s wiring (``open_stack`` per feature COG, concat,
 ``map_blocks(predict_coverage_block, ...)``, ``write_cog``, the band split).
 

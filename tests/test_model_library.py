@@ -9,13 +9,15 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import RandomForestRegressor
 from scipy.stats import norm
 
 from forestcarbon.errors import ModelError, SpatialCVWarning
 from forestcarbon.models.card import build_card, check_card, frame_sha256
 from forestcarbon.models.estimator import AGBRegressor, select_model
 from forestcarbon.models.fit import fit_table
-from forestcarbon.models.intervals import conformal_margin, fit_intervals, interval_calibration
+from forestcarbon.models.intervals import (calibrated, conformal_margin, fit_intervals, interval_calibration, scores,
+                                              tree_point_quantiles)
 from forestcarbon.models.validation import (check_block_size, cross_validate, fold_ids, make_splits,
                                             residual_variogram, train_di)
 
@@ -242,6 +244,78 @@ def test_interval_model_sd_and_absolute_method():
     fitted = point.fit(X, t.agb_mg_ha).predict(X.iloc[:3])
     q = ab.predict(X.iloc[:3])
     assert (q.upper - fitted).to_numpy() == pytest.approx(np.full(3, ab.margin))
+
+
+def test_tree_point_quantiles_against_the_trees_one_by_one():
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 4))
+    y = X[:, 0] * 10 + rng.normal(size=300)
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values follow each split's learnt direction
+    forest = RandomForestRegressor(n_estimators=25, min_samples_leaf=2, random_state=0).fit(X, y)
+    new = rng.normal(size=(1000, 4))
+    new[rng.random(new.shape) < 0.1] = np.nan
+    per_tree = np.stack([t.predict(new.astype("float32")) for t in forest.estimators_])  # (trees, n)
+    got = tree_point_quantiles(forest, new, [0.05, 0.95], rows=128)
+    assert got[:, 0] == pytest.approx(forest.predict(new), rel=1e-12, abs=1e-12)
+    assert got[:, 1] == pytest.approx(np.percentile(per_tree, 5, axis=0))
+    assert got[:, 2] == pytest.approx(np.percentile(per_tree, 95, axis=0))
+
+
+def test_scores_and_interval_at_the_biomass_floor():
+    # a zero plot whose lower quantile sits on the floor scores its upper side only: 0 - 50 = -50;
+    # a plot above the floor scores the usual max(10 - 5, 5 - 60) = 5
+    assert scores([0.0, 10.0], [50.0, 60.0], [0.0, 5.0]).tolist() == [-50.0, 5.0]
+    assert scores([0.0, 10.0], [50.0, 60.0], [0.0, 5.0], floor=None).tolist() == [0.0, 5.0]
+    lo, hi = calibrated([0.0, 10.0, 30.0], [50.0, 60.0, 34.0], -3.0)
+    assert lo.tolist() == [0.0, 13.0, 32.0] and hi.tolist() == [47.0, 57.0, 32.0]  # third crossed: middle
+    lo, hi = calibrated([0.0, 2.0], [1.0, 60.0], 5.0)
+    assert lo.tolist() == [0.0, 0.0] and hi.tolist() == [6.0, 65.0]
+
+
+def _with_bare_land(rng, n_groups=30, per=8, bare=0.2):
+    """Forest plots (spread growing with height) and plots on bare land (height 0, biomass 0)."""
+    t = _hetero(rng, n_groups, per)
+    zero = rng.random(len(t)) < bare
+    t.loc[zero, "zmean"] = rng.uniform(0, 0.3, zero.sum())
+    t.loc[zero, "agb_mg_ha"] = 0.0
+    t["agb_mg_ha"] = t["agb_mg_ha"].clip(lower=0)
+    return t
+
+
+def test_zero_biomass_plots_no_longer_pin_the_margin():
+    """With a fifth of the plots at 0 Mg/ha, the plain CQR score is exactly 0 for each of them, so the
+    margin cannot fall below 0 and a quantile forest that over-covers stays too wide; the floor-aware score
+    lets it fall and brings held-out coverage to the nominal 90 %."""
+    t = _with_bare_land(np.random.default_rng(12))
+    X, y = t[["zmean", "noise"]], t.agb_mg_ha
+    splits = make_splits(len(t), groups=t.g, folds=5)
+    plain = fit_intervals(X, y, splits, method="cqr", floor=None)
+    aware = fit_intervals(X, y, splits, method="cqr")
+    assert plain.margin == 0.0 and aware.margin < 0
+    cal_plain = interval_calibration(X, y, groups=t.g, method="cqr", floor=None)
+    cal = interval_calibration(X, y, groups=t.g, method="cqr")
+    assert cal_plain["overall"]["inside_fraction"] > 0.95
+    assert 0.85 <= cal["overall"]["inside_fraction"] <= 0.95
+    assert cal["overall"]["mean_width"] < cal_plain["overall"]["mean_width"]
+    rows = cal["rows"]
+    assert (rows.lower >= 0).all() and rows.inside.equals((y >= rows.lower) & (y <= rows.upper))
+    # the point forest's own trees, calibrated the same way, hold the nominal share too
+    point = AGBRegressor("random_forest", {"n_estimators": 100, "min_samples_leaf": 3})
+    trees = interval_calibration(X, y, groups=t.g, method="cqr_trees", point_estimator=point)
+    assert 0.85 <= trees["overall"]["inside_fraction"] <= 0.95
+
+
+def test_cqr_trees_point_is_the_forest_and_served_in_one_object():
+    t = _hetero(np.random.default_rng(13))
+    X, y = t[["zmean", "noise"]], t.agb_mg_ha
+    point = AGBRegressor("random_forest", {"n_estimators": 60}).fit(X, y)
+    iv = fit_intervals(X, y, make_splits(len(t), groups=t.g, folds=5), method="cqr_trees", point_estimator=point,
+                       fitted=point)
+    assert iv.estimator is point and iv.gives_point
+    p = iv.predict_with_point(X.iloc[:20][["noise", "zmean"]])
+    assert p.point.to_numpy() == pytest.approx(point.predict(X.iloc[:20]), rel=1e-12)
+    with pytest.raises(ModelError, match="random-forest point estimator"):
+        fit_intervals(X, y, make_splits(len(t), folds=5), method="cqr_trees", point_estimator=AGBRegressor("loglog_linear"))
 
 
 # --------------------------------------------------------------- fit + card

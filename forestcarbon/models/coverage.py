@@ -5,9 +5,12 @@ fitted on the plots whose features it uses are complete (``fit.fit_table``).  A 
 model (in :data:`SOURCES` order) whose features are all finite there; the ``model_source`` band says
 which.  Predictions and interval bounds are clipped at 0 Mg/ha (biomass is not negative).
 
-The conformal interval comes from a quantile forest, the point estimate from the chosen model: where the
-point falls outside its interval the interval is widened to hold it (coverage can only grow), and the SD
-is recomputed from the widened interval as :class:`~.intervals.IntervalModel` defines it.
+When the interval model gives the point itself (``cqr_trees`` on the chosen random forest, or
+``absolute``) and holds the very estimator that serves the point, point and interval come from one
+prediction (one traversal of the forest).  Otherwise (``cqr``: a separate quantile forest) the point comes
+from the chosen model and, where it falls outside its interval, the interval is widened to hold it
+(coverage can only grow); the SD is then recomputed from the widened interval as
+:class:`~.intervals.IntervalModel` defines it.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ def _predict_rows(X: np.ndarray, names: list[str], models: Sequence[CoverageMode
         ok = todo & np.isfinite(X[:, cols]).all(axis=1)
         if ok.any():
             frame = pd.DataFrame(X[np.ix_(ok, cols)], columns=list(m.features))
-            iv = m.intervals.predict(frame)
-            point = np.clip(m.estimator.predict(frame), 0, None)
+            iv = m.intervals.predict_with_point(frame)
+            joint = m.intervals.gives_point and m.intervals.estimator is m.estimator
+            point = np.clip(iv["point"].to_numpy() if joint else m.estimator.predict(frame), 0, None)
             lo = np.clip(np.minimum(iv["lower"].to_numpy(), point), 0, None)
             hi = np.maximum(iv["upper"].to_numpy(), point)
             out[0, ok] = point

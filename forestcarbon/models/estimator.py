@@ -132,13 +132,7 @@ class AGBRegressor(RegressorMixin, BaseEstimator):
         """Predict from an (n, features) array whose columns are named by ``features`` (any order)."""
         if not hasattr(self, "feature_names_in_"):
             raise ModelError("AGBRegressor is not fitted")
-        features = [str(f) for f in features]
-        check_feature_names(features, self.feature_names_in_, "prediction data")
-        X = np.asarray(X, dtype="float64")
-        if X.ndim != 2 or X.shape[1] != len(features):
-            raise ModelError(f"prediction data: {X.shape} array for {len(features)} named features")
-        order = [features.index(f) for f in self.feature_names_in_]
-        X = X[:, order]
+        X = self.ordered(X, features)
         if self.kind != "loglog_linear":
             return self.estimator_.predict(X)
         ok = np.isfinite(X) & (X > 0)
@@ -147,6 +141,22 @@ class AGBRegressor(RegressorMixin, BaseEstimator):
             raise ModelError(f"loglog_linear cannot predict where {self.feature_names_in_[j]!r} is <= 0 or missing "
                              f"({int((~ok[:, j]).sum())} rows, positions {_positions(~ok[:, j])})")
         return np.exp(self.intercept_ + np.log(X) @ self.coef_) * self.baskerville_factor_
+
+    def ordered(self, X, features: Sequence[str] | None = None) -> np.ndarray:
+        """The (n, features) float64 array of ``X`` (a DataFrame, or an array whose columns ``features``
+        names) with its columns in the fitted order; a one-line ModelError if the names differ."""
+        if not hasattr(self, "feature_names_in_"):
+            raise ModelError("AGBRegressor is not fitted")
+        if features is None:
+            if not isinstance(X, pd.DataFrame):
+                raise ModelError("prediction data: an array needs its feature names")
+            features, X = list(X.columns), X.to_numpy(dtype="float64")
+        features = [str(f) for f in features]
+        check_feature_names(features, self.feature_names_in_, "prediction data")
+        X = np.asarray(X, dtype="float64")
+        if X.ndim != 2 or X.shape[1] != len(features):
+            raise ModelError(f"prediction data: {X.shape} array for {len(features)} named features")
+        return X[:, [features.index(f) for f in self.feature_names_in_]]
 
     # ----------------------------------------------------------- describing
     def hyperparameters(self) -> dict:

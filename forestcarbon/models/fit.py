@@ -16,7 +16,7 @@ from sklearn.base import clone
 
 from ..errors import ModelError
 from .estimator import KINDS, AGBRegressor, select_model
-from .intervals import IntervalModel, fit_intervals, interval_calibration
+from .intervals import IntervalModel, default_method, fit_intervals, interval_calibration
 from .validation import (CVResult, ResidualVariogram, TrainDI, check_block_size, cross_validate, fold_ids,
                          make_splits, permutation_importance_table, residual_variogram, spatial_blocks, train_di)
 
@@ -114,8 +114,9 @@ def _fit_table(table, target, features, *, groups, group_name, block_m, x, y, co
             notes.append("area of applicability not computed: no feature has a positive permutation importance")
     else:
         notes.append("area of applicability not computed: features have missing values (compute per coverage class)")
-    method = "cqr" if complete else "absolute"
-    intervals = fit_intervals(X, yv, splits, method=method, alpha=alpha, point_estimator=chosen, seed=seed)
+    method = default_method(chosen, complete)
+    intervals = fit_intervals(X, yv, splits, method=method, alpha=alpha, point_estimator=chosen, seed=seed,
+                              fitted=model)
     calibration = interval_calibration(X, yv, groups=groups, folds=folds, seed=seed, coverage=coverage, method=method,
                                        alpha=alpha, point_estimator=chosen)
     return TableFit(model, features, target, scheme, selection, cv, importance, intervals, calibration, variogram,
