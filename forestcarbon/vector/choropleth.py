@@ -14,6 +14,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -35,6 +36,18 @@ class MapImage:
         a, b, c, d, e, f = self.world_to_pixel
         x, y = np.asarray(x, float), np.asarray(y, float)
         return a * x + b * y + c, d * x + e * y + f
+
+
+# Chinese text (project and county names) needs a CJK font: the first of these installed is added as a
+# fallback behind DejaVu Sans (matplotlib >= 3.6 falls back glyph by glyph along font.family)
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei", "PingFang SC")
+
+
+def _font_family() -> list[str]:
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *[f for f in CJK_FONTS if f in have][:1]]
 
 
 def _nice_length(span: float) -> float:
@@ -59,6 +72,11 @@ def write_choropleth_png(gdf: gpd.GeoDataFrame, path: Path | str, density_col: s
     path = Path(path)
     values = check_numeric(gdf, density_col, str(path), id_col)
     classes = classes or quantile_classes(values, density_col, k, DENSITY_UNIT)
+    with rc_context({"font.family": _font_family()}):
+        return _draw(gdf, path, values, classes, title, width_px, height_px, dpi, edge_colour, edge_width)
+
+
+def _draw(gdf, path, values, classes, title, width_px, height_px, dpi, edge_colour, edge_width) -> MapImage:
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.02, 0.03, 0.70, 0.88))
