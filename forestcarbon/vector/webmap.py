@@ -78,8 +78,9 @@ def write_webmap_html(gdf: gpd.GeoDataFrame, path: Path | str, id_col: str = "pa
                       interval_label: str = "90 % interval", title: str = "Parcel carbon", k: int = 5,
                       classes: Classes | None = None, tolerance_m: float = 5.0, precision_m: float = 1.0,
                       decimals: int = 1) -> dict:
-    """Write the HTML map; return a summary: parcels, bytes, simplification method, vertices before/after,
-    parcels whose simplified outline vanished at ``precision_m`` (drawn from the unsimplified outline).
+    """Write the HTML map; return a summary: parcels, bytes, the CRS drawn in (the layer's when projected in
+    metres, else its UTM zone), simplification method, vertices before/after, parcels whose simplified
+    outline vanished at ``precision_m`` (drawn from the unsimplified outline).
 
     Displayed values are rounded: area to 0.01 ha, carbon, density, SD and interval to ``decimals``."""
     path = Path(path)
@@ -127,7 +128,7 @@ def write_webmap_html(gdf: gpd.GeoDataFrame, path: Path | str, id_col: str = "pa
             .replace("%DATA%", blob))
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    return {"parcels": n, "bytes": path.stat().st_size, "simplification": method, "tolerance_m": tolerance_m,
+    return {"parcels": n, "bytes": path.stat().st_size, "crs": gdf.crs.to_string(), "simplification": method, "tolerance_m": tolerance_m,
             "precision_m": precision_m, "vertices_in": int(shapely.get_num_coordinates(geoms).sum()),
             "vertices_out": int(shapely.get_num_coordinates(simple).sum()), "outline_fallbacks": fallback}
 
