@@ -63,7 +63,7 @@ class _Dom(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.paths, self.legend, self.body = [], [], {}
+        self.paths, self.legend, self.swatches, self.body = [], [], [], {}
         self._in_title = self._in_legend = False
 
     def handle_starttag(self, tag, attrs):
@@ -75,6 +75,8 @@ class _Dom(HTMLParser):
         elif tag == "div" and a.get("class") == "legend-item":
             self.legend.append("")
             self._in_legend = True
+        elif tag == "span" and a.get("class") == "sw":
+            self.swatches.append(a.get("style", ""))
         elif tag == "body":
             self.body = a
 
@@ -147,6 +149,10 @@ def test_html_map_in_chromium_one_shape_per_parcel_with_values(tmp_path):
         by_class.setdefault(cls, set()).add(p["fill"])
     assert by_class[-1] == {NO_DATA_COLOUR}
     assert all(len(by_class[c]) == 1 for c in range(k)) and len({next(iter(by_class[c])) for c in range(k)}) == k
+    # the legend's c-th swatch has class c's colour (Chromium serialises the style as rgb(r, g, b))
+    swatch_rgb = [tuple(int(x) for x in re.findall(r"\d+", st)[:3]) for st in dom.swatches]
+    class_rgb = [tuple(int(next(iter(by_class[c]))[j:j + 2], 16) for j in (1, 3, 5)) for c in (*range(k), -1)]
+    assert swatch_rgb == class_rgb
     assert len(dom.legend) == k + 1 and dom.legend[-1] == "no data"
     for c in range(k):  # the legend label of class c spans numpy's quantile edges c, c+1
         lo, hi = map(float, re.findall(r"[\d.]+", dom.legend[c])[:2])
