@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
+import subprocess
 import xml.etree.ElementTree as ET
 
 import geopandas as gpd
@@ -26,6 +28,8 @@ from forestcarbon.errors import FieldError
 from forestcarbon.vector.choropleth import write_choropleth_png
 from forestcarbon.vector.classes import NO_DATA_COLOUR
 from forestcarbon.vector.outputs import write_csv_excel, write_geoparquet, write_styled_gpkg
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # PyQGIS comes with the distribution's Python (Debian: python3-qgis)
 
 X0, Y0 = 500_000.0, 3_200_000.0
 
@@ -139,6 +143,58 @@ def test_gpkg_failed_write_leaves_the_old_file(tmp_path):
         write_styled_gpkg(unwritable, p, "carbon_t_ha")
     assert p.read_bytes() == before
     assert [q.name for q in tmp_path.iterdir()] == ["parcels.gpkg"]
+
+
+QGIS_PROBE = """
+import json, os, sys
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from qgis.core import Qgis, QgsApplication, QgsRenderContext, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+lyr = QgsVectorLayer(sys.argv[1] + "|layername=" + sys.argv[2], "parcels", "ogr")  # default style loads here
+r = lyr.renderer()
+out = {"qgis": Qgis.version(), "valid": lyr.isValid(), "renderer": r.type()}
+if r.type() == "graduatedSymbol":
+    out["attr"] = r.classAttribute()
+    out["method"] = r.classificationMethod().id()
+    out["ranges"] = [[x.lowerValue(), x.upperValue(), x.label()] for x in r.ranges()]
+    ctx = QgsRenderContext()
+    r.startRender(ctx, lyr.fields())
+    out["colours"] = {}
+    for f in lyr.getFeatures():
+        s = r.symbolForFeature(f, ctx)
+        out["colours"][f[sys.argv[3]]] = s.color().name() if s else None
+    r.stopRender(ctx)
+print(json.dumps(out), flush=True)
+os._exit(0)  # QgsApplication.exitQgis() with layers still alive crashes PyQGIS 3.22 at exit
+"""
+
+
+def test_qgis_opens_the_layer_with_the_style_and_draws_each_parcel_in_its_class_colour(tmp_path):
+    """Real QGIS (PyQGIS, run by the system Python): the layer opens with the graduated renderer from
+    layer_styles, and the colour QGIS picks for each parcel is its numpy-quantile class's colour."""
+    if not os.path.exists(SYSTEM_PYTHON) or subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"],
+                                                           capture_output=True).returncode != 0:
+        pytest.skip(f"PyQGIS is not importable by {SYSTEM_PYTHON} (Debian: apt-get install python3-qgis)")
+    g = grid_parcels(seed=11)
+    g.loc[5, "carbon_t_ha"] = np.nan
+    k = 5
+    p = tmp_path / "parcels.gpkg"
+    classes = write_styled_gpkg(g, p, "carbon_t_ha", layer="parcels_carbon", k=k)
+    (tmp_path / "probe.py").write_text(QGIS_PROBE)
+    r = subprocess.run([SYSTEM_PYTHON, str(tmp_path / "probe.py"), str(p), "parcels_carbon", "parcel_id"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["valid"] and out["renderer"] == "graduatedSymbol", out
+    assert out["attr"] == "carbon_t_ha" and out["method"] == "Quantile"
+    v = g["carbon_t_ha"].to_numpy()
+    edges = np.quantile(v[np.isfinite(v)], np.linspace(0, 1, k + 1))
+    np.testing.assert_allclose([x[0] for x in out["ranges"]] + [out["ranges"][-1][1]], edges, rtol=1e-13)
+    assert all(x[2].endswith("t C/ha") for x in out["ranges"])
+    for i, pid in enumerate(g["parcel_id"]):
+        want = classes.colours[qgis_class(v[i], edges)] if np.isfinite(v[i]) else None  # NULL: not drawn
+        assert out["colours"][pid] == want, pid
 
 
 # ------------------------------------------------------------------ GeoParquet

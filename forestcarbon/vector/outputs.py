@@ -22,10 +22,14 @@ from .qgis_style import add_default_style, graduated_qml
 
 def write_styled_gpkg(gdf: gpd.GeoDataFrame, path: Path | str, density_col: str = "carbon_t_ha",
                       layer: str = "parcels_carbon", k: int = 5, id_col: str | None = "parcel_id",
-                      classes: Classes | None = None) -> Classes:
+                      classes: Classes | None = None, gpkg_version: str = "1.2") -> Classes:
     """GeoPackage layer ``layer`` whose default QGIS style is a graduated renderer on ``density_col``
     (carbon density, t C/ha): ``k`` quantile classes (:func:`~forestcarbon.vector.classes.quantile_classes`),
-    sequential colours, legend labels with units.  Returns the classes used."""
+    sequential colours, legend labels with units.  Returns the classes used.
+
+    ``gpkg_version`` 1.2 (GDAL's ``VERSION`` creation option) rather than the newest GDAL's 1.4, which
+    the GDAL 3.6 of a QGIS 3.22 LTR opens only with a "may only be partially supported" warning.
+    Parcels whose density is NULL match no class and QGIS's graduated renderer does not draw them."""
     path = Path(path)
     where = f"{path} (layer {layer!r})"
     values = check_numeric(gdf, density_col, where, id_col)
@@ -34,7 +38,7 @@ def write_styled_gpkg(gdf: gpd.GeoDataFrame, path: Path | str, density_col: str 
     desc = (f"{classes.field}: {classes.k} quantile classes in {classes.unit} over {int(np.isfinite(values).sum())} "
             f"parcels; written by forestcarbon {__version__}")
     with atomic_path(path) as tmp:
-        gdf.to_file(tmp, layer=layer, driver="GPKG")
+        gdf.to_file(tmp, layer=layer, driver="GPKG", VERSION=gpkg_version)
         add_default_style(tmp, layer, qml, style_name=f"{layer} {classes.field}", description=desc)
     return classes
 
