@@ -204,6 +204,7 @@ def _embedded(html: Path) -> dict:
 def test_overlapping_geographic_parcels_are_reprojected_and_simplified_one_by_one(tmp_path):
     geoms = [shapely.box(X0 + 60 * i, Y0, X0 + 60 * i + 100, Y0 + 100).buffer(3, quad_segs=16) for i in range(6)]
     g = parcels_frame(np.array(geoms)).to_crs("EPSG:4490")
+    g.loc[2, "parcel_id"] = 'x</script><b id="y">&'  # must neither end the data block nor become markup
     summary = write_webmap_html(g, tmp_path / "m.html", tolerance_m=1.0)
     assert summary["simplification"] == "per-polygon"
     assert summary["vertices_out"] < summary["vertices_in"]

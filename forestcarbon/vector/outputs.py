@@ -12,6 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 from .. import __version__
 from ..fileio import atomic_path
@@ -70,7 +71,7 @@ def write_csv_excel(gdf, path: Path | str, columns: list[str] | None = None) -> 
     """The attribute table (no geometry) as CSV in UTF-8 with a byte-order mark, which Excel needs to
     read Chinese text (e.g. species 杉木) as UTF-8 rather than the system code page."""
     path = Path(path)
-    df = gdf.drop(columns=[c for c in [getattr(gdf, "_geometry_column_name", None)] if c in gdf.columns])
+    df = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)) if isinstance(gdf, gpd.GeoDataFrame) else gdf
     if columns is not None:
         missing = [c for c in columns if c not in df.columns]
         if missing:

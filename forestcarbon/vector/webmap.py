@@ -82,6 +82,8 @@ def write_webmap_html(gdf: gpd.GeoDataFrame, path: Path | str, id_col: str = "pa
     metres, else its UTM zone), simplification method, vertices before/after, parcels whose simplified
     outline vanished at ``precision_m`` (drawn from the unsimplified outline).
 
+    ``carbon_col``, ``sd_col`` (its standard deviation) and ``lo_col``/``hi_col`` (the bounds of its
+    ``interval_label`` interval) are the parcel's carbon in t C, ``density_col`` in t C/ha, ``area_col`` in ha.
     Displayed values are rounded: area to 0.01 ha, carbon, density, SD and interval to ``decimals``."""
     path = Path(path)
     where = str(path)
