@@ -97,7 +97,8 @@ def _listing(values, limit: int = 5) -> str:
 
 def _rows(mask) -> str:
     """1-based feature rows of a boolean mask (the first feature is row 1)."""
-    return _listing((np.flatnonzero(np.asarray(mask)) + 1).tolist())
+    rows = (np.flatnonzero(np.asarray(mask)) + 1).tolist()
+    return f"{rows[:5]}" + (f" (+{len(rows) - 5} more)" if len(rows) > 5 else "")
 
 
 def as_text(values: pd.Series, width: int | None = None) -> pd.Series:
@@ -148,7 +149,7 @@ def _read_checked(path: Path, layer, fields: ParcelFields, where: str) -> gpd.Ge
     if len(gdf) == 0:
         raise FieldError(f"{where}: the layer has no features")
     if enc is None and _shapefile_undeclared(path, info):
-        for c in [c for c in gdf.columns if c != "geometry" and gdf[c].dtype == object]:
+        for c in [c for c in gdf.columns if c != "geometry" and pd.api.types.is_string_dtype(gdf[c])]:
             s = gdf[c].dropna().astype(str)
             bad = ~s.map(str.isascii)
             if bad.any():
