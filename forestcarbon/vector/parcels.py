@@ -40,7 +40,8 @@ from pyproj import CRS
 
 from ..errors import CRSError, FieldError, InputNotFoundError
 from .area_crs import MAX_AREAL_SCALE_ERROR, require_area_crs
-from .layers import _where
+from .layers import _where, feature_rows as _rows
+from .layers import listing
 
 M2_PER_UNIT = {"m2": 1.0, "ha": 10_000.0, "mu": 10_000.0 / 15.0}
 """Square metres per declared-area unit (亩: 1 ha = 15 mu, see the module docstring)."""
@@ -87,18 +88,6 @@ class Parcels:
         return {"parcels": len(self.gdf), "repaired_geometries": len(self.repaired_ids),
                 "repaired_ids": self.repaired_ids[:20], "area_flagged": len(self.area_flagged_ids),
                 "area_flagged_ids": self.area_flagged_ids[:20], "max_areal_scale_error": self.max_areal_scale_error}
-
-
-def _listing(values, limit: int = 5) -> str:
-    values = [str(v) for v in values]
-    more = f" (+{len(values) - limit} more)" if len(values) > limit else ""
-    return f"{values[:limit]}{more}"
-
-
-def _rows(mask) -> str:
-    """1-based feature rows of a boolean mask (the first feature is row 1)."""
-    rows = (np.flatnonzero(np.asarray(mask)) + 1).tolist()
-    return f"{rows[:5]}" + (f" (+{len(rows) - 5} more)" if len(rows) > 5 else "")
 
 
 def as_text(values: pd.Series, width: int | None = None) -> pd.Series:
@@ -181,12 +170,12 @@ def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields()
     missing = shapely.is_missing(np.asarray(geom)) | shapely.is_empty(np.asarray(geom))
     if missing.any():
         raise FieldError(f"{where}: {int(missing.sum())} features have no geometry: parcel ids "
-                         f"{_listing(ids[missing])} (rows {_rows(missing)})")
+                         f"{listing(ids[missing])} (rows {_rows(missing)})")
     kind = shapely.get_type_id(np.asarray(geom))
     not_poly = ~np.isin(kind, (3, 6))  # Polygon, MultiPolygon
     if not_poly.any():
         raise FieldError(f"{where}: {int(not_poly.sum())} features are not polygons "
-                         f"({sorted(set(gdf.geometry[not_poly].geom_type))}): parcel ids {_listing(ids[not_poly])} "
+                         f"({sorted(set(gdf.geometry[not_poly].geom_type))}): parcel ids {listing(ids[not_poly])} "
                          f"(rows {_rows(not_poly)})")
 
     src = CRS.from_user_input(gdf.crs)
@@ -199,7 +188,7 @@ def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields()
     lost = repaired & shapely.is_empty(geoms)
     if lost.any():
         raise FieldError(f"{where}: {int(lost.sum())} invalid geometries have no polygonal part after repair: "
-                         f"parcel ids {_listing(ids[lost])} (rows {_rows(lost)})")
+                         f"parcel ids {listing(ids[lost])} (rows {_rows(lost)})")
     area_ha = shapely.area(geoms) / 10_000.0
 
     std = pd.DataFrame({"parcel_id": ids.to_numpy(object)}, index=gdf.index)
@@ -208,7 +197,7 @@ def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields()
         bad = declared.isna() & gdf[fields.area_field].notna() | (declared < 0)
         if bad.any():
             raise FieldError(f"{where}: field {fields.area_field!r} holds values that are not areas "
-                             f"{_listing(gdf[fields.area_field][bad])} (parcel ids {_listing(ids[bad])})")
+                             f"{listing(gdf[fields.area_field][bad])} (parcel ids {listing(ids[bad])})")
         std["declared_area_ha"] = declared.to_numpy("float64") * M2_PER_UNIT[fields.area_unit] / 10_000.0
     else:
         std["declared_area_ha"] = np.nan
@@ -249,7 +238,7 @@ def _parcel_ids(gdf: pd.DataFrame, fields: ParcelFields, where: str) -> pd.Serie
     dup = ids.duplicated(keep=False)
     if dup.any():
         name = fields.id_fields[0] if len(fields.id_fields) == 1 else "+".join(fields.id_fields)
-        raise FieldError(f"{where}: id field {name!r} has duplicated values {_listing(pd.unique(ids[dup]))} "
+        raise FieldError(f"{where}: id field {name!r} has duplicated values {listing(pd.unique(ids[dup]))} "
                          f"(rows {_rows(dup)})")
     return ids
 

@@ -42,11 +42,7 @@ import shapely
 from pyproj import CRS
 
 from ..errors import ConfigError, CRSError, FieldError
-
-
-def _ids(values, limit: int = 5) -> str:
-    values = [str(v) for v in values]
-    return f"{values[:limit]}" + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
+from .layers import feature_rows, listing
 
 
 def _check_layers(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, project_id: str, parcel_id: str) -> None:
@@ -56,7 +52,7 @@ def _check_layers(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, project
         dup = gdf[col].duplicated(keep=False) | gdf[col].isna()
         if dup.any():
             raise FieldError(f"{name}: field {col!r} is empty or duplicated in rows "
-                             f"{_ids(np.flatnonzero(dup.to_numpy()) + 1)} (values {_ids(gdf[col][dup].unique())})")
+                             f"{feature_rows(dup.to_numpy())} (values {listing(gdf[col][dup].unique().tolist())})")
     if projects.crs is None or parcels.crs is None:
         raise CRSError(f"{'projects' if projects.crs is None else 'parcels'}: layer has no CRS")
     a, b = CRS.from_user_input(projects.crs), CRS.from_user_input(parcels.crs)
@@ -100,7 +96,7 @@ def min_piece_by_start(start_dates: pd.Series, min_piece_m2: float, min_piece_m2
     1 mu for projects started in 2019 or earlier; the methodology text was not found to verify it)."""
     d = pd.to_datetime(start_dates)
     if d.isna().any():
-        raise FieldError(f"projects {_ids(d.index[d.isna()])} have no start date")
+        raise FieldError(f"projects {listing(d.index[d.isna()])} have no start date")
     return {k: (min_piece_m2_early if v <= pd.Timestamp(early_until) else min_piece_m2) for k, v in d.items()}
 
 
@@ -115,7 +111,7 @@ def remove_slivers(pieces: gpd.GeoDataFrame, min_piece_m2: float | dict) -> gpd.
     if isinstance(min_piece_m2, dict):
         missing = set(out["project_id"]) - set(min_piece_m2)
         if missing:
-            raise FieldError(f"projects {_ids(sorted(map(str, missing)))} have no minimum piece area")
+            raise FieldError(f"projects {listing(sorted(map(str, missing)))} have no minimum piece area")
         thr = out["project_id"].map(min_piece_m2).to_numpy("float64")
     else:
         thr = np.full(len(out), float(min_piece_m2))
@@ -292,7 +288,7 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
     c_t, sd_t = pc["carbon_t"].to_numpy("float64"), pc["carbon_sd_t"].to_numpy("float64")
     bad = (share > 0) & ~(np.isfinite(c_t) & np.isfinite(sd_t) & (sd_t >= 0))
     if bad.any():
-        raise FieldError(f"parcels {_ids(pd.unique(pieces['parcel_id'][bad]))} counted in projects have no finite "
+        raise FieldError(f"parcels {listing(pd.unique(pieces['parcel_id'][bad]))} counted in projects have no finite "
                          f"carbon_t / carbon_sd_t ({int(bad.sum())} pieces)")
 
     z = NormalDist().inv_cdf(1 - alpha / 2)
