@@ -90,18 +90,22 @@ def test_custom_total_sd_is_used():
 def test_slivers_excluded_and_reported():
     # A: 0-103 -> P1 piece 3 m x 100 m = 300 m² < 400: a sliver.  B: 0-150 + 197-210 -> P1 in two parts,
     # 5,000 m² (kept) and 300 m² (sliver); P2 piece 10 m x 100 m = 1,000 m² (kept).
-    acc = _acc(_projects([(0, 103), [(0, 150), (197, 210)]]), _parcels(), min_piece_m2=400.0)
-    t = acc.parcels
-    a1 = _row(t, "A", "P1")
+    prj = _projects([(0, 103), [(0, 150), (197, 210)]])
+    a = _acc(prj.iloc[[0]], _parcels(), min_piece_m2=400.0)  # separately: both hold P0 wholly (a conflict)
+    b = _acc(prj.iloc[[1]], _parcels(), min_piece_m2=400.0)
+    a1 = _row(a.parcels, "A", "P1")
     assert a1["sliver_ha"] == pytest.approx(0.03) and a1["counted_ha"] == 0 and a1["share"] == 0
-    b1 = _row(t, "B", "P1")
+    b1 = _row(b.parcels, "B", "P1")
     assert b1["sliver_ha"] == pytest.approx(0.03) and b1["counted_ha"] == pytest.approx(0.5)
-    assert _row(t, "B", "P2")["counted_ha"] == pytest.approx(0.1)
-    tot = acc.totals.set_index("project_id")
-    assert tot.loc["A", "area_ha"] == pytest.approx(1.0) and tot.loc["A", "n_parcels"] == 1
-    assert tot.loc["A", "sliver_ha"] == pytest.approx(0.03)
-    assert tot.loc["B", "area_ha"] == pytest.approx(1.0 + 0.5 + 0.1)
-    assert tot.loc["B", "carbon_t"] == pytest.approx(10 + 0.5 * 20 + 0.1 * 30)
+    assert _row(b.parcels, "B", "P2")["counted_ha"] == pytest.approx(0.1)
+    ta, tb = a.totals.iloc[0], b.totals.iloc[0]
+    assert ta["area_ha"] == pytest.approx(1.0) and ta["n_parcels"] == 1
+    assert ta["sliver_ha"] == pytest.approx(0.03)
+    assert tb["area_ha"] == pytest.approx(1.0 + 0.5 + 0.1)
+    assert tb["carbon_t"] == pytest.approx(10 + 0.5 * 20 + 0.1 * 30)
+    both = _acc(prj, _parcels(), min_piece_m2=400.0).totals.set_index("project_id")  # P0 now contested
+    assert both.loc["A", "area_ha"] == pytest.approx(0.0, abs=1e-12)
+    assert both.loc["B", "area_ha"] == pytest.approx(0.5 + 0.1)
     # without the rule the pieces count
     t0 = _acc(_projects([(0, 103)]), _parcels(), min_piece_m2=0.0).parcels
     assert _row(t0, "A", "P1")["counted_ha"] == pytest.approx(0.03)
@@ -144,6 +148,17 @@ def test_conflict_excluded_for_both():
     assert tot.loc["B", "carbon_t"] == pytest.approx(30)
     assert _row(acc.parcels, "A", "P1")["share"] == pytest.approx(0.5)
     assert not _row(acc.parcels, "A", "P1")["whole_parcel"] or _row(acc.parcels, "A", "P1")["share"] < 1
+
+
+def test_conflict_after_ineligible_and_sliver_pieces():
+    """Pieces dropped before the conflict step (non-forest P0, a sliver) do not shift which piece is which."""
+    prj = _projects([(0, 200), (97, 300)])  # B's 3 m strip in P0 is a sliver; P0 is not forest anyway
+    acc = _acc(prj, _parcels(forest=[False, True, True, True]))
+    tot = acc.totals.set_index("project_id")
+    assert tot.loc["A", "area_ha"] == pytest.approx(0.0, abs=1e-12)  # P1 wholly contested
+    assert tot.loc["B", "area_ha"] == pytest.approx(1.0)
+    assert tot.loc["A", "ineligible_ha"] == pytest.approx(1.0)
+    assert acc.conflicts["overlap_ha"].tolist() == pytest.approx([1.0])
 
 
 @pytest.mark.parametrize("dates,area_a,area_b", [(["2020-01-01", "2021-01-01"], 2.0, 1.0),

@@ -160,10 +160,12 @@ def resolve_conflicts(pieces: gpd.GeoDataFrame, rule: Literal["exclude", "first_
         order = pd.to_datetime(registered)
     elif rule != "exclude":
         raise ConfigError(f"conflict rule {rule!r} is not 'exclude' or 'first_registered'")
-    sub = pieces[multi]
-    for pid, grp in sub.groupby("parcel_id", sort=False):
-        idx = grp.index.to_numpy()
-        projs = grp["project_id"].to_numpy()
+    pids = pieces["parcel_id"].to_numpy()
+    project_ids = pieces["project_id"].to_numpy()
+    positions = np.flatnonzero(multi)
+    for pid, idx in pd.Series(positions).groupby(pids[positions], sort=False):
+        idx = idx.to_numpy()  # row positions in ``pieces``
+        projs = project_ids[idx]
         g = geoms[idx]
         overlaps = {}
         for a in range(len(idx)):
@@ -179,7 +181,7 @@ def resolve_conflicts(pieces: gpd.GeoDataFrame, rule: Literal["exclude", "first_
                 da_, db_ = order.get(projs[a]), order.get(projs[b])
                 if pd.isna(da_) or pd.isna(db_) or da_ == db_:
                     raise FieldError(f"projects {projs[a]!r} and {projs[b]!r} overlap in parcel {pid!r} but their "
-                                     f"registration dates ({da_}, {db_}) do not say which came first")
+                                     f"registration dates ({_day(da_)}, {_day(db_)}) do not say which came first")
                 winner = projs[a] if da_ < db_ else projs[b]
             rows.append({"project_a": projs[a], "project_b": projs[b], "parcel_id": pid, "overlap_m2": o,
                          "awarded_to": winner})
@@ -187,9 +189,12 @@ def resolve_conflicts(pieces: gpd.GeoDataFrame, rule: Literal["exclude", "first_
             rivals = [b for b in range(len(idx)) if b != a and (min(a, b), max(a, b)) in overlaps
                       and (order is None or order[projs[b]] < order[projs[a]])]
             if rivals:
-                counted[pieces.index.get_loc(idx[a])] = shapely.area(
-                    shapely.difference(g[a], shapely.union_all(g[rivals])))
+                counted[idx[a]] = shapely.area(shapely.difference(g[a], shapely.union_all(g[rivals])))
     return counted, pd.DataFrame(rows, columns=["project_a", "project_b", "parcel_id", "overlap_m2", "awarded_to"])
+
+
+def _day(t) -> str:
+    return "missing" if t is None or pd.isna(t) else f"{pd.Timestamp(t):%Y-%m-%d}"
 
 
 def correlated_sd(rows: pd.DataFrame) -> float:
