@@ -275,7 +275,8 @@ class ParcelsConfig(_Strict):
     kept as text (zero padding survives); ``id_widths`` zero-pads integer-typed key fields (e.g. ``{XIAO_BAN: 3}``).
     ``area_field``: the declared area (e.g. ``MIAN_JI`` 面积) in ``area_unit`` (``mu``: 1 ha = 15 mu; ``ha``; ``m2``).
     ``land_class_field``: the land class (e.g. ``DI_LEI`` 地类) and ``forest_codes`` its values that make
-    ``is_forest`` true (e.g. 0111 乔木林地, 0131 竹林地: the bureau's own code list).
+    ``is_forest`` true (e.g. 0111 乔木林地, 0131 竹林地: the bureau's own code list; quote them in YAML,
+    ``["0111"]``: an unquoted 0111 is not the text "0111").
     ``species_field`` (e.g. ``YOU_SHI_SZ`` 优势树种), ``age_group_field`` (e.g. ``LING_ZU`` 龄组).
     ``encoding``: the text encoding of a shapefile's DBF (e.g. ``GBK``); overrides its ``.cpg``; needed when
     a shapefile has no ``.cpg`` and holds Chinese text.

@@ -294,3 +294,8 @@ def test_errors_are_one_line():
     with pytest.raises(ConfigError) as e:
         _acc(tie, _parcels(), conflict_rule="first_registered")
     _one_line(e, "registration_field")
+    text = _parcels()
+    text["is_forest"] = ["True", "False", "True", "True"]  # text "False" would read as true
+    with pytest.raises(FieldError) as e:
+        _acc(_projects([(0, 150)]), text)
+    _one_line(e, "'is_forest'", "rows [1, 2, 3, 4]")

@@ -6,7 +6,8 @@ or FlatGeobuf in any CRS, maps the bureau's fields to standard columns and
 checks the features before anything heavy runs.  Every problem is ONE line
 naming the file, layer, field and the offending ids or 1-based feature rows.
 
-Standard columns (the original attributes follow them unchanged):
+Standard columns (the original attributes follow them unchanged; one named like a standard column gets
+the suffix ``_source``):
 
 ``parcel_id``         text; one field, or the usual 小班 key fields (XIAN 县, XIANG 乡, CUN 村,
                       LIN_BAN 林班, XIAO_BAN 小班) joined by a separator.  Values are kept as the
@@ -217,7 +218,8 @@ def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields()
     std["area_diff_rel"] = diff
     std["area_flag"] = np.abs(np.nan_to_num(diff, nan=0.0)) > area_tolerance_rel
 
-    originals = gdf.drop(columns=["geometry", *[c for c in STANDARD_COLUMNS if c in gdf.columns]])
+    originals = gdf.drop(columns="geometry")
+    originals = originals.rename(columns={c: f"{c}_source" for c in STANDARD_COLUMNS if c in originals.columns})
     out = gpd.GeoDataFrame(pd.concat([std, originals], axis=1), geometry=geoms, crs=target).reset_index(drop=True)
     return Parcels(out, repaired_ids=ids[repaired].tolist(), area_flagged_ids=out.loc[out["area_flag"], "parcel_id"].tolist(),
                    max_areal_scale_error=scale_error)

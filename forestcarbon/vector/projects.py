@@ -246,6 +246,21 @@ class ProjectAccounts:
 PARCEL_COLUMNS = ("land_class", "species", "age_group")
 
 
+def _eligible(parcels: pd.DataFrame, field: str | None) -> np.ndarray:
+    """The parcels' eligibility flags: a boolean field (or 0/1), else a one-line error (text such as "False"
+    would read as true)."""
+    if field is None:
+        return np.ones(len(parcels), bool)
+    v = parcels[field]
+    if pd.api.types.is_bool_dtype(v):
+        return v.to_numpy(bool)
+    ok = v.isin([0, 1, True, False])
+    if not ok.all():
+        raise FieldError(f"parcels: eligibility field {field!r} must be true/false, rows {feature_rows(~ok.to_numpy())} "
+                         f"hold {listing(v[~ok].unique().tolist())}")
+    return v.astype(bool).to_numpy()
+
+
 def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_co2e: Callable, *,
                      project_id: str = "project_id", parcel_id: str = "parcel_id",
                      eligible_field: str | None = "is_forest", min_piece_m2: float | dict = 400.0,
@@ -271,8 +286,7 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
         raise ConfigError("conflict rule 'first_registered' needs the projects' registration_field")
     pieces = remove_slivers(overlay_pieces(projects, parcels, project_id, parcel_id), min_piece_m2)
 
-    eligible = (parcels[eligible_field].fillna(False).astype(bool).to_numpy() if eligible_field
-                else np.ones(len(parcels), bool))[pieces["i_parcel"].to_numpy()]
+    eligible = _eligible(parcels, eligible_field)[pieces["i_parcel"].to_numpy()]
     kept = pieces["kept_m2"].to_numpy()
     pieces["eligible_m2"] = np.where(eligible, kept, 0.0)
     pieces["ineligible_m2"] = np.where(eligible, 0.0, kept)
@@ -328,8 +342,10 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
                                           "carbon_at_stake_t", "co2e_at_stake_t", "rule"])
 
     totals = []
+    by_project = dict(tuple(table.groupby("project_id", sort=False)))
+    n_conflicts = pd.concat([conflicts["project_a"], conflicts["project_b"]]).value_counts()
     for pid in projects[project_id]:
-        t = table[table["project_id"] == pid]
+        t = by_project.get(pid, table.iloc[:0])
         counts = t[t["share"] > 0]
         carbon = float(counts["carbon_t"].sum())
         rows = pd.DataFrame({"parcel_id": counts["parcel_id"], "weight": counts["share"],
@@ -338,12 +354,11 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
         sd = float(total_sd(rows)) if len(rows) else 0.0
         rel = z * sd / carbon if carbon > 0 else (0.0 if sd == 0 else np.inf)
         frac = float(deduction.fraction(rel))
-        in_conflict = conflicts[(conflicts["project_a"] == pid) | (conflicts["project_b"] == pid)]
         totals.append({
             "project_id": pid, "area_ha": float(counts["counted_ha"].sum()), "n_parcels": int(len(counts)),
             "inside_ha": float(t["inside_ha"].sum()), "sliver_ha": float(t["sliver_ha"].sum()),
             "ineligible_ha": float(t["ineligible_ha"].sum()), "contested_ha": float(t["contested_ha"].sum()),
-            "n_conflicts": int(len(in_conflict)),
+            "n_conflicts": int(n_conflicts.get(pid, 0)),
             "carbon_t": carbon, "co2e_t": float(to_co2e(carbon)), "carbon_sd_t": sd,
             "carbon_lo_t": carbon - z * sd, "carbon_hi_t": carbon + z * sd, "rel_half_width": rel,
             "exceeds_precision": bool(rel > deduction.threshold_rel), "deduction_rule": deduction.rule,
