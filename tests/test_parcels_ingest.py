@@ -13,7 +13,7 @@ from pyproj import CRS, Proj
 from forestcarbon.config import ParcelsConfig
 from forestcarbon.errors import CRSError, FieldError
 from forestcarbon.vector.area_crs import require_area_crs
-from forestcarbon.vector.parcels import ParcelFields, read_parcels
+from forestcarbon.vector.parcels import ParcelFields, check_parcels, read_parcels
 
 X0, Y0 = 390_000.0, 3_220_000.0  # EPSG:4549 metres near Quzhou (about 118.9°E, 29.1°N)
 SPECIES = ["杉木", "马尾松", "毛竹"]
@@ -137,9 +137,11 @@ def test_duplicate_composite_id_error(tmp_path):
     g = _layer(XIAO_BAN=["001", "002", "002"])
     p = tmp_path / "p.gpkg"
     pyogrio.write_dataframe(g, p)
-    with pytest.raises(FieldError) as e:
-        read_parcels(p, "EPSG:4549", FIELDS)
-    _one_line(e, str(p), "XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN", "330802-001-012-0005-002", "rows [2, 3]")
+    for check in (lambda: read_parcels(p, "EPSG:4549", FIELDS), lambda: check_parcels(p, FIELDS)):
+        with pytest.raises(FieldError) as e:
+            check()
+        _one_line(e, str(p), "XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN", "330802-001-012-0005-002", "rows [2, 3]")
+    check_parcels(p, ParcelFields(id_fields=("XIAO_BAN", "DI_LEI")))  # this key is unique: no error
 
 
 def test_empty_id_and_missing_field_errors(tmp_path):

@@ -112,9 +112,9 @@ def _shapefile_undeclared(path: Path, info: dict) -> bool:
         not path.with_suffix(".CPG").exists() and str(info.get("encoding", "")).upper() in ("ISO-8859-1", "")
 
 
-def _read_checked(path: Path, layer, fields: ParcelFields, where: str) -> gpd.GeoDataFrame:
-    """The layer's features after checking (from the schema, before reading data) that it opens, holds the
-    mapped fields and has a CRS; text decoded with the configured encoding for shapefiles."""
+def _check_schema(path: Path, layer, fields: ParcelFields, where: str) -> dict:
+    """From the schema alone: the layer opens, holds the mapped fields and (but for GeoParquet, whose CRS is
+    checked on reading) has a CRS.  Returns the driver's layer info ({} for GeoParquet)."""
     parquet = path.suffix.lower() in (".parquet", ".geoparquet")
     try:
         if parquet:
@@ -132,6 +132,14 @@ def _read_checked(path: Path, layer, fields: ParcelFields, where: str) -> gpd.Ge
     if not parquet and info.get("crs") is None:
         raise CRSError(f"{where}: layer has no CRS (a shapefile needs its .prj; declare CGCS2000, e.g. EPSG:4490 "
                        "or EPSG:4549, in the file)")
+    return info
+
+
+def _read_checked(path: Path, layer, fields: ParcelFields, where: str) -> gpd.GeoDataFrame:
+    """The layer's features after :func:`_check_schema`; text decoded with the configured encoding for
+    shapefiles, and non-ASCII text in a shapefile of undeclared encoding refused."""
+    info = _check_schema(path, layer, fields, where)
+    parquet = path.suffix.lower() in (".parquet", ".geoparquet")
     enc = fields.encoding if path.suffix.lower() == ".shp" else None
     gdf = gpd.read_parquet(path) if parquet else pyogrio.read_dataframe(path, layer=layer, encoding=enc)
     if gdf.crs is None:
@@ -146,6 +154,23 @@ def _read_checked(path: Path, layer, fields: ParcelFields, where: str) -> gpd.Ge
                 raise FieldError(f"{where}: field {c!r} holds non-ASCII text but the shapefile has no .cpg and no "
                                  f"code page; set the parcels encoding (e.g. GBK) (rows {_rows(gdf.index.isin(s.index[bad]))})")
     return gdf
+
+
+def check_parcels(path: Path | str, fields: ParcelFields = ParcelFields(), layer: str | None = None) -> None:
+    """Preflight, before any stage runs: the schema (:func:`_check_schema`) and the parcel ids (no nulls, no
+    duplicates, composite keys included), reading only the id fields."""
+    path = Path(path)
+    where = _where(path, layer)
+    if not path.exists():
+        raise InputNotFoundError(f"vector file not found: {path}")
+    _check_schema(path, layer, fields, where)
+    cols = list(fields.id_fields)
+    if path.suffix.lower() in (".parquet", ".geoparquet"):
+        df = pd.read_parquet(path, columns=cols)
+    else:
+        enc = fields.encoding if path.suffix.lower() == ".shp" else None
+        df = pyogrio.read_dataframe(path, layer=layer, columns=cols, read_geometry=False, encoding=enc)
+    _parcel_ids(df, fields, where)
 
 
 def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields(), layer: str | None = None,
