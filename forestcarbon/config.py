@@ -266,6 +266,106 @@ class ForestMaskConfig(_Strict):
         return bool(self.parcel_field) or self.ndvi_min is not None
 
 
+class ParcelsConfig(_Strict):
+    """How a bureau's parcel (小班) layer maps to the standard parcel columns
+    (:func:`forestcarbon.vector.parcels.read_parcels`).
+
+    ``id_fields``: one field holding the parcel id, or the composite key, usually
+    ``[XIAN, XIANG, CUN, LIN_BAN, XIAO_BAN]`` (县, 乡, 村, 林班, 小班), joined by ``id_separator``; values are
+    kept as text (zero padding survives); ``id_widths`` zero-pads integer-typed key fields (e.g. ``{XIAO_BAN: 3}``).
+    ``area_field``: the declared area (e.g. ``MIAN_JI`` 面积) in ``area_unit`` (``mu``: 1 ha = 15 mu; ``ha``; ``m2``).
+    ``land_class_field``: the land class (e.g. ``DI_LEI`` 地类) and ``forest_codes`` its values that make
+    ``is_forest`` true (e.g. 0111 乔木林地, 0131 竹林地: the bureau's own code list; quote them in YAML,
+    ``["0111"]``: an unquoted 0111 is not the text "0111").
+    ``species_field`` (e.g. ``YOU_SHI_SZ`` 优势树种), ``age_group_field`` (e.g. ``LING_ZU`` 龄组).
+    ``encoding``: the text encoding of a shapefile's DBF (e.g. ``GBK``); overrides its ``.cpg``; needed when
+    a shapefile has no ``.cpg`` and holds Chinese text.
+    ``max_areal_scale_error``: the grid CRS is refused when it distorts areas by more than this at the
+    parcels' extent (0.001 = 0.1 %).  ``area_tolerance_rel``: declared and geometric areas differing by more
+    than this fraction flag the parcel (reported, not an error).
+    """
+
+    id_fields: tuple[str, ...] = ("parcel_id",)
+    id_separator: str = "-"
+    id_widths: dict[str, int] = {}
+    area_field: str | None = None
+    area_unit: Literal["mu", "ha", "m2"] = "mu"
+    land_class_field: str | None = None
+    forest_codes: tuple[str, ...] = ()
+    species_field: str | None = None
+    age_group_field: str | None = None
+    encoding: str | None = None
+    max_areal_scale_error: float = Field(0.001, gt=0, lt=0.1)
+    area_tolerance_rel: float = Field(0.05, gt=0)
+
+    @field_validator("forest_codes", mode="before")
+    @classmethod
+    def _codes_are_text(cls, v):
+        return tuple(str(c).strip() for c in v) if isinstance(v, (list, tuple)) else v
+
+    @model_validator(mode="after")
+    def _codes_with_field(self) -> "ParcelsConfig":
+        if not self.id_fields:
+            raise ValueError("parcels.id_fields: name at least one field")
+        if self.land_class_field and not self.forest_codes:
+            raise ValueError(f"parcels.land_class_field {self.land_class_field!r} needs parcels.forest_codes")
+        return self
+
+    def fields(self):
+        """The mapping as :class:`forestcarbon.vector.parcels.ParcelFields`."""
+        from .vector.parcels import ParcelFields
+
+        keys = ("id_fields", "id_separator", "id_widths", "area_field", "area_unit", "land_class_field",
+                "forest_codes", "species_field", "age_group_field", "encoding")
+        return ParcelFields(**{k: getattr(self, k) for k in keys})
+
+
+class ProjectsConfig(_Strict):
+    """Rules for carbon projects over parcels (:func:`forestcarbon.vector.projects.project_accounts`).
+
+    ``eligible_field``: the parcel column that must be true for its area to count (``is_forest`` from
+    parcel ingest); ``None``: all land counts.  ``min_piece_m2``: parts of a project ∩ parcel piece cut by the
+    project boundary smaller than this are slivers, excluded and reported; ``min_piece_m2_early`` applies to
+    projects whose ``start_date_field`` is on or before ``early_until`` (400 m² and 667 m² = 1 mu as the
+    brief reads CCER-14-001-V01, 造林碳汇; the methodology text itself was not available to check).
+    ``conflict_rule``: area two projects claim counts for neither (``exclude``) or for the earlier
+    ``registration_field`` date (``first_registered``).  ``interval_alpha``: 1 - the interval's coverage.
+    Deduction when the relative half-width exceeds ``deduction_threshold_rel``: ``report`` only, or
+    ``proportional`` (fraction = coefficient × rel. half-width; ART TREES v2.0 (2021) §8 Eq. 10-11:
+    0.524417 / 1.645006 = 0.318794), or ``excess`` (fraction = coefficient × (rel. half-width - threshold));
+    ``deduction_source`` names the standard and equation and travels to every output row.
+    """
+
+    eligible_field: str | None = "is_forest"
+    min_piece_m2: float = Field(400.0, ge=0)
+    min_piece_m2_early: float = Field(667.0, ge=0)
+    start_date_field: str | None = None
+    early_until: dt.date = dt.date(2019, 12, 31)
+    conflict_rule: Literal["exclude", "first_registered"] = "exclude"
+    registration_field: str | None = None
+    interval_alpha: float = Field(0.10, gt=0, lt=0.5)
+    deduction_rule: Literal["report", "proportional", "excess"] = "report"
+    deduction_threshold_rel: float = Field(0.10, ge=0)
+    deduction_coefficient: float = Field(1.0, gt=0)
+    deduction_source: str = ""
+
+    @model_validator(mode="after")
+    def _rule_needs(self) -> "ProjectsConfig":
+        if self.conflict_rule == "first_registered" and not self.registration_field:
+            raise ValueError("projects.conflict_rule 'first_registered' needs projects.registration_field")
+        if self.deduction_rule != "report" and not self.deduction_source.strip():
+            raise ValueError(f"projects.deduction_rule {self.deduction_rule!r} needs projects.deduction_source "
+                             "(the standard, section and equation)")
+        return self
+
+    def deduction(self):
+        """The deduction as :class:`forestcarbon.vector.projects.Deduction`."""
+        from .vector.projects import Deduction
+
+        return Deduction(self.deduction_rule, self.deduction_threshold_rel, self.deduction_coefficient,
+                         self.deduction_source)
+
+
 class ComputeConfig(_Strict):
     chunk_px: int = Field(1024, ge=64)
     dask_address: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pyogrio
 from pyproj import CRS
 
@@ -18,6 +19,18 @@ from ..errors import CRSError, FieldError, InputNotFoundError
 
 def _where(path, layer) -> str:
     return f"{path}" + (f" (layer {layer!r})" if layer else "")
+
+
+def listing(values, limit: int = 5) -> str:
+    """At most ``limit`` values for a one-line message, and how many more there are."""
+    values = [v.item() if isinstance(v, np.generic) else v for v in values]  # no np.str_('...') reprs
+    more = f" (+{len(values) - limit} more)" if len(values) > limit else ""
+    return f"{values[:limit]}{more}"
+
+
+def feature_rows(mask, limit: int = 5) -> str:
+    """1-based feature rows (the first feature is row 1) where ``mask`` is true, for a one-line message."""
+    return listing((np.flatnonzero(np.asarray(mask)) + 1).tolist(), limit)
 
 
 def check_layer(path: Path | str, layer: str | None = None, fields: tuple[str, ...] = ()) -> dict:

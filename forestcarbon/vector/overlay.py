@@ -8,20 +8,20 @@ account is the unit of record; a uniform density within a parcel is assumed).
 from __future__ import annotations
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+
+from .projects import overlay_pieces
 
 
 def project_parcel_shares(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, project_id: str,
                           parcel_id: str) -> pd.DataFrame:
-    """Rows (project_id, parcel_id, overlap_ha, share) for every overlapping pair."""
-    a = projects[[project_id, "geometry"]]
-    b = parcels[[parcel_id, "geometry"]].assign(_parcel_ha=parcels.geometry.area / 10_000)
-    inter = gpd.overlay(a, b, how="intersection", keep_geom_type=True)
-    inter["overlap_ha"] = inter.geometry.area / 10_000
-    inter = inter[inter["overlap_ha"] > 0]
-    inter["share"] = (inter["overlap_ha"] / inter["_parcel_ha"]).clip(upper=1.0)
-    cols = [project_id, parcel_id, "overlap_ha", "share"]
-    return pd.DataFrame(inter[cols]).sort_values([project_id, parcel_id]).reset_index(drop=True)
+    """Rows (project_id, parcel_id, overlap_ha, share) for every overlapping pair (no eligibility, slivers or
+    conflicts: :func:`forestcarbon.vector.projects.project_accounts` applies those)."""
+    p = overlay_pieces(projects, parcels, project_id, parcel_id)
+    inter = pd.DataFrame({project_id: p["project_id"], parcel_id: p["parcel_id"], "overlap_ha": p["piece_m2"] / 10_000,
+                          "share": np.where(p["inside"], 1.0, np.minimum(p["piece_m2"] / p["parcel_m2"], 1.0))})
+    return inter.sort_values([project_id, parcel_id]).reset_index(drop=True)
 
 
 def project_totals(shares: pd.DataFrame, parcel_carbon: pd.DataFrame, project_id: str, parcel_id: str) -> pd.DataFrame:
