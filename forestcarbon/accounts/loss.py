@@ -122,8 +122,9 @@ def area_carbon(epoch: Epoch, area: gpd.GeoDataFrame) -> AreaCarbon:
 
 def carbon_loss(before: Epoch, after: Epoch, area: gpd.GeoDataFrame,
                 rho: float = DEFAULT_EPOCH_ERROR_CORRELATION, level: float = 0.90) -> Loss:
-    """Carbon lost inside ``area`` (one polygon, see :func:`dissolve_area`) from ``before`` to ``after``."""
+    """Carbon lost inside ``area`` (its polygons united, see :func:`dissolve_area`) from ``before`` to ``after``."""
     rho = check_rho(rho)
+    area = dissolve_area(area, "loss area")
     b, a = area_carbon(before, area), area_carbon(after, area)
     loss = b.carbon_t - a.carbon_t
     sd = float(difference_sd(b.carbon_sd_t, a.carbon_sd_t, rho))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import math
 from pathlib import Path
 
 import geopandas as gpd
@@ -31,8 +32,9 @@ from .store import Epoch  # noqa: E402
 def _window(path: str, bounds) -> tuple[np.ndarray, tuple, object]:
     """Band 1 of ``path`` over ``bounds`` (in the raster's CRS), NaN outside the raster; (array, extent, crs)."""
     with rasterio.open(path) as src:
-        w = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
-        w = Window(w.col_off, w.row_off, max(w.width, 1), max(w.height, 1))
+        f = from_bounds(*bounds, transform=src.transform)  # fractional: widen to whole pixels on every side
+        c0, r0 = math.floor(f.col_off), math.floor(f.row_off)
+        w = Window(c0, r0, max(math.ceil(f.col_off + f.width) - c0, 1), max(math.ceil(f.row_off + f.height) - r0, 1))
         a = src.read(1, window=w, boundless=True, fill_value=np.nan, masked=True).astype("float64").filled(np.nan)
         t = src.window_transform(w)
         extent = (t.c, t.c + t.a * a.shape[1], t.f + t.e * a.shape[0], t.f)
@@ -75,7 +77,7 @@ def loss_png(loss: Loss, area: gpd.GeoDataFrame, path: Path) -> Path:
 
 
 def _t(v: float) -> str:
-    return f"{v:,.1f}"
+    return f"{v:,.2f}"
 
 
 def loss_html(loss: Loss, before: Epoch, after: Epoch, area_file: Path, area_sha256: str, db_path: Path,
@@ -95,7 +97,7 @@ def loss_html(loss: Loss, before: Epoch, after: Epoch, area_file: Path, area_sha
                 f"{len(ep.scene_ids)} scenes; committed {e(ep.created_utc)}</td></tr>" + files)
 
     rows = [
-        ("Area inside the polygon", f"{b.area_ha:,.2f} ha"),
+        ("Area inside the polygon", f"{b.area_ha:,.4f} ha"),
         (f"Carbon {e(b.epoch)} ({e(b.epoch_date)})", f"{_t(b.carbon_t)} ± {_t(b.carbon_sd_t)} t C (sd); "
                                                     f"mapped {b.mapped_fraction:.1%} of the area"),
         (f"Carbon {e(a.epoch)} ({e(a.epoch_date)})", f"{_t(a.carbon_t)} ± {_t(a.carbon_sd_t)} t C (sd); "
