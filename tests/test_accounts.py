@@ -143,7 +143,7 @@ def test_geometry_change_makes_a_new_version_and_no_sink(tmp_path):
 def test_missing_uncertainty_columns_are_stored_null_and_said(tmp_path):
     db = tmp_path / "acc.sqlite"
     r = commit(make_output(tmp_path / "o", squares(), [10.0, 20.0]), "2024", db)
-    assert "no field 'carbon_sd_t': stored NULL" in r.output
+    assert "no field 'carbon_sd_t', 'carbon_p05_t', 'carbon_p95_t': stored NULL" in r.output
     assert count(db, "SELECT count(*) FROM stocks WHERE carbon_sd_t IS NULL AND carbon_p95_t IS NULL") == 2
     assert "no field 'carbon_sd_t'" in count(db, "SELECT notes FROM epochs")
     with SQLiteStore(db, create=False) as st:
@@ -276,3 +276,15 @@ def test_not_a_database(tmp_path):
     p.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError, match="not a usable accounts database"):
         SQLiteStore(p)
+
+
+def test_sinks_command_writes_every_parcel(two_epochs, tmp_path):
+    out = tmp_path / "sinks.csv"
+    r = run("accounts", "sinks", "--from", "2023", "--to", "2024", "--out", out, "--rho", "0.5", "--db", two_epochs)
+    assert r.exit_code == 0, r.output
+    t = pd.read_csv(out).set_index("parcel_id")
+    years = 366 / 365.25
+    assert t.loc["B", "sink_co2e_t_yr"] == pytest.approx((18 - 20) * CO2_PER_C / years)
+    assert t.loc["B", "sink_co2e_sd_t_yr"] == pytest.approx(math.sqrt(16 + 25 - 2 * 0.5 * 4 * 5) * CO2_PER_C / years)
+    total = ((12.5 - 10) + (18 - 20)) * CO2_PER_C / years
+    assert f"total {total:+,.1f} t CO2e/yr (rho 0.5)" in r.output

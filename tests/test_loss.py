@@ -135,3 +135,12 @@ def test_area_outside_the_maps_is_an_error(db, tmp_path):
     far = area_file(tmp_path, shapely.box(X0 + 1000, Y0 + 1000, X0 + 1010, Y0 + 1010))
     r = CliRunner().invoke(app, ["loss", "--area", str(far), "--from", "2023", "--to", "2024", "--db", str(db)])
     assert r.exit_code == 2 and "the area has no mapped pixel" in r.output
+
+
+def test_epoch_without_maps_is_a_one_line_error(db, tmp_path):
+    out = make_output(tmp_path / "nomaps", squares(), [10.0, 20.0], scene_dates=("2025-07-01",))
+    assert CliRunner().invoke(app, ["accounts", "commit", str(out), "--epoch", "2025", "--db", str(db)]).exit_code == 0
+    r = CliRunner().invoke(app, ["loss", "--area", str(area_file(tmp_path)), "--from", "2024", "--to", "2025",
+                                 "--db", str(db), "--out", str(tmp_path / "l")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "epoch '2025' records no carbon file" in r.output

@@ -24,7 +24,7 @@ from rasterio.windows import Window, from_bounds  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..fileio import atomic_path  # noqa: E402
-from .change import z_of  # noqa: E402
+from .change import difference_sd, z_of  # noqa: E402
 from .loss import Loss  # noqa: E402
 from .store import Epoch  # noqa: E402
 
@@ -107,6 +107,8 @@ def loss_html(loss: Loss, before: Epoch, after: Epoch, area_file: Path, area_sha
         ("<b>CO2 equivalent lost</b>", f"<b id='loss-co2e'>{_t(loss.loss_co2e_t)} t CO2e</b>, sd {_t(loss.loss_co2e_sd_t)}; "
                                        f"{pct} interval <span id='loss-co2e-int'>[{_t(loss.loss_co2e_lo_t)}, {_t(loss.loss_co2e_hi_t)}]</span> t CO2e"),
         ("Between-epoch error correlation ρ", f"{loss.rho:g}"),
+        ("Sensitivity: sd of the carbon lost for other ρ",
+         "; ".join(f"ρ = {r:g}: {_t(float(difference_sd(b.carbon_sd_t, a.carbon_sd_t, r)))} t C" for r in (0, 0.5, 0.9))),
     ]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     method = (

@@ -100,6 +100,32 @@ def _f(v, fmt: str = ",.3f") -> str:
     return "NULL" if v is None or v != v else format(v, fmt)
 
 
+@accounts_app.command("sinks")
+def sinks(from_epoch: str = typer.Option(..., "--from", help="earlier epoch"),
+          to_epoch: str = typer.Option(..., "--to", help="later epoch"),
+          out: Path = typer.Option(..., help="output .csv or .parquet"),
+          rho: float = typer.Option(DEFAULT_EPOCH_ERROR_CORRELATION, help=RHO_HELP),
+          db: Path = typer.Option(DEFAULT_DB, envvar=DB_ENV, help=DB_HELP)):
+    """Every parcel's sink (t CO2e per year) between two epochs with its sd and 90 % interval."""
+    from ..accounts.change import parcel_sinks, years_between
+    from ..fileio import write_table
+
+    if out.suffix not in (".csv", ".parquet"):
+        _fail(ValueError(f"--out {out}: use a .csv or .parquet file"))
+    try:
+        with _store(db) as store:
+            e1, e2 = store.epoch(from_epoch), store.epoch(to_epoch)
+            table = parcel_sinks(store.stocks(from_epoch), store.stocks(to_epoch),
+                                 years_between(e1.epoch_date, e2.epoch_date), rho)
+    except ForestCarbonError as err:
+        _fail(err)
+    write_table(table.assign(epoch_from=from_epoch, epoch_to=to_epoch), out)
+    ok = table["status"].isin(["ok", "no sd"])
+    typer.echo(f"wrote {out}: {len(table)} parcels, {int(ok.sum())} with a sink; total "
+               f"{table.loc[ok, 'sink_co2e_t_yr'].sum():+,.1f} t CO2e/yr (rho {rho:g}); by status: "
+               + ", ".join(f"{k} {v}" for k, v in table["status"].value_counts().items()))
+
+
 @accounts_app.command("export")
 def export(epoch: str = typer.Option(..., help="epoch label"),
            format: str = typer.Option("gpkg", "--format", help="gpkg, parquet or csv (csv: no geometry)"),

@@ -123,8 +123,10 @@ def _stock_rows(gdf: gpd.GeoDataFrame, where: str) -> tuple[pd.DataFrame, list[s
             rows[c] = _nonnegative(gdf, c, where) if c != "valid_fraction" else pd.to_numeric(gdf[c]).to_numpy(float)
         else:
             rows[c] = np.nan
-            if c in ("carbon_sd_t", "carbon_p05_t", "carbon_p95_t"):
-                notes.append(f"{where} has no field {c!r}: stored NULL (no uncertainty for this epoch's stocks)")
+    absent = [c for c in ("carbon_sd_t", "carbon_p05_t", "carbon_p95_t") if c not in gdf]
+    if absent:
+        notes.append(f"{where} has no field {', '.join(repr(c) for c in absent)}: stored NULL "
+                     "(these stocks have no uncertainty, their sinks none either)")
     vf = rows["valid_fraction"]
     if ((vf < 0) | (vf > 1)).any():
         raise FieldError(f"{where}: field 'valid_fraction' outside [0, 1] at rows {file_rows(np.flatnonzero((vf < 0) | (vf > 1)))}")
