@@ -3,6 +3,8 @@ geometry versions, a writer killed with SIGKILL mid-transaction, and the `forest
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import signal
@@ -156,9 +158,6 @@ def test_provenance_traces_each_stock_row(tmp_path):
     prov = {"forestcarbon": "0.1.0", "git_commit": "abc123", "config": {"name": "quzhou", "grid": {"crs": "EPSG:4549"}}}
     out = make_output(tmp_path / "o", squares(), [10.0, 20.0], provenance=prov)
     commit(out, "2024", db)
-    import hashlib
-    import json
-
     cfg = hashlib.sha256(json.dumps(prov["config"], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     row = sqlite3.connect(db).execute(
         "SELECT e.config_sha256, e.code_version, f.sha256 FROM stocks s JOIN epochs e USING (epoch) "

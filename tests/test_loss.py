@@ -3,10 +3,12 @@ of a 4 x 4 grid of 10 m pixels; the HTML summary rendered by headless Chromium."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 from statistics import NormalDist
 
 import geopandas as gpd
@@ -102,7 +104,7 @@ def test_cli_loss_writes_json_png_html_and_chromium_shows_the_numbers(db, tmp_pa
     assert got["loss_carbon_sd_t"] == pytest.approx(sd, rel=1e-4)
     assert got["rho"] == 0.0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
+    chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
     if chromium is None:
         pytest.skip("headless Chromium not installed (/usr/bin/chromium): the HTML was written but not rendered")
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
@@ -112,10 +114,7 @@ def test_cli_loss_writes_json_png_html_and_chromium_shows_the_numbers(db, tmp_pa
     assert f"[{got['loss_carbon_t'] - z * got['loss_carbon_sd_t']:,.2f}, " in dom
     assert f"{got['loss_carbon_t'] * CO2_PER_C:,.2f} t CO2e" in dom
     assert 'src="data:image/png;base64,' in dom and "http" not in dom.split("<body")[1].split("Produced")[0]
-    with open(area, "rb") as f:
-        import hashlib
-
-        assert hashlib.sha256(f.read()).hexdigest() in dom
+    assert hashlib.sha256(area.read_bytes()).hexdigest() in dom
     with SQLiteStore(db, create=False) as st:
         assert st.epoch("2024").file("carbon").sha256 in dom
 
