@@ -287,3 +287,19 @@ def test_sinks_command_writes_every_parcel(two_epochs, tmp_path):
     assert t.loc["B", "sink_co2e_sd_t_yr"] == pytest.approx(math.sqrt(16 + 25 - 2 * 0.5 * 4 * 5) * CO2_PER_C / years)
     total = ((12.5 - 10) + (18 - 20)) * CO2_PER_C / years
     assert f"total {total:+,.1f} t CO2e/yr (rho 0.5)" in r.output
+
+
+def test_a_second_writer_fails_cleanly_while_the_first_holds_the_lock(tmp_path, two_epochs):
+    from forestcarbon.flows.epoch_input import read_epoch
+
+    record, rows = read_epoch(make_output(tmp_path / "o25", squares(), [1.0, 2.0], scene_dates=("2025-07-01",)), "2025")
+    holder = sqlite3.connect(two_epochs, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        with SQLiteStore(two_epochs, create=False, timeout_s=0.2) as st:
+            with pytest.raises(LedgerError, match="epoch '2025' not written .*locked.*the accounts are unchanged"):
+                st.write_epoch(record, rows)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert count(two_epochs, "SELECT count(*) FROM epochs") == 2

@@ -143,3 +143,10 @@ def test_epoch_without_maps_is_a_one_line_error(db, tmp_path):
                                  "--db", str(db), "--out", str(tmp_path / "l")])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert "epoch '2025' records no carbon file" in r.output
+
+
+def test_area_of_lines_is_an_error(db, tmp_path):
+    p = tmp_path / "line.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.LineString([(X0, Y0 - 40), (X0 + 10, Y0 - 30)])], crs=CRS).to_file(p)
+    r = CliRunner().invoke(app, ["loss", "--area", str(p), "--from", "2023", "--to", "2024", "--db", str(db)])
+    assert r.exit_code == 2 and "the features are not polygons (['LineString'])" in r.output

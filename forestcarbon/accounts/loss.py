@@ -35,6 +35,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 from pyproj import CRS
 
 from ..errors import CRSError, FieldError, LedgerError
@@ -94,9 +95,11 @@ def dissolve_area(area: gpd.GeoDataFrame, where: str) -> gpd.GeoDataFrame:
     geom = area.geometry[~(area.geometry.isna() | area.geometry.is_empty)]
     if len(geom) == 0:
         raise FieldError(f"{where}: no polygon")
-    u = geom.make_valid().union_all()
-    if u.geom_type not in ("Polygon", "MultiPolygon") and u.area == 0:
-        raise FieldError(f"{where}: the features are not polygons ({u.geom_type})")
+    parts = shapely.get_parts(geom.make_valid().explode(index_parts=False).to_numpy())
+    polys = parts[shapely.get_type_id(parts) == 3]  # polygons only: lines and points have no area
+    if len(polys) == 0:
+        raise FieldError(f"{where}: the features are not polygons ({sorted(set(geom.geom_type))})")
+    u = shapely.union_all(polys)
     return gpd.GeoDataFrame({"zone": ["area"]}, geometry=[u], crs=area.crs)
 
 

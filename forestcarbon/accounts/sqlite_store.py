@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -89,23 +90,29 @@ _BATCH = 20_000
 
 
 class SQLiteStore(AccountStore):
-    """:class:`AccountStore` in one SQLite file.  ``create=False`` refuses a path that does not exist."""
+    """:class:`AccountStore` in one SQLite file.  ``create=False`` refuses a path that does not exist;
+    ``journal``: ``"wal"`` or ``"delete"`` (rollback journal)."""
 
-    def __init__(self, path: Path | str, create: bool = True, journal: str = "wal"):
+    def __init__(self, path: Path | str, create: bool = True, journal: str | None = None, timeout_s: float = 60.0):
         self.path = Path(path)
         if not create and not self.path.exists():
             raise LedgerError(f"no accounts database at {self.path} (write an epoch first: forestcarbon accounts commit)")
-        if journal not in ("wal", "delete"):
+        if journal not in (None, "wal", "delete"):
             raise LedgerError(f"journal {journal!r}: use 'wal' or 'delete'")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode: transactions are opened and closed explicitly below
-        self.con = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        # autocommit mode: transactions are opened and closed explicitly below; a second writer waits up to
+        # timeout_s for the first one's transaction, then fails
+        self.con = sqlite3.connect(self.path, isolation_level=None, timeout=timeout_s)
         try:
             self.con.execute("PRAGMA foreign_keys = ON")
-            self.con.execute(f"PRAGMA journal_mode = {journal}")
             self.con.execute("PRAGMA synchronous = FULL")
-            self.con.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "meta" not in tables:  # a new database: WAL unless told otherwise
+                self.con.execute(f"PRAGMA journal_mode = {journal or 'wal'}")
+                self.con.executescript("BEGIN IMMEDIATE;" + _SCHEMA +
+                                       f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+            elif journal is not None:  # an existing one keeps its journal mode unless one is asked for
+                self.con.execute(f"PRAGMA journal_mode = {journal}")
             (found,) = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as err:
             self.con.close()
@@ -122,8 +129,8 @@ class SQLiteStore(AccountStore):
         n = len(parcels)
         ids = parcels["parcel_id"].astype(str).to_numpy()
         cur = self.con.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
+            cur.execute("BEGIN IMMEDIATE")
             cur.execute("DELETE FROM stocks WHERE epoch = ?", (epoch.epoch,))
             cur.execute("DELETE FROM epoch_files WHERE epoch = ?", (epoch.epoch,))
             cur.execute(
@@ -142,22 +149,24 @@ class SQLiteStore(AccountStore):
             rows_new = zip(ids[new], versions["version"].to_numpy()[new].tolist(), *(parcels[c].to_numpy()[new] for c in cols))
             cur.executemany("INSERT INTO parcels VALUES (?,?,?,?,?,?,?,?)",
                             ((pid, v, epoch.epoch, bytes(w), crs, h, float(a), at) for pid, v, w, crs, h, a, at in rows_new))
-            stock = np.column_stack([parcels[c].to_numpy(dtype="float64") if c in parcels else np.full(n, np.nan)
-                                     for c in STOCK_COLUMNS]).astype(object)
-            stock[pd.isna(stock)] = None
-            vers = versions["version"].to_numpy().tolist()
+            cols = [parcels[c].to_numpy(dtype="float64") if c in parcels else np.full(n, np.nan) for c in STOCK_COLUMNS]
+            vers = versions["version"].to_numpy()
             sql = f"INSERT INTO stocks VALUES (?,?,?,{','.join('?' * len(STOCK_COLUMNS))})"
             for start in range(0, n, _BATCH):
                 stop = min(start + _BATCH, n)
-                cur.executemany(sql, ((epoch.epoch, ids[i], vers[i], *stock[i]) for i in range(start, stop)))
+                block = [[None if v != v else v for v in c[start:stop].tolist()] for c in cols]  # NaN -> NULL
+                cur.executemany(sql, zip(repeat(epoch.epoch), ids[start:stop].tolist(), vers[start:stop].tolist(), *block))
                 if progress is not None:
                     progress(stop, n)
             cur.execute("DELETE FROM parcels WHERE NOT EXISTS (SELECT 1 FROM stocks s WHERE s.parcel_id = "
                         "parcels.parcel_id AND s.version = parcels.version)")
             cur.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if self.con.in_transaction:
                 cur.execute("ROLLBACK")
+            if isinstance(err, sqlite3.OperationalError):  # locked by another writer, disk full, read-only file
+                raise LedgerError(f"{self.path}: epoch {epoch.epoch!r} not written ({err}); the accounts are "
+                                  "unchanged") from None
             raise
         return {"stocks": n, "new_versions": int(new.sum())}
 
