@@ -23,7 +23,7 @@ from forestcarbon.flows.cli import app
 
 from .accounts_outputs import CRS, X0, Y0, make_output, squares
 
-CO2_PER_C = 44.0 / 12.0  # IPCC 2006 GL (ratio of molecular weights)
+CO2_PER_C = (12.0 + 2 * 16.0) / 12.0  # molecular weights of CO2 and C (IPCC 2006 rounds to 12 and 16)
 PX_HA = 10 * 10 / 10_000
 
 C1 = np.arange(16, dtype=float).reshape(4, 4) + 50.0     # Mg C/ha, epoch 2023

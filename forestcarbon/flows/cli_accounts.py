@@ -183,4 +183,5 @@ def loss(area: Path = typer.Option(..., help="polygon file (GeoPackage, Shapefil
                 "db": str(db.resolve())}, out / "loss.json")
     typer.echo(f"carbon lost {from_epoch} -> {to_epoch}: {result.loss_carbon_t:,.1f} t C "
                f"({result.level:.0%} interval {result.loss_carbon_lo_t:,.1f} to {result.loss_carbon_hi_t:,.1f}), "
-               f"{result.loss_co2e_t:,.1f} t CO2e; rho {result.rho:g}; page {page}")
+               f"{result.loss_co2e_t:,.1f} t CO2e; rho {result.rho:g}; mapped share of the area "
+               f"{result.before.mapped_fraction:.1%} / {result.after.mapped_fraction:.1%}; page {page}")
