@@ -56,13 +56,13 @@ def loss_png(loss: Loss, area: gpd.GeoDataFrame, path: Path) -> Path:
     vmax = float(np.nanpercentile(np.concatenate([a.ravel(), b.ravel()]), 99)) if np.isfinite(a).any() else 1.0
     for ax, arr, ext, ac in ((axes[0], a, ext_a, loss.before), (axes[1], b, ext_b, loss.after)):
         im = ax.imshow(arr, extent=ext, cmap="YlGn", vmin=0, vmax=vmax or 1.0)
-        ax.set_title(f"{ac.epoch} ({ac.epoch_date}): carbon, Mg C/ha")
+        ax.set_title(f"{ac.epoch} ({ac.epoch_date})\ncarbon, Mg C/ha", fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
     if same:
         d = b - a
         m = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
         im = axes[2].imshow(d, extent=ext_a, cmap="RdBu", vmin=-(m or 1.0), vmax=m or 1.0)
-        axes[2].set_title(f"change {loss.after.epoch} − {loss.before.epoch}, Mg C/ha")
+        axes[2].set_title(f"change {loss.after.epoch} − {loss.before.epoch}\nMg C/ha", fontsize=10)
         fig.colorbar(im, ax=axes[2], shrink=0.8)
     for ax in axes:
         poly.boundary.plot(ax=ax, color="black", linewidth=1.2)
