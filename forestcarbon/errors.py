@@ -72,3 +72,7 @@ class SpatialCVWarning(ForestCarbonWarning):
     """Spatial cross-validation blocks are smaller than the practical range of the out-of-fold residuals'
     variogram, so held-out plots still have correlated neighbours in the training folds and the CV figures
     are optimistic (Roberts et al. 2017, Ecography 40:913-929)."""
+
+
+class LedgerError(ForestCarbonError, LookupError):
+    """The parcel carbon accounts lack an epoch or a parcel asked for, or the accounts database is unusable."""

@@ -484,5 +484,8 @@ def demo(out: Path = typer.Option(Path("demo-output"), help="output folder"),
     typer.echo("\n".join(lines))
 
 
+from . import cli_accounts  # noqa: E402,F401  (mounts `accounts` and `loss` on app)
+
+
 def main():  # pragma: no cover
     sys.exit(app())
