@@ -1,0 +1,294 @@
+"""Uncertainty of carbon totals over parcels, projects and the county, with spatially correlated pixel errors.
+
+A total over an area is T = Σ_i a_i c_i (a_i: the area of pixel i the area covers, ha; c_i: carbon density,
+t C/ha).  With pixel errors of SD σ_i (the map's ``carbon_sd`` layer) that are correlated in space,
+
+    Var(T) = Σ_i Σ_j a_i a_j Cov(e_i, e_j).
+
+Error model.  The covariance comes from the residual variogram of the out-of-fold plot residuals
+(:class:`~.validation.ResidualVariogram`: nugget c0, partial sill c1, structure k(h) exponential exp(−h/a) or
+spherical 1 − 1.5 h/a + 0.5 (h/a)³ for h <= a, 0 beyond; Webster & Oliver 2007, Geostatistics for
+Environmental Scientists, 2nd ed., §6.3), the approach of Araza et al. 2022 (Remote Sens. Environ. 272:112917:
+residual spatial correlation assessed on cross-validation residuals before pixel predictions are aggregated
+to accounting units).  Only the variogram's SHAPE is used; the variance level is the pixel's own σ_i, so that
+error grows where the map says it does (σ_i comes from the calibrated 90 % interval, ``intervals.py``).  Its
+correlation function at h > 0 is ρ(h) = C(h)/C(0) = (1 − ν) k(h), with ν = c0 / (c0 + c1) the nugget share.
+The error of pixel i is split into
+
+* a spatially structured part, σ_i √(1 − ν) Z(x_i), Z a unit-variance field with correlation k(h):
+  Cov = σ_i σ_j (1 − ν) k(d_ij), the same at any support (k is continuous; the variogram's structure is
+  resolved by the plots at their spacing), and
+* a nugget part: uncorrelated at the plots' spacing.  The variogram was fitted to residuals of plot means
+  (support A_p, e.g. 667 m²), so c0 is the variance of a white-noise component averaged over A_p.  Averaged
+  over an area A a white-noise process has variance proportional to 1/A (regularisation of a pure nugget:
+  Journel & Huijbregts 1978, Mining Geostatistics, §II.C; Webster & Oliver 2007 §10.1), so its variance
+  intensity is ν σ² A_p (t C/ha)²·ha, and the covered part a_i of pixel i contributes ν σ_i² A_p a_i to
+  Var(T), not ν σ_i² a_i² (the naive "nugget on the diagonal at pixel support", which for a 10 m pixel and a
+  667 m² plot understates the nugget's share 6.7-fold).
+
+So Var(T) = Σ_i Σ_j w_i w_j k(d_ij) + Σ_i ν σ_i² A_p a_i with w_i = a_i σ_i √(1 − ν).
+
+Computation.  d_ij on a grid depends only on the row/column offset, so the double sum is wᵀKw with K a
+Toeplitz-block-Toeplitz matrix: computed exactly by FFT convolution of the zero-padded weight window with the
+kernel on all offsets (linear convolution through a circular one of size >= 2n − 1 per axis), in batches of
+parcels with windows of the same padded size (:func:`window_variances`).  The same function takes a whole
+county's weight field (one window); memory ≈ 3 × (2 rows) × (2 cols) × 8 bytes.
+
+Intervals (:func:`interval`).  A total's error is taken as normal with mean 0 and the SD above; the 90 %
+interval is T ± z₀.₉₅ SD with the lower end clipped at 0 (carbon is not negative).  Pixel errors are skewed
+(intervals floor at 0 Mg/ha) but a total sums many of them; the county check (``benchmarks/
+check_parcel_intervals.py``) measures how the normal interval covers on the synthetic county's parcels.
+
+Sums of parcels (:func:`total_sd`) from parcel totals alone (projects: weights are parcel shares) use the
+covariance Cov(T_p, T_q) ≈ L_p L_q k(d_pq) between parcels p ≠ q at centroid distance d_pq, with
+L_p = Σ_i w_i (``carbon_sd_linear_t``, the linear sum of the structured weights that :func:`parcel_sd` returns);
+exact when both parcels are small against the range (k constant over their pixel pairs).  Without that
+column L_p = carbon_sd_t is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.fft
+from scipy.stats import norm
+
+from ..errors import FieldError, ModelError
+
+__all__ = ["ErrorCorrelation", "error_correlation", "structure", "offset_kernel", "window_variances",
+           "parcel_sd", "weight_field_sd", "interval", "total_sd", "cells_from_coverage"]
+
+
+def structure(h, model: str, range_param_m: float) -> np.ndarray:
+    """k(h): the variogram's structured correlation, 1 at h = 0: exponential exp(−h/a); spherical
+    1 − 1.5 h/a + 0.5 (h/a)³ for h <= a and 0 beyond (Webster & Oliver 2007 §6.3)."""
+    h = np.abs(np.asarray(h, dtype="float64"))
+    if model == "exponential":
+        return np.exp(-h / range_param_m)
+    if model == "spherical":
+        r = np.minimum(h / range_param_m, 1.0)
+        return 1.0 - 1.5 * r + 0.5 * r**3
+    raise ModelError(f"variogram model must be 'exponential' or 'spherical', not {model!r}")
+
+
+@dataclass(frozen=True)
+class ErrorCorrelation:
+    """Pixel-error correlation: structure ``model``/``range_param_m`` (m), nugget share ν, and the support area
+    (m²) of the data the variogram was fitted on (plot area)."""
+
+    model: str
+    range_param_m: float
+    nugget_share: float
+    support_m2: float
+
+    def rho(self, h) -> np.ndarray:
+        """ρ(h) = C(h)/C(0): 1 at h = 0, (1 − ν) k(h) for h > 0."""
+        h = np.asarray(h, dtype="float64")
+        return np.where(h > 0, (1.0 - self.nugget_share) * structure(h, self.model, self.range_param_m), 1.0)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def error_correlation(variogram, support_m2: float) -> ErrorCorrelation:
+    """The correlation model of a fitted :class:`~.validation.ResidualVariogram` (or its ``to_dict``) whose
+    residuals are means over ``support_m2`` (the plots' area).  Refuses a failed fit."""
+    v = variogram if isinstance(variogram, dict) else variogram.to_dict()
+    c0, c1, a = (float(v[k]) for k in ("nugget", "partial_sill", "range_param_m"))
+    if not (np.isfinite(c0) and np.isfinite(c1) and np.isfinite(a) and c0 >= 0 and c1 >= 0 and c0 + c1 > 0 and a > 0):
+        raise ModelError(f"residual variogram unusable for aggregation: nugget {c0}, partial sill {c1}, range {a} m "
+                         f"({v.get('status', '')})")
+    if not support_m2 > 0:
+        raise ModelError(f"variogram support area must be > 0 m², not {support_m2}")
+    structure(0.0, v["model"], a)  # refuses an unknown model
+    return ErrorCorrelation(str(v["model"]), a, c0 / (c0 + c1), float(support_m2))
+
+
+def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation) -> np.ndarray:
+    """k at every row/column offset of a circular grid of ``shape`` (offsets past the middle wrap to negative),
+    as used for the FFT convolution; only offsets |d| < n/2 along each axis are meaningful."""
+    P, Q = shape
+    di = np.fft.fftfreq(P, 1.0 / P)[:, None]  # 0, 1, ..., -1
+    dj = np.fft.fftfreq(Q, 1.0 / Q)[None, :]
+    return structure(res_m * np.hypot(di, dj), corr.model, corr.range_param_m)
+
+
+_SIZES = np.array(sorted({int(b * 2**e) for e in range(0, 16) for b in (2, 3)}))  # 2, 3, 4, 6, 8, 12, ...
+
+
+def _padded(n: int) -> int:
+    """Smallest size in 2^k or 3·2^k that is >= 2n − 1 (a linear convolution through a circular one)."""
+    return int(_SIZES[np.searchsorted(_SIZES, max(2 * n - 1, 1))])
+
+
+def window_variances(windows: np.ndarray, res_m: float, corr: ErrorCorrelation, *, dtype="float64",
+                     max_batch_values: int = 4_000_000) -> np.ndarray:
+    """wᵀKw for each weight window in ``windows`` ((n, H, W) or (H, W); NaN/0 outside), with
+    K_ij = k(d_ij), d the distance between cell centres on a square grid of ``res_m`` metres: the exact double
+    sum, by FFT (batched ``max_batch_values`` padded values at a time; ``dtype`` float32 halves the memory of
+    a county-sized window at ~1e-6 relative precision)."""
+    w = np.asarray(windows, dtype=dtype)
+    single = w.ndim == 2
+    w = np.nan_to_num(w[None] if single else w)
+    n, H, W = w.shape
+    P, Q = _padded(H), _padded(W)
+    khat = scipy.fft.rfft2(offset_kernel((P, Q), res_m, corr).astype(dtype))
+    out = np.empty(n)
+    step = max(1, max_batch_values // (P * Q))
+    for s in range(0, n, step):
+        blk = w[s:s + step]
+        conv = scipy.fft.irfft2(scipy.fft.rfft2(blk, s=(P, Q)) * khat, s=(P, Q))[:, :H, :W]
+        out[s:s + step] = np.einsum("nij,nij->n", blk, conv, dtype="float64")
+    return out[0] if single else out
+
+
+def _check_cells(offsets, rows, cols, fraction, shape) -> None:
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+            or offsets[-1] != len(rows):
+        raise FieldError(f"cell offsets must start at 0, not decrease and end at the number of cells ({len(rows)})")
+    if not (len(rows) == len(cols) == len(fraction)):
+        raise FieldError(f"rows, cols and fraction differ in length: {len(rows)}, {len(cols)}, {len(fraction)}")
+    bad = (rows < 0) | (rows >= shape[0]) | (cols < 0) | (cols >= shape[1])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise FieldError(f"cell {k + 1} (row {rows[k]}, col {cols[k]}) lies outside the SD raster {shape}")
+    f = np.asarray(fraction, dtype="float64")
+    badf = ~np.isfinite(f) | (f < 0) | (f > 1 + 1e-9)
+    if badf.any():
+        k = int(np.flatnonzero(badf)[0])
+        raise FieldError(f"cell {k + 1}: coverage fraction {f[k]} is not in [0, 1]")
+
+
+def parcel_sd(offsets, rows, cols, fraction, sd_mg_ha: np.ndarray, res_m: float, corr: ErrorCorrelation, *,
+              max_batch_values: int = 4_000_000) -> pd.DataFrame:
+    """SD (t C) of T_p = Σ_i a_i c_i over each parcel's cells.
+
+    Cells as a zonal engine gives them (computed once, reused for every raster): parcel p owns cells
+    ``offsets[p]:offsets[p+1]`` of ``rows``, ``cols`` (indices into ``sd_mg_ha``, the carbon SD raster or a
+    window of it) and ``fraction`` (share of the cell the parcel covers, 0-1).  Cells whose SD is NaN
+    (unmapped) are left out; ``covered_ha`` says how much area remains.  Returns, per parcel in order,
+    ``carbon_sd_t`` (√Var(T)), ``carbon_sd_structured_t`` (√ of wᵀKw), ``carbon_sd_nugget_t``,
+    ``carbon_sd_linear_t`` (L_p = Σ w_i, for :func:`total_sd`) and ``covered_ha``."""
+    rows, cols = np.asarray(rows, dtype="int64"), np.asarray(cols, dtype="int64")
+    fraction = np.asarray(fraction, dtype="float64")
+    offsets = np.asarray(offsets, dtype="int64")
+    sd_mg_ha = np.asarray(sd_mg_ha)
+    _check_cells(offsets, rows, cols, fraction, sd_mg_ha.shape)
+    n = offsets.size - 1
+    sigma = sd_mg_ha[rows, cols].astype("float64")
+    if np.any(sigma[np.isfinite(sigma)] < 0):
+        raise FieldError("the SD raster holds negative values")
+    ok = np.isfinite(sigma)
+    px_ha = res_m * res_m / 10_000
+    a = np.where(ok, fraction * px_ha, 0.0)
+    sigma = np.where(ok, sigma, 0.0)
+    nu, ap_ha = corr.nugget_share, corr.support_m2 / 10_000
+    w = a * sigma * np.sqrt(1.0 - nu)
+    pid = np.repeat(np.arange(n), np.diff(offsets))
+    nugget = np.bincount(pid, weights=nu * sigma**2 * ap_ha * a, minlength=n)
+    linear = np.bincount(pid, weights=w, minlength=n)
+    covered = np.bincount(pid, weights=a, minlength=n)
+    structured = np.zeros(n)
+    has = np.diff(offsets) > 0
+    if has.any():
+        r0 = np.full(n, np.iinfo("int64").max)
+        c0 = r0.copy()
+        np.minimum.at(r0, pid, rows)
+        np.minimum.at(c0, pid, cols)
+        r1 = np.zeros(n, dtype="int64")
+        c1 = r1.copy()
+        np.maximum.at(r1, pid, rows)
+        np.maximum.at(c1, pid, cols)
+        H, W = np.where(has, r1 - r0 + 1, 0), np.where(has, c1 - c0 + 1, 0)
+        key = np.array([_padded(h) for h in H]) * 100_000 + np.array([_padded(x) for x in W])
+        lr, lc = rows - r0[pid], cols - c0[pid]
+        for k in np.unique(key[has]):
+            members = np.flatnonzero(has & (key == k))
+            hmax, wmax = int(H[members].max()), int(W[members].max())
+            slot = np.full(n, -1)
+            slot[members] = np.arange(members.size)
+            sel = slot[pid] >= 0
+            win = np.zeros((members.size, hmax, wmax))
+            np.add.at(win, (slot[pid[sel]], lr[sel], lc[sel]), w[sel])
+            structured[members] = window_variances(win, res_m, corr, max_batch_values=max_batch_values)
+    structured = np.maximum(structured, 0.0)  # FFT rounding on all-zero windows
+    return pd.DataFrame({"carbon_sd_t": np.sqrt(structured + nugget), "carbon_sd_structured_t": np.sqrt(structured),
+                         "carbon_sd_nugget_t": np.sqrt(nugget), "carbon_sd_linear_t": linear,
+                         "covered_ha": covered})
+
+
+def weight_field_sd(area_ha: np.ndarray, sd_mg_ha: np.ndarray, res_m: float, corr: ErrorCorrelation, *,
+                    dtype="float64") -> float:
+    """SD (t C) of Σ_i a_i c_i over a whole grid (a project or the county): ``area_ha`` per cell the area
+    counted (e.g. Σ over parcels of their covered area, or share-weighted), ``sd_mg_ha`` the carbon SD;
+    NaN SD cells count as 0.  One FFT window (module docstring)."""
+    a = np.nan_to_num(np.asarray(area_ha, dtype="float64"))
+    s = np.asarray(sd_mg_ha, dtype="float64")
+    if a.shape != s.shape:
+        raise FieldError(f"area grid {a.shape} and SD grid {s.shape} differ in shape")
+    s = np.where(np.isfinite(s), s, 0.0)
+    nu, ap_ha = corr.nugget_share, corr.support_m2 / 10_000
+    rows = np.flatnonzero(a.any(axis=1))
+    cols = np.flatnonzero(a.any(axis=0))
+    if rows.size == 0:
+        return 0.0
+    win = (a * s * np.sqrt(1.0 - nu))[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    structured = max(float(window_variances(win, res_m, corr, dtype=dtype)), 0.0)
+    return float(np.sqrt(structured + float(np.sum(nu * s**2 * ap_ha * a))))
+
+
+def interval(total_t, sd_t, alpha: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) central 1 − α interval of a total under a normal error with SD ``sd_t``; lower end
+    clipped at 0 (module docstring)."""
+    t, s = np.asarray(total_t, dtype="float64"), np.asarray(sd_t, dtype="float64")
+    z = norm.ppf(1 - alpha / 2)
+    return np.maximum(t - z * s, 0.0), t + z * s
+
+
+TOTAL_COLUMNS = ("parcel_id", "weight", "carbon_t", "carbon_sd_t", "x", "y")
+
+
+def total_sd(rows: pd.DataFrame, corr: ErrorCorrelation, *, max_pairs: int = 50_000_000) -> float:
+    """SD (t C) of Σ_p weight_p T_p over the parcels in ``rows`` (columns ``TOTAL_COLUMNS``; x, y parcel
+    centroids in metres of a projected CRS; optional ``carbon_sd_linear_t``, see the module docstring):
+    Var = Σ_p g_p² sd_p² + Σ_{p≠q} g_p g_q L_p L_q k(d_pq).  Exact double sum over parcel pairs, in row
+    blocks; refuses more than ``max_pairs`` pairs (use :func:`weight_field_sd` on the pixel grid instead)."""
+    missing = [c for c in TOTAL_COLUMNS if c not in rows.columns]
+    if missing:
+        raise FieldError(f"total_sd: rows lack columns {missing} (need {list(TOTAL_COLUMNS)})")
+    g = rows["weight"].to_numpy(dtype="float64")
+    sd = rows["carbon_sd_t"].to_numpy(dtype="float64")
+    lin = rows["carbon_sd_linear_t"].to_numpy(dtype="float64") if "carbon_sd_linear_t" in rows else sd
+    xy = rows[["x", "y"]].to_numpy(dtype="float64")
+    for name, v in (("weight", g), ("carbon_sd_t", sd), ("carbon_sd_linear_t", lin), ("x", xy[:, 0]), ("y", xy[:, 1])):
+        bad = ~np.isfinite(v) | ((v < 0) if name in ("weight", "carbon_sd_t", "carbon_sd_linear_t") else False)
+        if np.any(bad):
+            k = int(np.flatnonzero(bad)[0])
+            raise FieldError(f"total_sd: row {k + 1} (parcel {rows['parcel_id'].iloc[k]}): {name} = {v[k]}")
+    n = g.size
+    if n * n > max_pairs:
+        raise ModelError(f"total_sd: {n} parcels make {n * n} pairs (> {max_pairs}); sum on the pixel grid "
+                         "(weight_field_sd) instead")
+    u = g * lin
+    var = float(np.sum((g * sd) ** 2))
+    step = max(1, max_pairs // max(n, 1) // 10)
+    for s in range(0, n, step):
+        d = np.hypot(xy[s:s + step, 0:1] - xy[None, :, 0], xy[s:s + step, 1:2] - xy[None, :, 1])
+        k = structure(d, corr.model, corr.range_param_m)
+        k[np.arange(k.shape[0]), np.arange(s, s + k.shape[0])] = 0.0  # the diagonal is sd_p² itself
+        var += float(u[s:s + step] @ k @ u)
+    return float(np.sqrt(var))
+
+
+def cells_from_coverage(parcel_index, rows, cols, fraction, n_parcels: int):
+    """(offsets, rows, cols, fraction) in parcel order from an unsorted long table of (parcel_index 0-based,
+    row, col, fraction), e.g. exactextract's ``cell_id``/``coverage`` output, for :func:`parcel_sd`."""
+    p = np.asarray(parcel_index, dtype="int64")
+    if p.size and (p.min() < 0 or p.max() >= n_parcels):
+        raise FieldError(f"parcel index outside 0..{n_parcels - 1}")
+    order = np.argsort(p, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(p, minlength=n_parcels))])
+    return offsets, np.asarray(rows)[order], np.asarray(cols)[order], np.asarray(fraction, dtype="float64")[order]
