@@ -118,9 +118,13 @@ def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation) 
 _SIZES = np.array(sorted({int(b * 2**e) for e in range(0, 16) for b in (2, 3)}))  # 2, 3, 4, 6, 8, 12, ...
 
 
+def _padded_sizes(n) -> np.ndarray:
+    """Smallest sizes in 2^k or 3·2^k that are >= 2n − 1 (a linear convolution through a circular one)."""
+    return _SIZES[np.searchsorted(_SIZES, np.maximum(2 * np.asarray(n) - 1, 1))]
+
+
 def _padded(n: int) -> int:
-    """Smallest size in 2^k or 3·2^k that is >= 2n − 1 (a linear convolution through a circular one)."""
-    return int(_SIZES[np.searchsorted(_SIZES, max(2 * n - 1, 1))])
+    return int(_padded_sizes(n))
 
 
 def window_variances(windows: np.ndarray, res_m: float, corr: ErrorCorrelation, *, dtype="float64",
@@ -194,26 +198,29 @@ def parcel_sd(offsets, rows, cols, fraction, sd_mg_ha: np.ndarray, res_m: float,
     structured = np.zeros(n)
     has = np.diff(offsets) > 0
     if has.any():
-        r0 = np.full(n, np.iinfo("int64").max)
-        c0 = r0.copy()
-        np.minimum.at(r0, pid, rows)
-        np.minimum.at(c0, pid, cols)
-        r1 = np.zeros(n, dtype="int64")
-        c1 = r1.copy()
-        np.maximum.at(r1, pid, rows)
-        np.maximum.at(c1, pid, cols)
-        H, W = np.where(has, r1 - r0 + 1, 0), np.where(has, c1 - c0 + 1, 0)
-        key = np.array([_padded(h) for h in H]) * 100_000 + np.array([_padded(x) for x in W])
+        starts = offsets[:-1][has]
+        r0, c0 = np.zeros(n, dtype="int64"), np.zeros(n, dtype="int64")
+        r0[has], c0[has] = np.minimum.reduceat(rows, starts), np.minimum.reduceat(cols, starts)
+        H, W = np.zeros(n, dtype="int64"), np.zeros(n, dtype="int64")
+        H[has] = np.maximum.reduceat(rows, starts) - r0[has] + 1
+        W[has] = np.maximum.reduceat(cols, starts) - c0[has] + 1
+        key = _padded_sizes(H) * 1_000_000 + _padded_sizes(W)
         lr, lc = rows - r0[pid], cols - c0[pid]
-        for k in np.unique(key[has]):
-            members = np.flatnonzero(has & (key == k))
+        porder = np.flatnonzero(has)[np.argsort(key[has], kind="stable")]  # parcels grouped by padded size
+        pkeys, pstart = np.unique(key[porder], return_index=True)
+        rank = np.zeros(n, dtype="int64")
+        rank[porder] = np.arange(porder.size) - np.repeat(pstart, np.diff(np.append(pstart, porder.size)))
+        corder = np.argsort(key[pid], kind="stable")  # cells grouped likewise (empty parcels own no cells)
+        cstart = np.searchsorted(key[pid][corder], pkeys)
+        cend = np.append(cstart[1:], corder.size)
+        for g in range(pkeys.size):
+            members = porder[pstart[g]:(pstart[g + 1] if g + 1 < pkeys.size else porder.size)]
+            cs = corder[cstart[g]:cend[g]]
             hmax, wmax = int(H[members].max()), int(W[members].max())
-            slot = np.full(n, -1)
-            slot[members] = np.arange(members.size)
-            sel = slot[pid] >= 0
-            win = np.zeros((members.size, hmax, wmax))
-            np.add.at(win, (slot[pid[sel]], lr[sel], lc[sel]), w[sel])
-            structured[members] = window_variances(win, res_m, corr, max_batch_values=max_batch_values)
+            flat = (rank[pid[cs]] * hmax + lr[cs]) * wmax + lc[cs]  # bincount: repeated cells add up
+            win = np.bincount(flat, weights=w[cs], minlength=members.size * hmax * wmax)
+            structured[members] = window_variances(win.reshape(members.size, hmax, wmax), res_m, corr,
+                                                   max_batch_values=max_batch_values)
     structured = np.maximum(structured, 0.0)  # FFT rounding on all-zero windows
     return pd.DataFrame({"carbon_sd_t": np.sqrt(structured + nugget), "carbon_sd_structured_t": np.sqrt(structured),
                          "carbon_sd_nugget_t": np.sqrt(nugget), "carbon_sd_linear_t": linear,
