@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,7 +27,7 @@ import pandas as pd
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage, error_correlation,  # noqa: E402
+from forestcarbon.models.aggregate import (cells_from_coverage, error_correlation,  # noqa: E402
                                            interval, parcel_sd, total_sd, weight_field_sd)
 
 
@@ -86,13 +87,16 @@ def main(scene: Path, out: Path) -> dict:
             "lidar_share_of_forest_area": float(np.sum(lidar_share[forest] * area[forest]) / np.sum(area[forest]))}
 
     def variants():
-        main_corr = corrs[CORR_FROM(served, corrs)]
-        yield "regularised nugget (method)", main_corr
-        yield "nugget on the pixel diagonal (naive)", ErrorCorrelation(main_corr.model, main_corr.range_param_m,
-                                                                       main_corr.nugget_share, res * res)
-        yield "no nugget (all correlated)", ErrorCorrelation(main_corr.model, main_corr.range_param_m, 0.0, support)
+        name = CORR_FROM(served, corrs)
+        main_corr = corrs[name]
+        white = error_correlation(card["models"][name]["residual_variogram"], support, nugget="white")
+        yield f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m (method)", main_corr
+        yield "nugget white, regularised to the plot support", white
+        yield "nugget white on the pixel diagonal (naive)", replace(white, support_m2=res * res)
+        yield "no nugget (all variance in the fitted structure)", replace(white, nugget_share=0.0)
         for n, cr in corrs.items():
-            yield f"{n} variogram only", cr
+            if n != name:
+                yield f"{n} variogram (nugget unresolved below {cr.nugget_range_m:.0f} m)", cr
 
     results = {}
     for name, corr in variants():

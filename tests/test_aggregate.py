@@ -12,12 +12,14 @@ from scipy.stats import chi2
 
 from forestcarbon.errors import FieldError, ModelError
 from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage, error_correlation, interval,
-                                           parcel_sd, total_sd, weight_field_sd, window_variances)
+                                           parcel_sd, total_sd, weight_field_sd, weighted_cells_sd,
+                                           window_variances)
 from forestcarbon.models.validation import ResidualVariogram
 
 
-def _vg(model="exponential", c0=30.0, c1=70.0, a=150.0) -> ResidualVariogram:
-    return ResidualVariogram([], [], [], model, c0, c1, a, a * (3 if model == "exponential" else 1))
+def _vg(model="exponential", c0=30.0, c1=70.0, a=150.0, lags=(210.0, 400.0)) -> ResidualVariogram:
+    return ResidualVariogram(list(lags), [1.0] * len(lags), [10] * len(lags), model, c0, c1, a,
+                             a * (3 if model == "exponential" else 1))
 
 
 def _brute_k(rows, cols, res, model, a):
@@ -32,7 +34,7 @@ def _brute_k(rows, cols, res, model, a):
 
 # ----------------------------------------------------------- variogram -> correlation
 def test_correlation_from_variogram_by_hand():
-    corr = error_correlation(_vg(c0=30, c1=70, a=150), support_m2=667)
+    corr = error_correlation(_vg(c0=30, c1=70, a=150), support_m2=667, nugget="white")
     assert corr.nugget_share == pytest.approx(0.3)
     # C(h)/C(0) with C(h) = c0 + c1 - gamma(h): at h = 150 m exponential gamma = 30 + 70 (1 - e^-1)
     gamma = 30 + 70 * (1 - math.exp(-1))
@@ -40,9 +42,33 @@ def test_correlation_from_variogram_by_hand():
     assert corr.rho(150.0) == pytest.approx(float(_vg().covariance(150.0)) / 100, rel=1e-12)
     assert corr.rho(0.0) == 1.0
     assert corr.rho(1e-6) == pytest.approx(0.7, rel=1e-6)  # the nugget jump just off 0
-    sph = error_correlation(_vg("spherical", 10, 30, 200), support_m2=400)
+    sph = error_correlation(_vg("spherical", 10, 30, 200), support_m2=400, nugget="white")
     assert sph.rho(100.0) == pytest.approx(0.75 * (1 - 1.5 * 0.5 + 0.5 * 0.125))
     assert sph.rho(250.0) == 0.0
+
+
+def test_unresolved_nugget_by_hand():
+    """Default reading: the nugget is a spherical structure reaching 0 at the first lag (210 m here)."""
+    corr = error_correlation(_vg(c0=30, c1=70, a=150, lags=(210.0, 400.0)), support_m2=667)
+    assert corr.nugget_range_m == 210.0 and corr.white_share == 0.0
+    r = 105 / 210
+    assert corr.rho(105.0) == pytest.approx(0.7 * math.exp(-105 / 150) + 0.3 * (1 - 1.5 * r + 0.5 * r**3), rel=1e-12)
+    assert corr.rho(210.0) == pytest.approx(0.7 * math.exp(-210 / 150), rel=1e-12)
+    assert corr.rho(1e-9) == pytest.approx(1.0, abs=1e-9)  # continuous at 0: no white part left
+
+
+def test_unresolved_nugget_parcel_sd_double_sum():
+    rng = np.random.default_rng(6)
+    sd = rng.uniform(1, 20, size=(25, 25))
+    corr = error_correlation(_vg(c0=60, c1=40, a=90, lags=(120.0,)), support_m2=667)
+    r, c = np.nonzero(rng.uniform(size=(25, 25)) < 0.4)
+    f = rng.uniform(0.1, 1, size=r.size)
+    got = parcel_sd([0, r.size], r, c, f, sd, 10.0, corr).carbon_sd_t[0]
+    d = 10.0 * np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
+    q = np.minimum(d / 120.0, 1)
+    K = 0.4 * np.exp(-d / 90.0) + 0.6 * (1 - 1.5 * q + 0.5 * q**3)
+    w = f * 0.01 * sd[r, c]
+    assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
 
 
 def test_failed_variogram_refused():
@@ -60,7 +86,7 @@ def test_window_variance_equals_double_sum(model, a):
     for n in range(3):
         r, c = np.nonzero(np.ones((7, 11)))
         w = win[n].ravel()
-        brute = w @ _brute_k(r, c, 10.0, model, a) @ w
+        brute = 0.8 * (w @ _brute_k(r, c, 10.0, model, a) @ w)
         assert window_variances(win, 10.0, corr)[n] == pytest.approx(brute, rel=1e-9)
 
 
@@ -95,7 +121,7 @@ def test_parcel_sd_equals_double_sum():
         var = sum(a[i] * a[j] * s[i] * s[j] * 0.65 * K[i, j] for i in range(a.size) for j in range(a.size))
         var += sum(0.35 * s[i] ** 2 * ap * a[i] for i in range(a.size))
         assert got.carbon_sd_t[p] == pytest.approx(math.sqrt(var), rel=1e-9)
-        assert got.carbon_sd_linear_t[p] == pytest.approx(float(np.sum(a * s * math.sqrt(0.65))), rel=1e-12)
+        assert got.carbon_sd_linear_t[p] == pytest.approx(float(np.sum(a * s)), rel=1e-12)
         assert got.covered_ha[p] == pytest.approx(a.sum(), rel=1e-12)
 
 
@@ -110,6 +136,23 @@ def test_weight_field_is_sum_of_parcels_with_cross_terms():
     a, s = area[r, c], sd[r, c]
     var = (a * s * 0.75**0.5) @ _brute_k(r, c, 10.0, "spherical", 45.0) @ (a * s * 0.75**0.5) + np.sum(0.25 * s**2 * 0.05 * a)
     assert weight_field_sd(area, sd, 10.0, corr) == pytest.approx(math.sqrt(var), rel=1e-9)
+
+
+def test_weighted_cells_sd_includes_cross_parcel_pairs():
+    """Two parcels sharing a partial cell, weights 0.5 and 2: the double sum over every cell pair."""
+    rng = np.random.default_rng(7)
+    sd = rng.uniform(1, 9, size=(8, 8))
+    corr = ErrorCorrelation("exponential", 40.0, 0.3, 600.0, nugget_range_m=100.0)
+    r = np.array([1, 1, 2, 2, 2, 2, 5, 6])
+    c = np.array([1, 2, 1, 2, 3, 3, 3, 3])
+    f = np.array([1, 0.5, 1, 1, 0.4, 0.6, 1, 0.7])
+    got = weighted_cells_sd([0, 5, 8], r, c, f, [0.5, 2.0], sd, 10.0, corr)
+    a = f * 0.01 * np.array([0.5] * 5 + [2.0] * 3)
+    w = a * sd[r, c]
+    d = 10.0 * np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
+    q = np.minimum(d / 100.0, 1)
+    K = 0.7 * np.exp(-d / 40.0) + 0.3 * (1 - 1.5 * q + 0.5 * q**3)
+    assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
 
 
 def test_cells_from_coverage_orders_by_parcel():
@@ -127,7 +170,8 @@ def test_bad_cells_named():
 
 
 # ---------------------------------------------------------------- Monte Carlo
-def test_monte_carlo_parcel_sum_sd():
+@pytest.mark.parametrize("nugget_range_m", [None, 60.0])
+def test_monte_carlo_parcel_sum_sd(nugget_range_m):
     """Simulate pixel errors with covariance σ_iσ_j(1−ν)k(d_ij) + nugget (Cholesky), sum them over a parcel
     and compare the sample variance with parcel_sd's.  With N independent draws, (N−1)s²/σ² ~ χ²(N−1): the
     check uses its 0.0005 and 0.9995 quantiles (a false failure 1 time in 1000; the seed is fixed)."""
@@ -143,14 +187,20 @@ def test_monte_carlo_parcel_sum_sd():
     a, s = ff * 0.01, sd[rr, cc]
     nu, ap = 0.3, 0.0667
     k = np.exp(-np.hypot((rr[:, None] - rr) * res, (cc[:, None] - cc) * res) / 80.0)
-    # the nugget as white noise at its intensity: the covered part a_i of cell i has variance ν σ_i² A_p / a_i
-    cov = np.outer(s, s) * (1 - nu) * k + np.diag(nu * s**2 * ap / a)
+    d = np.hypot((rr[:, None] - rr) * res, (cc[:, None] - cc) * res)
+    if nugget_range_m is None:
+        # the nugget as white noise at its intensity: the covered part a_i of cell i has variance ν σ_i² A_p / a_i
+        cov = np.outer(s, s) * (1 - nu) * k + np.diag(nu * s**2 * ap / a)
+    else:  # the nugget as a spherical structure of range 60 m
+        q = np.minimum(d / nugget_range_m, 1)
+        cov = np.outer(s, s) * ((1 - nu) * k + nu * (1 - 1.5 * q + 0.5 * q**3))
     L = np.linalg.cholesky(cov)
     N = 4000
     e = L @ rng.standard_normal((a.size, N))
     totals = a @ e
     sample_var = totals.var(ddof=1)
-    model = parcel_sd([0, a.size], rr, cc, ff, sd, res, ErrorCorrelation("exponential", 80.0, nu, ap * 10_000))
+    model = parcel_sd([0, a.size], rr, cc, ff, sd, res,
+                      ErrorCorrelation("exponential", 80.0, nu, ap * 10_000, nugget_range_m=nugget_range_m))
     v = model.carbon_sd_t[0] ** 2
     lo, hi = chi2.ppf([0.0005, 0.9995], N - 1) / (N - 1)
     assert lo * v <= sample_var <= hi * v
@@ -172,7 +222,8 @@ def test_total_sd_double_sum_over_parcels():
     corr = ErrorCorrelation("exponential", 100.0, 0.4, 667)
     g, sd, L = np.array([1, 0.5, 0.25]), np.array([2.0, 3, 4]), np.array([1.5, 2.5, 3.5])
     d = {(0, 1): 100.0, (0, 2): 300.0, (1, 2): math.hypot(100, 300)}
-    var = float(np.sum((g * sd) ** 2)) + 2 * sum(g[i] * g[j] * L[i] * L[j] * math.exp(-dd / 100) for (i, j), dd in d.items())
+    var = float(np.sum((g * sd) ** 2)) + 2 * sum(g[i] * g[j] * L[i] * L[j] * 0.6 * math.exp(-dd / 100)
+                                                 for (i, j), dd in d.items())
     assert total_sd(rows, corr) == pytest.approx(math.sqrt(var), rel=1e-12)
 
 

@@ -58,7 +58,7 @@ from scipy.stats import norm
 from ..errors import FieldError, ModelError
 
 __all__ = ["ErrorCorrelation", "error_correlation", "structure", "offset_kernel", "window_variances",
-           "parcel_sd", "weight_field_sd", "interval", "total_sd", "cells_from_coverage"]
+           "parcel_sd", "weighted_cells_sd", "weight_field_sd", "interval", "total_sd", "cells_from_coverage"]
 
 
 def structure(h, model: str, range_param_m: float) -> np.ndarray:
@@ -75,26 +75,48 @@ def structure(h, model: str, range_param_m: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ErrorCorrelation:
-    """Pixel-error correlation: structure ``model``/``range_param_m`` (m), nugget share ν, and the support area
-    (m²) of the data the variogram was fitted on (plot area)."""
+    """Pixel-error correlation: structure ``model``/``range_param_m`` (m), nugget share ν, the support area (m²)
+    of the data the variogram was fitted on (plot area), and how the nugget is read: ``nugget_range_m`` None
+    for white noise (regularised to the support), else a spherical structure of that range (module
+    docstring)."""
 
     model: str
     range_param_m: float
     nugget_share: float
     support_m2: float
+    nugget_range_m: float | None = None
+
+    @property
+    def white_share(self) -> float:
+        """The share of the pixel variance that is white noise (ν when the nugget is read as white, else 0)."""
+        return self.nugget_share if self.nugget_range_m is None else 0.0
+
+    def kernel(self, h) -> np.ndarray:
+        """K(h): correlation of the non-white part between points h metres apart, K(0) = 1 − white share:
+        (1 − ν) k(h) [+ ν s(h), s spherical of range ``nugget_range_m``]."""
+        h = np.asarray(h, dtype="float64")
+        out = (1.0 - self.nugget_share) * structure(h, self.model, self.range_param_m)
+        if self.nugget_range_m is not None:
+            out = out + self.nugget_share * structure(h, "spherical", self.nugget_range_m)
+        return out
 
     def rho(self, h) -> np.ndarray:
-        """ρ(h) = C(h)/C(0): 1 at h = 0, (1 − ν) k(h) for h > 0."""
+        """ρ(h) = C(h)/C(0) at point support: 1 at h = 0, K(h) for h > 0."""
         h = np.asarray(h, dtype="float64")
-        return np.where(h > 0, (1.0 - self.nugget_share) * structure(h, self.model, self.range_param_m), 1.0)
+        return np.where(h > 0, self.kernel(h), 1.0)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def error_correlation(variogram, support_m2: float) -> ErrorCorrelation:
+NUGGETS = ("unresolved", "white")
+
+
+def error_correlation(variogram, support_m2: float, nugget: str = "unresolved") -> ErrorCorrelation:
     """The correlation model of a fitted :class:`~.validation.ResidualVariogram` (or its ``to_dict``) whose
-    residuals are means over ``support_m2`` (the plots' area).  Refuses a failed fit."""
+    residuals are means over ``support_m2`` (the plots' area).  ``nugget``: ``"unresolved"`` (default) reads
+    the nugget as structure below the shortest lag the plots observed (spherical, range = the first lag's
+    mean pair distance ``lag_m[0]``); ``"white"`` as white noise at the plots' support.  Refuses a failed fit."""
     v = variogram if isinstance(variogram, dict) else variogram.to_dict()
     c0, c1, a = (float(v[k]) for k in ("nugget", "partial_sill", "range_param_m"))
     if not (np.isfinite(c0) and np.isfinite(c1) and np.isfinite(a) and c0 >= 0 and c1 >= 0 and c0 + c1 > 0 and a > 0):
@@ -102,17 +124,25 @@ def error_correlation(variogram, support_m2: float) -> ErrorCorrelation:
                          f"({v.get('status', '')})")
     if not support_m2 > 0:
         raise ModelError(f"variogram support area must be > 0 m², not {support_m2}")
+    if nugget not in NUGGETS:
+        raise ModelError(f"nugget must be one of {list(NUGGETS)}, not {nugget!r}")
     structure(0.0, v["model"], a)  # refuses an unknown model
-    return ErrorCorrelation(str(v["model"]), a, c0 / (c0 + c1), float(support_m2))
+    first = None
+    if nugget == "unresolved":
+        lags = [float(x) for x in (v.get("lag_m") or []) if np.isfinite(x) and x > 0]
+        if not lags:
+            raise ModelError("residual variogram has no lags: the nugget's range is unknown (use nugget='white')")
+        first = lags[0]
+    return ErrorCorrelation(str(v["model"]), a, c0 / (c0 + c1), float(support_m2), first)
 
 
 def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation) -> np.ndarray:
-    """k at every row/column offset of a circular grid of ``shape`` (offsets past the middle wrap to negative),
+    """K at every row/column offset of a circular grid of ``shape`` (offsets past the middle wrap to negative),
     as used for the FFT convolution; only offsets |d| < n/2 along each axis are meaningful."""
     P, Q = shape
     di = np.fft.fftfreq(P, 1.0 / P)[:, None]  # 0, 1, ..., -1
     dj = np.fft.fftfreq(Q, 1.0 / Q)[None, :]
-    return structure(res_m * np.hypot(di, dj), corr.model, corr.range_param_m)
+    return corr.kernel(res_m * np.hypot(di, dj))
 
 
 _SIZES = np.array(sorted({int(b * 2**e) for e in range(0, 16) for b in (2, 3)}))  # 2, 3, 4, 6, 8, 12, ...
@@ -129,23 +159,52 @@ def _padded(n: int) -> int:
 
 def window_variances(windows: np.ndarray, res_m: float, corr: ErrorCorrelation, *, dtype="float64",
                      max_batch_values: int = 4_000_000) -> np.ndarray:
-    """wᵀKw for each weight window in ``windows`` ((n, H, W) or (H, W); NaN/0 outside), with
-    K_ij = k(d_ij), d the distance between cell centres on a square grid of ``res_m`` metres: the exact double
-    sum, by FFT (batched ``max_batch_values`` padded values at a time; ``dtype`` float32 halves the memory of
-    a county-sized window at ~1e-6 relative precision)."""
+    """wᵀKw for each weight window in ``windows`` ((n, H, W) or (H, W); NaN counts as 0), with
+    K_ij = ``corr.kernel``(d_ij), d the distance between cell centres on a square grid of ``res_m`` metres:
+    the exact double sum.  Zero-padded to P >= 2H − 1, Q >= 2W − 1 the circular autocorrelation of w equals
+    the linear one, so by Parseval wᵀKw = Σ_f |ŵ(f)|² K̂(f) / (PQ) over the 2-D DFT (K̂ real: K is even);
+    with the real FFT each column but the first (and the Nyquist one) stands for two.  Batched
+    ``max_batch_values`` padded values at a time; ``dtype`` float32 halves the memory of a county-sized
+    window (about 2 × 4PQ bytes then) at ~1e-6 relative precision."""
     w = np.asarray(windows, dtype=dtype)
     single = w.ndim == 2
     w = np.nan_to_num(w[None] if single else w)
     n, H, W = w.shape
-    P, Q = _padded(H), _padded(W)
-    khat = scipy.fft.rfft2(offset_kernel((P, Q), res_m, corr).astype(dtype))
+    P, Q = scipy.fft.next_fast_len(2 * H - 1, real=True), scipy.fft.next_fast_len(2 * W - 1, real=True)
+    khat = scipy.fft.rfft2(offset_kernel((P, Q), res_m, corr).astype(dtype)).real
+    khat *= np.where((np.arange(khat.shape[1]) == 0) | ((Q % 2 == 0) & (np.arange(khat.shape[1]) == Q // 2)), 1, 2)
+    khat /= P * Q
     out = np.empty(n)
     step = max(1, max_batch_values // (P * Q))
     for s in range(0, n, step):
-        blk = w[s:s + step]
-        conv = scipy.fft.irfft2(scipy.fft.rfft2(blk, s=(P, Q)) * khat, s=(P, Q))[:, :H, :W]
-        out[s:s + step] = np.einsum("nij,nij->n", blk, conv, dtype="float64")
+        spec = scipy.fft.rfft2(w[s:s + step], s=(P, Q), workers=-1)
+        out[s:s + step] = np.einsum("nij,ij->n", spec.real**2 + spec.imag**2, khat, dtype="float64")
     return out[0] if single else out
+
+
+def weighted_cells_sd(offsets, rows, cols, fraction, parcel_weight, sd_mg_ha: np.ndarray, res_m: float,
+                      corr: ErrorCorrelation, *, dtype="float64") -> float:
+    """SD (t C) of Σ_p g_p T_p, T_p as in :func:`parcel_sd` (cells as there, ``parcel_weight`` g_p per parcel,
+    e.g. a project's parcel shares, or 1 for the county; the same parcel-to-area scaling can be folded into
+    g_p): the exact double sum over all cells of all parcels, cross-parcel pairs included, on the bounding
+    window of the cells with g_p > 0."""
+    rows, cols = np.asarray(rows, dtype="int64"), np.asarray(cols, dtype="int64")
+    fraction, offsets = np.asarray(fraction, dtype="float64"), np.asarray(offsets, dtype="int64")
+    sd_mg_ha = np.asarray(sd_mg_ha)
+    _check_cells(offsets, rows, cols, fraction, sd_mg_ha.shape)
+    g = np.asarray(parcel_weight, dtype="float64")
+    if g.shape != (offsets.size - 1,) or not np.all(np.isfinite(g)) or np.any(g < 0):
+        raise FieldError(f"parcel weights must be {offsets.size - 1} finite values >= 0")
+    gc = np.repeat(g, np.diff(offsets))
+    m = gc > 0
+    if not m.any():
+        return 0.0
+    r, c = rows[m], cols[m]
+    r0, c0 = r.min(), c.min()
+    shape = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
+    area = np.bincount((r - r0) * shape[1] + (c - c0), weights=fraction[m] * gc[m] * res_m * res_m / 10_000,
+                       minlength=shape[0] * shape[1]).reshape(shape)
+    return weight_field_sd(area, sd_mg_ha[r0:r0 + shape[0], c0:c0 + shape[1]], res_m, corr, dtype=dtype)
 
 
 def _check_cells(offsets, rows, cols, fraction, shape) -> None:
@@ -189,8 +248,8 @@ def parcel_sd(offsets, rows, cols, fraction, sd_mg_ha: np.ndarray, res_m: float,
     px_ha = res_m * res_m / 10_000
     a = np.where(ok, fraction * px_ha, 0.0)
     sigma = np.where(ok, sigma, 0.0)
-    nu, ap_ha = corr.nugget_share, corr.support_m2 / 10_000
-    w = a * sigma * np.sqrt(1.0 - nu)
+    nu, ap_ha = corr.white_share, corr.support_m2 / 10_000
+    w = a * sigma
     pid = np.repeat(np.arange(n), np.diff(offsets))
     nugget = np.bincount(pid, weights=nu * sigma**2 * ap_ha * a, minlength=n)
     linear = np.bincount(pid, weights=w, minlength=n)
@@ -237,12 +296,12 @@ def weight_field_sd(area_ha: np.ndarray, sd_mg_ha: np.ndarray, res_m: float, cor
     if a.shape != s.shape:
         raise FieldError(f"area grid {a.shape} and SD grid {s.shape} differ in shape")
     s = np.where(np.isfinite(s), s, 0.0)
-    nu, ap_ha = corr.nugget_share, corr.support_m2 / 10_000
+    nu, ap_ha = corr.white_share, corr.support_m2 / 10_000
     rows = np.flatnonzero(a.any(axis=1))
     cols = np.flatnonzero(a.any(axis=0))
     if rows.size == 0:
         return 0.0
-    win = (a * s * np.sqrt(1.0 - nu))[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    win = (a * s)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     structured = max(float(window_variances(win, res_m, corr, dtype=dtype)), 0.0)
     return float(np.sqrt(structured + float(np.sum(nu * s**2 * ap_ha * a))))
 
@@ -284,7 +343,7 @@ def total_sd(rows: pd.DataFrame, corr: ErrorCorrelation, *, max_pairs: int = 50_
     step = max(1, max_pairs // max(n, 1) // 10)
     for s in range(0, n, step):
         d = np.hypot(xy[s:s + step, 0:1] - xy[None, :, 0], xy[s:s + step, 1:2] - xy[None, :, 1])
-        k = structure(d, corr.model, corr.range_param_m)
+        k = corr.kernel(d)
         k[np.arange(k.shape[0]), np.arange(s, s + k.shape[0])] = 0.0  # the diagonal is sd_p² itself
         var += float(u[s:s + step] @ k @ u)
     return float(np.sqrt(var))
