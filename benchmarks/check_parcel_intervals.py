@@ -28,7 +28,8 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestcarbon.models.aggregate import (cells_from_coverage, error_correlation,  # noqa: E402
-                                           interval, parcel_sd, total_sd, weight_field_sd)
+                                           interval, map_error_correlation, parcel_sd, total_sd,
+                                           weighted_cells_sd)
 
 
 def _read(path, band=1):
@@ -87,8 +88,7 @@ def main(scene: Path, out: Path) -> dict:
             "lidar_share_of_forest_area": float(np.sum(lidar_share[forest] * area[forest]) / np.sum(area[forest]))}
 
     def variants():
-        name = CORR_FROM(served, corrs)
-        main_corr = corrs[name]
+        name, main_corr = map_error_correlation(card)
         white = error_correlation(card["models"][name]["residual_variogram"], support, nugget="white")
         yield f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m (method)", main_corr
         yield "nugget white, regularised to the plot support", white
@@ -118,16 +118,14 @@ def main(scene: Path, out: Path) -> dict:
                "forest_inside_lidar_served": coverage_rate(lo[lid], hi[lid], true_t[lid]) if lid.any() else None,
                "forest_inside_optical_served": coverage_rate(lo[opt], hi[opt], true_t[opt]),
                "forest_z_sd": float(np.std(fz)), "forest_z_mean": float(np.mean(fz)),
+               "forest_z_quantiles_05_50_95": [float(q) for q in np.quantile(fz, [0.05, 0.5, 0.95])],
+               "forest_parcels_by_area_ha": {str(k): int((forest & (size_class == k)).sum()) for k in size_class.categories},
                "forest_median_rel_sd": float(np.median(s[forest] / np.maximum(est_t[forest], 1e-9))),
                "seconds_parcel_sd": dt}
         # county: the sum of all parcels (and of forest parcels), SD from the summed weight field
         for label, sel in (("county_all_parcels", np.ones(len(parcels), bool)), ("county_forest_parcels", forest)):
-            a_field = np.zeros_like(sd)
-            m = sel[pid]
-            sc = scale[pid][m]
-            np.add.at(a_field, (r[m], c[m]), f[m] * px_ha * sc)
             t2 = time.perf_counter()
-            csd = weight_field_sd(a_field, sd, res, corr)
+            csd = weighted_cells_sd(off, r, c, f, np.where(sel, scale, 0.0), sd, res, corr)
             total, true_total = float(est_t[sel].sum()), float(true_t[sel].sum())
             clo, chi = interval(total, csd)
             row[label] = {"carbon_t": total, "true_carbon_t": true_total, "sd_t": csd, "lower_t": float(clo),
@@ -143,14 +141,8 @@ def main(scene: Path, out: Path) -> dict:
               f"parcel SDs in {dt:.1f} s", flush=True)
     info["results"] = results
     info["seconds_cells"] = t_cells
-    info["projects"] = project_check(out, parcels, off, r, c, f, sd, res, corrs[CORR_FROM(served, corrs)])
+    info["projects"] = project_check(out, parcels, off, r, c, f, sd, res, map_error_correlation(card)[1])
     return info
-
-
-def CORR_FROM(served, corrs) -> str:
-    """The served model whose variogram the map's error correlation takes: the optical model (it serves
-    every pixel LiDAR does not cover)."""
-    return "optical" if "optical" in corrs else served[0]
 
 
 def project_check(out: Path, parcels, off, r, c, f, sd, res, corr) -> list:
@@ -169,20 +161,18 @@ def project_check(out: Path, parcels, off, r, c, f, sd, res, corr) -> list:
     cent = parcels.geometry.centroid
     table = pd.DataFrame({"parcel_id": parcels["parcel_id"].to_numpy(), "carbon_t": parcels["carbon_t"].to_numpy(),
                           "carbon_sd_t": ps.carbon_sd_t * scale, "carbon_sd_linear_t": ps.carbon_sd_linear_t * scale,
-                          "x": cent.x.to_numpy(), "y": cent.y.to_numpy(), "row": np.arange(len(parcels))})
-    pid = np.repeat(np.arange(len(parcels)), np.diff(off))
+                          "x": cent.x.to_numpy(), "y": cent.y.to_numpy()})
+    index = pd.Series(np.arange(len(parcels)), index=parcels["parcel_id"].to_numpy())
     rows = []
     for proj, g in shares.groupby("project_id"):
         t = g.merge(table, on="parcel_id").rename(columns={share_col: "weight"})
         if t.empty:
             continue
-        a_field = np.zeros_like(sd)
-        wmap = np.zeros(len(parcels))
-        wmap[t["row"].to_numpy()] = t["weight"].to_numpy() * scale[t["row"].to_numpy()]
-        m = wmap[pid] > 0
-        np.add.at(a_field, (r[m], c[m]), f[m] * res * res / 10_000 * wmap[pid][m])
-        rows.append({"project_id": proj, "parcels": len(t), "sd_total_sd_t": total_sd(t, corr),
-                     "sd_pixel_grid_t": weight_field_sd(a_field, sd, res, corr)})
+        weight = np.zeros(len(parcels))
+        weight[index[t["parcel_id"]].to_numpy()] = t["weight"].to_numpy() * scale[index[t["parcel_id"]].to_numpy()]
+        rows.append({"project_id": proj, "parcels": len(t), "carbon_t": float((t["weight"] * t["carbon_t"]).sum()),
+                     "sd_total_sd_t": total_sd(t, corr),
+                     "sd_pixel_grid_t": weighted_cells_sd(off, r, c, f, weight, sd, res, corr)})
     return rows
 
 

@@ -12,6 +12,7 @@ from scipy.stats import chi2
 
 from forestcarbon.errors import FieldError, ModelError
 from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage, error_correlation, interval,
+                                           map_error_correlation,
                                            parcel_sd, total_sd, weight_field_sd, weighted_cells_sd,
                                            window_variances)
 from forestcarbon.models.validation import ResidualVariogram
@@ -69,6 +70,18 @@ def test_unresolved_nugget_parcel_sd_double_sum():
     K = 0.4 * np.exp(-d / 90.0) + 0.6 * (1 - 1.5 * q + 0.5 * q**3)
     w = f * 0.01 * sd[r, c]
     assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
+
+
+def test_map_correlation_from_card():
+    card = {"serving_order": ["lidar", "optical"], "models": {
+        "lidar": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=0, c1=400, a=114).to_dict()},
+        "optical": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=870, c1=168, a=351).to_dict()},
+        "unserved": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=0, c1=1, a=9999).to_dict()}}}
+    name, corr = map_error_correlation(card)
+    assert name == "optical"  # practical range 3 x 351 m against 3 x 114 m
+    assert corr.nugget_share == pytest.approx(870 / 1038) and corr.support_m2 == 667.0
+    card["models"]["optical"]["residual_variogram"]["nugget"] = float("nan")  # a failed fit is skipped
+    assert map_error_correlation(card)[0] == "lidar"
 
 
 def test_failed_variogram_refused():

@@ -3,47 +3,54 @@
 A total over an area is T = Σ_i a_i c_i (a_i: the area of pixel i the area covers, ha; c_i: carbon density,
 t C/ha).  With pixel errors of SD σ_i (the map's ``carbon_sd`` layer) that are correlated in space,
 
-    Var(T) = Σ_i Σ_j a_i a_j Cov(e_i, e_j).
+    Var(T) = Σ_i Σ_j a_i a_j σ_i σ_j ρ(d_ij).
 
-Error model.  The covariance comes from the residual variogram of the out-of-fold plot residuals
+Correlation.  ρ comes from the residual variogram of the out-of-fold plot residuals
 (:class:`~.validation.ResidualVariogram`: nugget c0, partial sill c1, structure k(h) exponential exp(−h/a) or
 spherical 1 − 1.5 h/a + 0.5 (h/a)³ for h <= a, 0 beyond; Webster & Oliver 2007, Geostatistics for
-Environmental Scientists, 2nd ed., §6.3), the approach of Araza et al. 2022 (Remote Sens. Environ. 272:112917:
-residual spatial correlation assessed on cross-validation residuals before pixel predictions are aggregated
-to accounting units).  Only the variogram's SHAPE is used; the variance level is the pixel's own σ_i, so that
-error grows where the map says it does (σ_i comes from the calibrated 90 % interval, ``intervals.py``).  Its
-correlation function at h > 0 is ρ(h) = C(h)/C(0) = (1 − ν) k(h), with ν = c0 / (c0 + c1) the nugget share.
-The error of pixel i is split into
+Environmental Scientists, 2nd ed., §6.3), as in Araza et al. 2022 (Remote Sens. Environ. 272:112917: spatial
+correlation of cross-validated residuals assessed before pixel predictions are aggregated to accounting
+units).  Only the variogram's SHAPE is used; the variance level is each pixel's own σ_i (from its calibrated
+90 % interval, ``intervals.py``).  At lags the plots observed, ρ(h) = C(h)/C(0) = (1 − ν) k(h) with
+ν = c0 / (c0 + c1) the nugget share.
 
-* a spatially structured part, σ_i √(1 − ν) Z(x_i), Z a unit-variance field with correlation k(h):
-  Cov = σ_i σ_j (1 − ν) k(d_ij), the same at any support (k is continuous; the variogram's structure is
-  resolved by the plots at their spacing), and
-* a nugget part: uncorrelated at the plots' spacing.  The variogram was fitted to residuals of plot means
-  (support A_p, e.g. 667 m²), so c0 is the variance of a white-noise component averaged over A_p.  Averaged
-  over an area A a white-noise process has variance proportional to 1/A (regularisation of a pure nugget:
-  Journel & Huijbregts 1978, Mining Geostatistics, §II.C; Webster & Oliver 2007 §10.1), so its variance
-  intensity is ν σ² A_p (t C/ha)²·ha, and the covered part a_i of pixel i contributes ν σ_i² A_p a_i to
-  Var(T), not ν σ_i² a_i² (the naive "nugget on the diagonal at pixel support", which for a 10 m pixel and a
-  667 m² plot understates the nugget's share 6.7-fold).
+The nugget.  c0 is the variogram extrapolated below the shortest lag with plot pairs (the first lag,
+``lag_m[0]``: ~200-300 m on the synthetic county, where no two plots are closer than 200 m).  Below that lag
+the plots say nothing, yet parcels (1.8 ha ~ 130 m across) lie entirely below it.  Two readings:
 
-So Var(T) = Σ_i Σ_j w_i w_j k(d_ij) + Σ_i ν σ_i² A_p a_i with w_i = a_i σ_i √(1 − ν).
+* ``nugget="unresolved"`` (default): the nugget is structure shorter than the first lag h₁: a spherical
+  correlation s(h) of range h₁ (0 at and beyond h₁, as the variogram sees it; a valid correlation in 2-D),
+  ρ(h) = (1 − ν) k(h) + ν s(h).  Stand-level errors (a stand the features misjudge is misjudged in all its
+  pixels) look like nugget to plots in different stands and are correlated inside a parcel.
+* ``nugget="white"``: white noise.  The variogram was fitted to plot means (support A_p, 667 m²), so c0 is
+  the variance of white noise averaged over A_p; averaged over an area A it has variance ∝ 1/A
+  (regularisation of a pure nugget: Journel & Huijbregts 1978, Mining Geostatistics, §II.C; Webster &
+  Oliver 2007 §10.1): intensity ν σ² A_p, so the covered part a_i of pixel i adds ν σ_i² A_p a_i to Var(T)
+  (not ν σ_i² a_i², the "nugget on the diagonal at pixel support", 6.7 times less for 10 m pixels).
 
-Computation.  d_ij on a grid depends only on the row/column offset, so the double sum is wᵀKw with K a
-Toeplitz-block-Toeplitz matrix: computed exactly by FFT convolution of the zero-padded weight window with the
-kernel on all offsets (linear convolution through a circular one of size >= 2n − 1 per axis), in batches of
-parcels with windows of the same padded size (:func:`window_variances`).  The same function takes a whole
-county's weight field (one window); memory ≈ 3 × (2 rows) × (2 cols) × 8 bytes.
+On the synthetic county (``benchmarks/check_parcel_intervals.py``, README) the white reading puts 60 % of
+forest parcels' true carbon inside their 90 % interval (z SD 2.2: SDs half what they should be), the
+unresolved reading 87 %.
+
+So Var(T) = wᵀKw + Σ_i ν_w σ_i² A_p a_i with w_i = a_i σ_i, K_ij = ρ(d_ij) less the white part on the
+diagonal (K(0) = 1 − ν_w), ν_w = ν for the white reading, else 0 (:meth:`ErrorCorrelation.kernel`).
+
+Computation.  d_ij on a grid depends only on the row/column offset, so wᵀKw is an exact double sum computed
+through the FFT: zero-padded to >= 2n − 1 per axis the circular autocorrelation of w is the linear one, and
+by Parseval wᵀKw = Σ_f |ŵ(f)|² K̂(f) / N (:func:`window_variances`), in batches of parcels whose windows share
+a padded size (:func:`parcel_sd`: ~1.6 s per 20,000 parcels of 160 cells on this machine,
+``benchmarks/bench_aggregate.py``).  A project or the county is one window of all its cells with their
+weights (:func:`weighted_cells_sd`, :func:`weight_field_sd`), cross-parcel pairs included.
 
 Intervals (:func:`interval`).  A total's error is taken as normal with mean 0 and the SD above; the 90 %
-interval is T ± z₀.₉₅ SD with the lower end clipped at 0 (carbon is not negative).  Pixel errors are skewed
-(intervals floor at 0 Mg/ha) but a total sums many of them; the county check (``benchmarks/
-check_parcel_intervals.py``) measures how the normal interval covers on the synthetic county's parcels.
+interval is T ± z₀.₉₅ SD with the lower end clipped at 0 (carbon is not negative).
 
-Sums of parcels (:func:`total_sd`) from parcel totals alone (projects: weights are parcel shares) use the
-covariance Cov(T_p, T_q) ≈ L_p L_q k(d_pq) between parcels p ≠ q at centroid distance d_pq, with
-L_p = Σ_i w_i (``carbon_sd_linear_t``, the linear sum of the structured weights that :func:`parcel_sd` returns);
-exact when both parcels are small against the range (k constant over their pixel pairs).  Without that
-column L_p = carbon_sd_t is used.
+Sums of parcels from parcel rows alone (:func:`total_sd`; projects: weights are parcel shares) use
+Cov(T_p, T_q) ≈ L_p L_q K(d_pq) for p ≠ q at centroid distance d_pq, L_p = Σ_i a_i σ_i
+(``carbon_sd_linear_t`` from :func:`parcel_sd`): exact when both parcels are small against the correlation
+ranges; for adjacent parcels the centroid distance overstates their cells' distances and the SD comes out
+low (4-7 % on the synthetic county's projects): prefer :func:`weighted_cells_sd` where the cells are at hand.
+Without ``carbon_sd_linear_t``, L_p = carbon_sd_t.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from scipy.stats import norm
 
 from ..errors import FieldError, ModelError
 
-__all__ = ["ErrorCorrelation", "error_correlation", "structure", "offset_kernel", "window_variances",
+__all__ = ["ErrorCorrelation", "error_correlation", "map_error_correlation", "structure", "offset_kernel", "window_variances",
            "parcel_sd", "weighted_cells_sd", "weight_field_sd", "interval", "total_sd", "cells_from_coverage"]
 
 
@@ -136,13 +143,41 @@ def error_correlation(variogram, support_m2: float, nugget: str = "unresolved") 
     return ErrorCorrelation(str(v["model"]), a, c0 / (c0 + c1), float(support_m2), first)
 
 
-def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation) -> np.ndarray:
+def map_error_correlation(card: dict, nugget: str = "unresolved") -> tuple[str, ErrorCorrelation]:
+    """(model name, correlation) for a whole map from its model card (``model/model_card.json``): of the served
+    models (``serving_order``) with a usable residual variogram, the one whose fitted structure has the
+    longest practical range (the larger correlation at every distance for the structured part), at the
+    support of its plots (``support.area_m2``).  One correlation for all pixels keeps the covariance positive
+    definite where LiDAR- and optically-served pixels meet; each pixel keeps its own SD."""
+    best = None
+    for name in card.get("serving_order", []):
+        m = card["models"][name]
+        v = m.get("residual_variogram")
+        if not v:
+            continue
+        try:
+            corr = error_correlation(v, float(m["support"]["area_m2"]), nugget)
+        except ModelError:
+            continue
+        if best is None or float(v["practical_range_m"]) > best[2]:
+            best = (name, corr, float(v["practical_range_m"]))
+    if best is None:
+        raise ModelError(f"model card {card.get('model_id', '')}: no served model has a usable residual variogram")
+    return best[0], best[1]
+
+
+def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation, dtype="float64") -> np.ndarray:
     """K at every row/column offset of a circular grid of ``shape`` (offsets past the middle wrap to negative),
-    as used for the FFT convolution; only offsets |d| < n/2 along each axis are meaningful."""
+    as used for the FFT convolution; only offsets |d| < n/2 along each axis are meaningful.  Built in row
+    blocks of ~1 M values (a county-sized grid holds no float64 temporaries)."""
     P, Q = shape
-    di = np.fft.fftfreq(P, 1.0 / P)[:, None]  # 0, 1, ..., -1
+    di = np.fft.fftfreq(P, 1.0 / P)  # 0, 1, ..., -1
     dj = np.fft.fftfreq(Q, 1.0 / Q)[None, :]
-    return corr.kernel(res_m * np.hypot(di, dj))
+    out = np.empty((P, Q), dtype=dtype)
+    step = max(1, 1_000_000 // Q)
+    for i in range(0, P, step):
+        out[i:i + step] = corr.kernel(res_m * np.hypot(di[i:i + step, None], dj))
+    return out
 
 
 _SIZES = np.array(sorted({int(b * 2**e) for e in range(0, 16) for b in (2, 3)}))  # 2, 3, 4, 6, 8, 12, ...
@@ -171,14 +206,17 @@ def window_variances(windows: np.ndarray, res_m: float, corr: ErrorCorrelation, 
     w = np.nan_to_num(w[None] if single else w)
     n, H, W = w.shape
     P, Q = scipy.fft.next_fast_len(2 * H - 1, real=True), scipy.fft.next_fast_len(2 * W - 1, real=True)
-    khat = scipy.fft.rfft2(offset_kernel((P, Q), res_m, corr).astype(dtype)).real
+    khat = scipy.fft.rfft2(offset_kernel((P, Q), res_m, corr, dtype), workers=-1, overwrite_x=True).real.copy()
     khat *= np.where((np.arange(khat.shape[1]) == 0) | ((Q % 2 == 0) & (np.arange(khat.shape[1]) == Q // 2)), 1, 2)
     khat /= P * Q
     out = np.empty(n)
     step = max(1, max_batch_values // (P * Q))
     for s in range(0, n, step):
         spec = scipy.fft.rfft2(w[s:s + step], s=(P, Q), workers=-1)
-        out[s:s + step] = np.einsum("nij,ij->n", spec.real**2 + spec.imag**2, khat, dtype="float64")
+        power = np.abs(spec)
+        del spec
+        power *= power
+        out[s:s + step] = np.einsum("nij,ij->n", power, khat, dtype="float64")
     return out[0] if single else out
 
 
@@ -232,9 +270,13 @@ def parcel_sd(offsets, rows, cols, fraction, sd_mg_ha: np.ndarray, res_m: float,
     Cells as a zonal engine gives them (computed once, reused for every raster): parcel p owns cells
     ``offsets[p]:offsets[p+1]`` of ``rows``, ``cols`` (indices into ``sd_mg_ha``, the carbon SD raster or a
     window of it) and ``fraction`` (share of the cell the parcel covers, 0-1).  Cells whose SD is NaN
-    (unmapped) are left out; ``covered_ha`` says how much area remains.  Returns, per parcel in order,
-    ``carbon_sd_t`` (√Var(T)), ``carbon_sd_structured_t`` (√ of wᵀKw), ``carbon_sd_nugget_t``,
-    ``carbon_sd_linear_t`` (L_p = Σ w_i, for :func:`total_sd`) and ``covered_ha``."""
+    (unmapped) are left out; ``covered_ha`` says how much area remains (a total scaled to the parcel's full
+    area, as the pipeline's ``carbon_t`` is, scales its SD by the same ratio).  A cell listed twice for a
+    parcel counts with its fractions summed.  Returns, per parcel in order, ``carbon_sd_t`` (√Var(T)),
+    ``carbon_sd_structured_t`` (√ of wᵀKw), ``carbon_sd_nugget_t`` (the white part; 0 unless
+    ``corr.nugget_range_m`` is None), ``carbon_sd_linear_t`` (L_p = Σ a_i σ_i, for :func:`total_sd`) and
+    ``covered_ha``.  Parcels are batched by the padded size of their cells' bounding window; a parcel
+    spanning a whole county makes one large FFT (memory ~ 3 × 4 × rows × cols × 8 bytes)."""
     rows, cols = np.asarray(rows, dtype="int64"), np.asarray(cols, dtype="int64")
     fraction = np.asarray(fraction, dtype="float64")
     offsets = np.asarray(offsets, dtype="int64")
