@@ -28,7 +28,8 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestcarbon.models.aggregate import (cells_from_coverage, error_correlation,  # noqa: E402
-                                           interval, map_error_correlation, parcel_sd, total_sd,
+                                           interval, map_error_correlation, parcel_sd,
+                                           scaled_interval, total_sd,
                                            weighted_cells_sd)
 
 
@@ -104,8 +105,8 @@ def main(scene: Path, out: Path) -> dict:
         ps = parcel_sd(off, r, c, f, sd, res, corr)
         dt = time.perf_counter() - t1
         scale = np.where(ps.covered_ha > 0, area / np.maximum(ps.covered_ha.to_numpy(), 1e-12), 1.0)
-        s = ps.carbon_sd_t.to_numpy() * scale
-        lo, hi = interval(est_t, s)
+        iv = scaled_interval(est_t, area, ps)
+        s, lo, hi = iv.carbon_sd_t.to_numpy(), iv.carbon_lower_t.to_numpy(), iv.carbon_upper_t.to_numpy()
         z = (est_t - true_t) / np.where(s > 0, s, np.nan)
         fz = z[forest & np.isfinite(z)]
         size_class = pd.cut(area, [0, 0.5, 1, 2, 4, np.inf])
@@ -119,7 +120,8 @@ def main(scene: Path, out: Path) -> dict:
                "forest_inside_optical_served": coverage_rate(lo[opt], hi[opt], true_t[opt]),
                "forest_z_sd": float(np.std(fz)), "forest_z_mean": float(np.mean(fz)),
                "forest_z_quantiles_05_50_95": [float(q) for q in np.quantile(fz, [0.05, 0.5, 0.95])],
-               "forest_parcels_by_area_ha": {str(k): int((forest & (size_class == k)).sum()) for k in size_class.categories},
+               "forest_parcels_by_area_ha": {str(k): int((forest & (size_class == k)).sum())
+                                             for k in size_class.categories},
                "forest_median_rel_sd": float(np.median(s[forest] / np.maximum(est_t[forest], 1e-9))),
                "seconds_parcel_sd": dt}
         # county: the sum of all parcels (and of forest parcels), SD from the summed weight field
@@ -131,7 +133,8 @@ def main(scene: Path, out: Path) -> dict:
             row[label] = {"carbon_t": total, "true_carbon_t": true_total, "sd_t": csd, "lower_t": float(clo),
                           "upper_t": float(chi), "inside": bool(clo <= true_total <= chi),
                           "z": (total - true_total) / csd, "sum_of_parcel_sds_t": float(s[sel].sum()),
-                          "root_sum_squares_t": float(np.sqrt(np.sum(s[sel] ** 2))), "seconds": time.perf_counter() - t2}
+                          "root_sum_squares_t": float(np.sqrt(np.sum(s[sel] ** 2))),
+                          "seconds": time.perf_counter() - t2}
         results[name] = row
         print(f"{name}: forest parcels inside 90 %: {row['forest_inside']:.3f} (by area {by_size}); z SD "
               f"{row['forest_z_sd']:.2f}, mean {row['forest_z_mean']:+.2f}; county (all parcels) "

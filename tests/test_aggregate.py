@@ -12,7 +12,7 @@ from scipy.stats import chi2
 
 from forestcarbon.errors import FieldError, ModelError
 from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage, error_correlation, interval,
-                                           map_error_correlation,
+                                           map_error_correlation, scaled_interval,
                                            parcel_sd, total_sd, weight_field_sd, weighted_cells_sd,
                                            window_variances)
 from forestcarbon.models.validation import ResidualVariogram
@@ -147,7 +147,8 @@ def test_weight_field_is_sum_of_parcels_with_cross_terms():
     corr = ErrorCorrelation("spherical", 45.0, 0.25, 500.0)
     r, c = np.nonzero(area > 0)
     a, s = area[r, c], sd[r, c]
-    var = (a * s * 0.75**0.5) @ _brute_k(r, c, 10.0, "spherical", 45.0) @ (a * s * 0.75**0.5) + np.sum(0.25 * s**2 * 0.05 * a)
+    w = a * s * 0.75**0.5
+    var = w @ _brute_k(r, c, 10.0, "spherical", 45.0) @ w + np.sum(0.25 * s**2 * 0.05 * a)
     assert weight_field_sd(area, sd, 10.0, corr) == pytest.approx(math.sqrt(var), rel=1e-9)
 
 
@@ -225,6 +226,14 @@ def test_interval_normal_and_clipped():
     lo, hi = interval([100.0, 5.0], [10.0, 10.0])
     assert lo[0] == pytest.approx(100 - 1.6448536269514722 * 10) and hi[0] == pytest.approx(100 + 16.448536269514722)
     assert lo[1] == 0.0
+
+
+def test_scaled_interval_by_hand():
+    sd = pd.DataFrame({"carbon_sd_t": [4.0, 1.0, 0.0], "covered_ha": [1.5, 0.0, 2.0]})
+    out = scaled_interval([30.0, 5.0, 0.0], [2.0, 1.0, 2.0], sd)
+    assert out.carbon_sd_t[0] == pytest.approx(4.0 * 2.0 / 1.5)  # half a hectare unmapped: filled at the mean
+    assert out.carbon_upper_t[0] == pytest.approx(30 + 1.6448536269514722 * 16 / 3)
+    assert np.isnan(out.carbon_sd_t[1]) and out.carbon_lower_t[2] == 0 and out.carbon_upper_t[2] == 0
 
 
 # -------------------------------------------------------------------- total_sd

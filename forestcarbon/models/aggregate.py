@@ -64,8 +64,8 @@ from scipy.stats import norm
 
 from ..errors import FieldError, ModelError
 
-__all__ = ["ErrorCorrelation", "error_correlation", "map_error_correlation", "structure", "offset_kernel", "window_variances",
-           "parcel_sd", "weighted_cells_sd", "weight_field_sd", "interval", "total_sd", "cells_from_coverage"]
+__all__ = ["ErrorCorrelation", "error_correlation", "map_error_correlation", "structure", "offset_kernel",
+           "window_variances", "parcel_sd", "weighted_cells_sd", "weight_field_sd", "interval", "scaled_interval", "total_sd", "cells_from_coverage"]
 
 
 def structure(h, model: str, range_param_m: float) -> np.ndarray:
@@ -354,6 +354,19 @@ def interval(total_t, sd_t, alpha: float = 0.10) -> tuple[np.ndarray, np.ndarray
     t, s = np.asarray(total_t, dtype="float64"), np.asarray(sd_t, dtype="float64")
     z = norm.ppf(1 - alpha / 2)
     return np.maximum(t - z * s, 0.0), t + z * s
+
+
+def scaled_interval(carbon_t, area_ha, sd: pd.DataFrame, alpha: float = 0.10) -> pd.DataFrame:
+    """Per parcel: ``carbon_sd_t`` and the 1 − α interval (``carbon_lower_t``, ``carbon_upper_t``) of a total
+    ``carbon_t`` that fills unmapped cells with the parcel's mean density (the pipeline's ``carbon_t`` =
+    mean density × ``area_ha``): the SD from :func:`parcel_sd` (``sd``, over the ``covered_ha`` mapped) times
+    area_ha / covered_ha; NaN where nothing is mapped."""
+    area = np.asarray(area_ha, dtype="float64")
+    covered = sd["covered_ha"].to_numpy(dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(covered > 0, sd["carbon_sd_t"].to_numpy() * area / covered, np.nan)
+    lo, hi = interval(carbon_t, s, alpha)
+    return pd.DataFrame({"carbon_sd_t": s, "carbon_lower_t": lo, "carbon_upper_t": hi})
 
 
 TOTAL_COLUMNS = ("parcel_id", "weight", "carbon_t", "carbon_sd_t", "x", "y")
