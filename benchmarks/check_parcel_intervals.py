@@ -28,7 +28,8 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forestcarbon.models.aggregate import (cells_from_coverage, error_correlation,  # noqa: E402
-                                           interval, map_error_correlation, parcel_sd,
+                                           interval, level_linear, level_offset_sd,
+                                           map_error_correlation, parcel_sd,
                                            scaled_interval, total_sd,
                                            weighted_cells_sd)
 
@@ -69,8 +70,15 @@ def main(scene: Path, out: Path) -> dict:
     sd, res, ncols = _read(out / "maps/carbon_sd.tif")
     carbon, _, _ = _read(out / "maps/carbon.tif")
     source, _, _ = _read(out / "maps/model_source.tif")
+    agb_sd, _, _ = _read(out / "maps/agb_sd.tif")
     off, r, c, f = cells(out / "maps/carbon_sd.tif", parcels, ncols)
     t_cells = time.perf_counter() - t0
+    # the level offset each serving model's pixels share (level_offset_sd), as t C per parcel per model
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(agb_sd > 0, sd / agb_sd, 0.0)
+    codes = {"lidar": 1, "optical": 2}
+    level = {n: level_linear(off, r, c, f, np.where(source == codes[n], ratio, 0.0), res)
+             * level_offset_sd(card["models"][n]["cv"]["spatial"]) for n in served}
     pid = np.repeat(np.arange(len(parcels)), np.diff(off))
     px_ha = res * res / 10_000
     mapped_t = np.bincount(pid, weights=np.nan_to_num(carbon[r, c]) * f * px_ha, minlength=len(parcels))
@@ -80,7 +88,8 @@ def main(scene: Path, out: Path) -> dict:
     true_t = parcels["true_carbon_t"].to_numpy()
     est_t = parcels["carbon_t"].to_numpy()
     area = parcels["area_ha"].to_numpy()
-    info = {"served": served, "support_m2": support, "variograms": {n: card["models"][n]["residual_variogram"]
+    info = {"level_offset_sd_mg_ha": {n: level_offset_sd(card["models"][n]["cv"]["spatial"]) for n in served},
+            "served": served, "support_m2": support, "variograms": {n: card["models"][n]["residual_variogram"]
                                                                        | {"nugget_share": corrs[n].nugget_share}
                                                                        for n in served},
             "parcels": len(parcels), "forest_parcels": int(forest.sum()), "cells": int(off[-1]),
@@ -91,7 +100,9 @@ def main(scene: Path, out: Path) -> dict:
     def variants():
         name, main_corr = map_error_correlation(card)
         white = error_correlation(card["models"][name]["residual_variogram"], support, nugget="white")
-        yield f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m (method)", main_corr
+        yield (f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m + level offset (method)",
+               main_corr, True)
+        yield f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m, no level offset", main_corr
         yield "nugget white, regularised to the plot support", white
         yield "nugget white on the pixel diagonal (naive)", replace(white, support_m2=res * res)
         yield "no nugget (all variance in the fitted structure)", replace(white, nugget_share=0.0)
@@ -100,10 +111,12 @@ def main(scene: Path, out: Path) -> dict:
                 yield f"{n} variogram (nugget unresolved below {cr.nugget_range_m:.0f} m)", cr
 
     results = {}
-    for name, corr in variants():
+    for name, corr, *with_level in variants():
         t1 = time.perf_counter()
         ps = parcel_sd(off, r, c, f, sd, res, corr)
         dt = time.perf_counter() - t1
+        if with_level:
+            ps["carbon_sd_t"] = np.sqrt(ps["carbon_sd_t"] ** 2 + sum(v ** 2 for v in level.values()))
         scale = np.where(ps.covered_ha > 0, area / np.maximum(ps.covered_ha.to_numpy(), 1e-12), 1.0)
         iv = scaled_interval(est_t, area, ps)
         s, lo, hi = iv.carbon_sd_t.to_numpy(), iv.carbon_lower_t.to_numpy(), iv.carbon_upper_t.to_numpy()
@@ -127,10 +140,14 @@ def main(scene: Path, out: Path) -> dict:
         # county: the sum of all parcels (and of forest parcels), SD from the summed weight field
         for label, sel in (("county_all_parcels", np.ones(len(parcels), bool)), ("county_forest_parcels", forest)):
             t2 = time.perf_counter()
-            csd = weighted_cells_sd(off, r, c, f, np.where(sel, scale, 0.0), sd, res, corr)
+            g = np.where(sel, scale, 0.0)
+            csd_corr = weighted_cells_sd(off, r, c, f, g, sd, res, corr)
+            lsd = float(np.sqrt(sum(float(g @ v) ** 2 for v in level.values()))) if with_level else 0.0
+            csd = float(np.hypot(csd_corr, lsd))
             total, true_total = float(est_t[sel].sum()), float(true_t[sel].sum())
             clo, chi = interval(total, csd)
-            row[label] = {"carbon_t": total, "true_carbon_t": true_total, "sd_t": csd, "lower_t": float(clo),
+            row[label] = {"carbon_t": total, "true_carbon_t": true_total, "sd_t": csd, "sd_correlated_t": csd_corr,
+                          "sd_level_t": lsd, "lower_t": float(clo),
                           "upper_t": float(chi), "inside": bool(clo <= true_total <= chi),
                           "z": (total - true_total) / csd, "sum_of_parcel_sds_t": float(s[sel].sum()),
                           "root_sum_squares_t": float(np.sqrt(np.sum(s[sel] ** 2))),

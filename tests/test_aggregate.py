@@ -13,6 +13,7 @@ from scipy.stats import chi2
 from forestcarbon.errors import FieldError, ModelError
 from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage, error_correlation, interval,
                                            map_error_correlation, scaled_interval,
+                                           level_linear, level_offset_sd,
                                            parcel_sd, total_sd, weight_field_sd, weighted_cells_sd,
                                            window_variances)
 from forestcarbon.models.validation import ResidualVariogram
@@ -74,14 +75,24 @@ def test_unresolved_nugget_parcel_sd_double_sum():
 
 def test_map_correlation_from_card():
     card = {"serving_order": ["lidar", "optical"], "models": {
-        "lidar": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=0, c1=400, a=114).to_dict()},
-        "optical": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=870, c1=168, a=351).to_dict()},
+        "lidar": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=0, c1=400, a=1114).to_dict()},
+        "optical": {"support": {"area_m2": 500.0}, "residual_variogram": _vg(c0=870, c1=168, a=351).to_dict()},
         "unserved": {"support": {"area_m2": 667.0}, "residual_variogram": _vg(c0=0, c1=1, a=9999).to_dict()}}}
     name, corr = map_error_correlation(card)
-    assert name == "optical"  # practical range 3 x 351 m against 3 x 114 m
-    assert corr.nugget_share == pytest.approx(870 / 1038) and corr.support_m2 == 667.0
-    card["models"]["optical"]["residual_variogram"]["nugget"] = float("nan")  # a failed fit is skipped
-    assert map_error_correlation(card)[0] == "lidar"
+    assert name == "optical"  # the wall-to-wall model, whatever the other's range
+    assert corr.nugget_share == pytest.approx(870 / 1038) and corr.support_m2 == 500.0
+    card["models"]["optical"]["residual_variogram"]["status"] = "practical range beyond the largest lag"
+    assert map_error_correlation(card)[0] == "lidar"  # a fit marked ok is preferred
+    card["models"]["lidar"]["residual_variogram"]["nugget"] = float("nan")  # a failed fit is skipped
+    assert map_error_correlation(card)[0] == "optical"
+
+
+def test_structure_below_first_lag_is_unresolved():
+    """A fitted practical range (3 x 4.8 m) shorter than the first lag (290 m): the plots never saw it, so all
+    of the variance is read as the unresolved structure of range 290 m."""
+    corr = error_correlation(_vg(c0=1034, c1=378, a=4.8, lags=(290.0, 850.0)), support_m2=667)
+    assert corr.nugget_share == 1.0 and corr.nugget_range_m == 290.0
+    assert corr.rho(145.0) == pytest.approx(1 - 1.5 * 0.5 + 0.5 * 0.125, rel=1e-12)
 
 
 def test_failed_variogram_refused():
@@ -234,6 +245,18 @@ def test_scaled_interval_by_hand():
     assert out.carbon_sd_t[0] == pytest.approx(4.0 * 2.0 / 1.5)  # half a hectare unmapped: filled at the mean
     assert out.carbon_upper_t[0] == pytest.approx(30 + 1.6448536269514722 * 16 / 3)
     assert np.isnan(out.carbon_sd_t[1]) and out.carbon_lower_t[2] == 0 and out.carbon_upper_t[2] == 0
+
+
+def test_level_offset_sd_is_standard_error_of_mean_residual():
+    e = np.array([3.0, -1.0, 4.0, 1.0, -5.0, 9.0, 2.0, -6.0])
+    cv = {"rmse": float(np.sqrt(np.mean(e**2))), "bias": float(e.mean()), "n": e.size}
+    assert level_offset_sd(cv) == pytest.approx(np.std(e, ddof=1) / np.sqrt(e.size), rel=1e-12)
+
+
+def test_level_linear_by_hand():
+    ratio = np.array([[0.5, 0.6], [np.nan, 0.0]])
+    got = level_linear([0, 2, 3], [0, 0, 1], [0, 1, 0], [1.0, 0.5, 1.0], ratio, 10.0)
+    assert got.tolist() == pytest.approx([0.01 * 0.5 + 0.005 * 0.6, 0.0])
 
 
 # -------------------------------------------------------------------- total_sd

@@ -67,7 +67,7 @@ from scipy.stats import norm
 from ..errors import FieldError, ModelError
 
 __all__ = ["ErrorCorrelation", "error_correlation", "map_error_correlation", "structure", "offset_kernel",
-           "window_variances", "parcel_sd", "weighted_cells_sd", "weight_field_sd", "interval", "scaled_interval", "total_sd", "cells_from_coverage"]
+           "window_variances", "parcel_sd", "weighted_cells_sd", "weight_field_sd", "level_offset_sd", "level_linear", "interval", "scaled_interval", "total_sd", "cells_from_coverage"]
 
 
 def structure(h, model: str, range_param_m: float) -> np.ndarray:
@@ -125,7 +125,9 @@ def error_correlation(variogram, support_m2: float, nugget: str = "unresolved") 
     """The correlation model of a fitted :class:`~.validation.ResidualVariogram` (or its ``to_dict``) whose
     residuals are means over ``support_m2`` (the plots' area).  ``nugget``: ``"unresolved"`` (default) reads
     the nugget as structure below the shortest lag the plots observed (spherical, range = the first lag's
-    mean pair distance ``lag_m[0]``); ``"white"`` as white noise at the plots' support.  Refuses a failed fit."""
+    mean pair distance ``lag_m[0]``), and so the partial sill too when the fitted practical range is shorter
+    than that lag (a structure the plots never saw: ν = 1); ``"white"`` as white noise at the plots' support.
+    Refuses a failed fit."""
     v = variogram if isinstance(variogram, dict) else variogram.to_dict()
     c0, c1, a = (float(v[k]) for k in ("nugget", "partial_sill", "range_param_m"))
     if not (np.isfinite(c0) and np.isfinite(c1) and np.isfinite(a) and c0 >= 0 and c1 >= 0 and c0 + c1 > 0 and a > 0):
@@ -142,30 +144,34 @@ def error_correlation(variogram, support_m2: float, nugget: str = "unresolved") 
         if not lags:
             raise ModelError("residual variogram has no lags: the nugget's range is unknown (use nugget='white')")
         first = lags[0]
+        practical = float(v.get("practical_range_m", np.nan))
+        if np.isfinite(practical) and practical < first:  # the whole fitted structure lies below the first lag
+            return ErrorCorrelation(str(v["model"]), a, 1.0, float(support_m2), first)
     return ErrorCorrelation(str(v["model"]), a, c0 / (c0 + c1), float(support_m2), first)
 
 
 def map_error_correlation(card: dict, nugget: str = "unresolved") -> tuple[str, ErrorCorrelation]:
-    """(model name, correlation) for a whole map from its model card (``model/model_card.json``): of the served
-    models (``serving_order``) with a usable residual variogram, the one whose fitted structure has the
-    longest practical range (the larger correlation at every distance for the structured part), at the
-    support of its plots (``support.area_m2``).  One correlation for all pixels keeps the covariance positive
+    """(model name, correlation) for a whole map from its model card (``model/model_card.json``) at the support
+    of its plots (``support.area_m2``): the variogram of the served model that serves the map wall to wall
+    (the last in ``serving_order``: the optical model, ~85 % of the forest area on the synthetic county),
+    when its fit is usable and its status is ``ok``; else the first such fit of the other served models
+    (from the last); else any usable fit.  One correlation for all pixels keeps the covariance positive
     definite where LiDAR- and optically-served pixels meet; each pixel keeps its own SD."""
-    best = None
-    for name in card.get("serving_order", []):
+    found = []
+    for name in reversed(card.get("serving_order", [])):
         m = card["models"][name]
         v = m.get("residual_variogram")
         if not v:
             continue
         try:
-            corr = error_correlation(v, float(m["support"]["area_m2"]), nugget)
+            found.append((v.get("status") == "ok", name, error_correlation(v, float(m["support"]["area_m2"]), nugget)))
         except ModelError:
             continue
-        if best is None or float(v["practical_range_m"]) > best[2]:
-            best = (name, corr, float(v["practical_range_m"]))
-    if best is None:
+    if not found:
         raise ModelError(f"model card {card.get('model_id', '')}: no served model has a usable residual variogram")
-    return best[0], best[1]
+    ok = [f for f in found if f[0]]
+    _, name, corr = (ok or found)[0]
+    return name, corr
 
 
 def offset_kernel(shape: tuple[int, int], res_m: float, corr: ErrorCorrelation, dtype="float64") -> np.ndarray:
@@ -348,6 +354,32 @@ def weight_field_sd(area_ha: np.ndarray, sd_mg_ha: np.ndarray, res_m: float, cor
     win = (a * s)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     structured = max(float(window_variances(win, res_m, corr, dtype=dtype)), 0.0)
     return float(np.sqrt(structured + float(np.sum(nu * s**2 * ap_ha * a))))
+
+
+def level_offset_sd(cv: dict) -> float:
+    """SD (target units, Mg/ha) of the error in the map's level that every pixel shares: the residual mean is
+    known from n plots only, to ± s_e/√n, s_e² = Σ (e_i − ē)² / (n − 1) = (RMSE² − bias²) n / (n − 1) of the
+    (spatial-)CV residuals (``cv``: a card's ``cv.spatial`` with ``rmse``, ``bias``, ``n``): the variance of
+    a model-assisted (difference / GREG) estimate of a mean, s_e²/n (Särndal, Swensson & Wretman 1992, Model
+    Assisted Survey Sampling, §6.5), here with out-of-fold residuals.  A short-range correlation
+    model cannot carry it: over a county its share of Var(T) is the largest."""
+    rmse, bias, n = float(cv["rmse"]), float(cv.get("bias", 0.0)), int(cv["n"])
+    if not (np.isfinite(rmse) and rmse >= 0 and n >= 2):
+        raise ModelError(f"CV summary unusable for the level offset: rmse {rmse}, n {n}")
+    return float(np.sqrt(max(rmse**2 - bias**2, 0.0) * n / (n - 1) / n))
+
+
+def level_linear(offsets, rows, cols, fraction, carbon_per_agb: np.ndarray, res_m: float) -> np.ndarray:
+    """Per parcel Σ_i a_i r_i (ha · t C/Mg), r_i = a pixel's carbon per unit AGB (its ``carbon_sd`` / ``agb_sd``;
+    0 where the map is fixed, e.g. masked to 0): a shared AGB offset δ moves T_p by δ Σ_i a_i r_i, so its
+    SD over parcels weighted g_p is |Σ_p g_p Σ_i a_i r_i| × :func:`level_offset_sd` (fully correlated: a
+    linear sum), to combine with the correlated part as √(SD² + SD_level²)."""
+    rows, cols = np.asarray(rows, dtype="int64"), np.asarray(cols, dtype="int64")
+    fraction, offsets = np.asarray(fraction, dtype="float64"), np.asarray(offsets, dtype="int64")
+    _check_cells(offsets, rows, cols, fraction, np.shape(carbon_per_agb))
+    r = np.nan_to_num(np.asarray(carbon_per_agb, dtype="float64")[rows, cols])
+    pid = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    return np.bincount(pid, weights=fraction * res_m * res_m / 10_000 * r, minlength=offsets.size - 1)
 
 
 def interval(total_t, sd_t, alpha: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
