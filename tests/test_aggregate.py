@@ -270,6 +270,8 @@ def test_total_sd_double_sum_over_parcels():
     var = float(np.sum((g * sd) ** 2)) + 2 * sum(g[i] * g[j] * L[i] * L[j] * 0.6 * math.exp(-dd / 100)
                                                  for (i, j), dd in d.items())
     assert total_sd(rows, corr) == pytest.approx(math.sqrt(var), rel=1e-12)
+    rows["carbon_sd_level_t"] = [0.5, 1.0, 0.0]  # a shared level offset: fully correlated between parcels
+    assert total_sd(rows, corr) == pytest.approx(math.sqrt(var + 2 * 1.0 * 0.5 * 0.5 * 1.0), rel=1e-12)
 
 
 def test_total_sd_matches_pixel_grid_for_small_parcels():

@@ -30,9 +30,16 @@ the plots say nothing, yet parcels (1.8 ha ~ 130 m across) lie entirely below it
   Oliver 2007 §10.1): intensity ν σ² A_p, so the covered part a_i of pixel i adds ν σ_i² A_p a_i to Var(T)
   (not ν σ_i² a_i², the "nugget on the diagonal at pixel support", 6.7 times less for 10 m pixels).
 
-On the synthetic county (``benchmarks/check_parcel_intervals.py``, README) the white reading puts 60 % of
-forest parcels' true carbon inside their 90 % interval (z SD 2.2: SDs half what they should be), the
-unresolved reading 87 %.
+When the fitted structure's practical range is itself shorter than the first lag (a fit that put its
+partial sill below every lag, e.g. range 4.8 m), it is unresolved too: ν = 1.  On the synthetic county
+(``benchmarks/check_parcel_intervals.py``, README) the white reading puts 60 % (seed 0) and 20 % (seed 1)
+of forest parcels' true carbon inside their 90 % interval, the unresolved reading 87 % and 85 %.
+
+The level.  The covariance above has no part shared by all pixels, yet the map's level is calibrated on n
+plots: every pixel a model serves shares its error of level, SD s_e/√n (:func:`level_offset_sd`).  A
+parcel hardly feels it; a county total is dominated by it (SD 8,800 of 10,400 t C on the synthetic
+county).  It enters as a fully correlated term, √(SD² + (Σ_i a_i r_i · s_e/√n)²) (:func:`level_linear`),
+per serving model, the models' offsets independent.
 
 So Var(T) = wᵀKw + Σ_i ν_w σ_i² A_p a_i with w_i = a_i σ_i, K_ij = ρ(d_ij) less the white part on the
 diagonal (K(0) = 1 − ν_w), ν_w = ν for the white reading, else 0 (:meth:`ErrorCorrelation.kernel`).
@@ -408,27 +415,33 @@ TOTAL_COLUMNS = ("parcel_id", "weight", "carbon_t", "carbon_sd_t", "x", "y")
 
 def total_sd(rows: pd.DataFrame, corr: ErrorCorrelation, *, max_pairs: int = 50_000_000) -> float:
     """SD (t C) of Σ_p weight_p T_p over the parcels in ``rows`` (columns ``TOTAL_COLUMNS``; x, y parcel
-    centroids in metres of a projected CRS; optional ``carbon_sd_linear_t``, see the module docstring):
-    Var = Σ_p g_p² sd_p² + Σ_{p≠q} g_p g_q L_p L_q k(d_pq).  Exact double sum over parcel pairs, in row
-    blocks; refuses more than ``max_pairs`` pairs (use :func:`weight_field_sd` on the pixel grid instead)."""
+    centroids in metres of a projected CRS; optional ``carbon_sd_linear_t`` L_p and ``carbon_sd_level_t`` V_p,
+    the parcel's share of a level offset all parcels share (:func:`level_linear` × :func:`level_offset_sd`),
+    both in t C, see the module docstring):
+    Var = Σ_p g_p² sd_p² + Σ_{p≠q} g_p g_q (L_p L_q K(d_pq) + V_p V_q), sd_p including V_p.  Exact double sum
+    over parcel pairs, in row blocks; refuses more than ``max_pairs`` pairs.  Approximate for adjacent parcels
+    (centroid distances): :func:`weighted_cells_sd` is exact where the cells are at hand."""
     missing = [c for c in TOTAL_COLUMNS if c not in rows.columns]
     if missing:
         raise FieldError(f"total_sd: rows lack columns {missing} (need {list(TOTAL_COLUMNS)})")
     g = rows["weight"].to_numpy(dtype="float64")
     sd = rows["carbon_sd_t"].to_numpy(dtype="float64")
     lin = rows["carbon_sd_linear_t"].to_numpy(dtype="float64") if "carbon_sd_linear_t" in rows else sd
+    lev = rows["carbon_sd_level_t"].to_numpy(dtype="float64") if "carbon_sd_level_t" in rows else np.zeros(g.size)
     xy = rows[["x", "y"]].to_numpy(dtype="float64")
-    for name, v in (("weight", g), ("carbon_sd_t", sd), ("carbon_sd_linear_t", lin), ("x", xy[:, 0]), ("y", xy[:, 1])):
-        bad = ~np.isfinite(v) | ((v < 0) if name in ("weight", "carbon_sd_t", "carbon_sd_linear_t") else False)
+    checks = (("weight", g), ("carbon_sd_t", sd), ("carbon_sd_linear_t", lin), ("carbon_sd_level_t", lev),
+              ("x", xy[:, 0]), ("y", xy[:, 1]))
+    for name, v in checks:
+        bad = ~np.isfinite(v) | ((v < 0) if name not in ("x", "y") else False)
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])
             raise FieldError(f"total_sd: row {k + 1} (parcel {rows['parcel_id'].iloc[k]}): {name} = {v[k]}")
     n = g.size
     if n * n > max_pairs:
-        raise ModelError(f"total_sd: {n} parcels make {n * n} pairs (> {max_pairs}); sum on the pixel grid "
-                         "(weight_field_sd) instead")
+        raise ModelError(f"total_sd: {n} parcels make {n * n} pairs (> {max_pairs}); sum on the cells "
+                         "(weighted_cells_sd) instead")
     u = g * lin
-    var = float(np.sum((g * sd) ** 2))
+    var = float(np.sum((g * sd) ** 2)) + float(g @ lev) ** 2 - float(np.sum((g * lev) ** 2))
     step = max(1, max_pairs // max(n, 1) // 10)
     for s in range(0, n, step):
         d = np.hypot(xy[s:s + step, 0:1] - xy[None, :, 0], xy[s:s + step, 1:2] - xy[None, :, 1])
