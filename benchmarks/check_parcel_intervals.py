@@ -5,12 +5,14 @@
 SCENE_DIR is a ``forestcarbon synth``/``demo`` scene (its ``truth/parcel_carbon_truth.csv`` holds each parcel's
 true carbon, the true carbon field integrated on a 5x finer grid), OUTPUT_DIR the pipeline's output for it.
 Cells and coverage fractions per parcel come from exactextract (``cell_id``, ``coverage``) once; the carbon SD
-raster and the served models' residual variograms (model card) give each parcel's SD (``parcel_sd``), the
-pipeline's ``carbon_t`` its total (it fills unmapped cells with the parcel's mean, so the SD is scaled by the
-same area ratio).  Printed: the fraction of FOREST parcels (truth ``land_class``) whose 90 % interval holds
-the true carbon, by parcel size and serving model; the county total's interval; z-score spread; the same for
-other treatments of the nugget / correlation (diagnosis); project SDs by ``total_sd`` against the pixel
-grid.  Last line: JSON.
+raster and the model card's residual variogram (``map_error_correlation``) give each parcel's SD
+(``parcel_sd``), the served models' spatial-CV summaries the shared level term (``level_offset_sd`` ×
+``level_linear``, per serving model via ``model_source``); the pipeline's ``carbon_t`` is the total (unmapped
+cells filled with the parcel mean: ``scaled_interval``).  Printed per error model (the method first, then
+other readings of the nugget for diagnosis): the fraction of FOREST parcels (truth ``land_class``) whose
+90 % interval holds the true carbon, by parcel size and serving model, z-score spread, and the county
+total's interval (all parcels, and forest parcels in the JSON); then project SDs by ``total_sd`` against the
+exact ``weighted_cells_sd`` (correlated part only).  Last line: JSON.
 """
 
 from __future__ import annotations
