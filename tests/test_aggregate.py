@@ -178,6 +178,10 @@ def test_weighted_cells_sd_includes_cross_parcel_pairs():
     q = np.minimum(d / 100.0, 1)
     K = 0.7 * np.exp(-d / 40.0) + 0.3 * (1 - 1.5 * q + 0.5 * q**3)
     assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
+    white = ErrorCorrelation("exponential", 40.0, 0.3, 600.0)  # white nugget: g_p² of each parcel's own part
+    g = np.array([0.5] * 5 + [2.0] * 3)
+    var = 0.7 * (w @ np.exp(-d / 40.0) @ w) + np.sum(0.3 * sd[r, c] ** 2 * 0.06 * g**2 * f * 0.01)
+    assert weighted_cells_sd([0, 5, 8], r, c, f, [0.5, 2.0], sd, 10.0, white) == pytest.approx(math.sqrt(var), rel=1e-9)
 
 
 def test_cells_from_coverage_orders_by_parcel():

@@ -74,7 +74,8 @@ from scipy.stats import norm
 from ..errors import FieldError, ModelError
 
 __all__ = ["ErrorCorrelation", "error_correlation", "map_error_correlation", "structure", "offset_kernel",
-           "window_variances", "parcel_sd", "weighted_cells_sd", "weight_field_sd", "level_offset_sd", "level_linear", "interval", "scaled_interval", "total_sd", "cells_from_coverage"]
+           "window_variances", "parcel_sd", "weighted_cells_sd", "weight_field_sd", "level_offset_sd", "level_linear",
+           "interval", "scaled_interval", "total_sd", "cells_from_coverage"]
 
 
 def structure(h, model: str, range_param_m: float) -> np.ndarray:
@@ -255,9 +256,15 @@ def weighted_cells_sd(offsets, rows, cols, fraction, parcel_weight, sd_mg_ha: np
     r, c = rows[m], cols[m]
     r0, c0 = r.min(), c.min()
     shape = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
-    area = np.bincount((r - r0) * shape[1] + (c - c0), weights=fraction[m] * gc[m] * res_m * res_m / 10_000,
-                       minlength=shape[0] * shape[1]).reshape(shape)
-    return weight_field_sd(area, sd_mg_ha[r0:r0 + shape[0], c0:c0 + shape[1]], res_m, corr, dtype=dtype)
+    a = fraction[m] * res_m * res_m / 10_000
+    sigma = np.asarray(sd_mg_ha, dtype="float64")[r, c]
+    sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+    w = np.bincount((r - r0) * shape[1] + (c - c0), weights=gc[m] * a * sigma,
+                    minlength=shape[0] * shape[1]).reshape(shape)
+    structured = max(float(window_variances(w, res_m, corr, dtype=dtype)), 0.0)
+    # white part: a parcel's share g of its own white noise (disjoint parts of a cell are independent)
+    white = float(np.sum(corr.white_share * sigma**2 * corr.support_m2 / 10_000 * gc[m] ** 2 * a))
+    return float(np.sqrt(structured + white))
 
 
 def _check_cells(offsets, rows, cols, fraction, shape) -> None:
