@@ -200,7 +200,7 @@ def _tree_list(rng, plot_id: str, t, species: str, age: int, target_mg_ha: float
 
 
 def make_projects(rng, frame: Frame) -> gpd.GeoDataFrame:
-    """Carbon projects whose boundaries cut across parcels."""
+    """Carbon projects whose boundaries cut across parcels; ZJ-FCS-005 overlaps CCER-FM-002."""
     x0, y0, _, _ = frame.bounds
     s = frame.size_m
     specs = [
@@ -208,6 +208,8 @@ def make_projects(rng, frame: Frame) -> gpd.GeoDataFrame:
         ("CCER-FM-002", "Kecheng forest management", "CCER forest management", "2019-01-01", (0.65, 0.45), (0.14, 0.09), -35),
         ("ZJ-FCS-003", "Longyou provincial carbon sink", "Zhejiang forestry carbon sink", "2022-07-01", (0.40, 0.25), (0.08, 0.12), 60),
         ("CCER-FM-004", "Jiangshan forest management", "CCER forest management", "2023-05-01", (0.80, 0.85), (0.09, 0.07), 0),
+        # a trap: registered later over part of CCER-FM-002's land (double counting the pipeline must report)
+        ("ZJ-FCS-005", "Kecheng village carbon sink", "Zhejiang forestry carbon sink", "2022-09-01", (0.76, 0.50), (0.07, 0.05), 10),
     ]
     rows = []
     for pid, name, ptype, start, (fx, fy), (ax, ay), rot in specs:

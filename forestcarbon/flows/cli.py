@@ -436,6 +436,10 @@ def _model_fit_report(res, units: str) -> str:
             label, f = fmt[m]
             lines.append(f"{(cls + ' ' + label)[:16]:16}" + "".join(
                 f"{f.format(res.cv[k].per_class[cls][m]):>{w}}" for k in keys))
+    if res.fold_choices:
+        lines.append(f"{res.cv[keys[0]].scheme}: the choice repeated inside each outer fold (chosen: "
+                     f"{', '.join(res.fold_choices)}); the winner's RMSE on the folds that chose it, "
+                     f"{res.selection_cv.overall['rmse']:.3f} {units}, is optimistic by the choice")
     cal = res.calibration
     lines.append(f"{cal['nominal']:.0%} intervals ({cal['method']}, nested {res.scheme} CV): "
                  f"{cal['overall']['inside_fraction']:.1%} of held-out plots inside, mean width "

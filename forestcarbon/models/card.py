@@ -75,7 +75,12 @@ def build_card(fit, *, name: str, target_units: str, support: dict, training_sha
         "training_table_sha256": training_sha256,
         "n_training_rows": int(len(fit.honest.observed)),
         "libraries": library_versions(),
-        "selection": {"by": f"{fit.scheme} RMSE", "candidates": fit.selection.to_dict(orient="records")},
+        "selection": {"by": f"{fit.scheme} RMSE", "candidates": fit.selection.to_dict(orient="records"),
+                      "winner_on_the_folds_that_chose_it": (fit.selection_cv.overall if fit.selection_cv is not None
+                                                            else None),
+                      "chosen_in_each_outer_fold": fit.fold_choices,
+                      "honest_cv": "nested: the choice repeated inside each outer fold" if fit.fold_choices
+                      else "one candidate: its CV is honest"},
         "cv": {k: v.to_dict() for k, v in fit.cv.items()},
         "coverage_classes": sorted(fit.honest.per_class) or None,
         "residual_variogram": fit.variogram.to_dict() if fit.variogram is not None else None,

@@ -230,3 +230,36 @@ def select_model(X: pd.DataFrame, y, splits, *, kinds: Sequence[str] = KINDS, rf
         raise ModelError("no candidate model could be fitted: " + "; ".join(table["status"].astype(str)))
     table["chosen"] = table["candidate"] == best[2]
     return clone(best[0]), table, best[3]
+
+
+def nested_cv(X: pd.DataFrame, y, splits, groups, *, folds: int = 5, kinds: Sequence[str] = KINDS,
+              rf_grid: dict | None = None, seed: int = 0, scheme: str = "spatial/grouped CV", coverage=None):
+    """Out-of-fold accuracy of the whole procedure "choose among the candidates by CV, then fit": for each
+    outer fold of ``splits``, :func:`select_model` runs on inner folds of the training rows only (the same
+    kind of folds: ``groups`` of the training rows, ``validation.make_splits``), the winner is fitted on
+    them and predicts the held-out rows.  The figure :func:`select_model` returns for its winner was used to
+    choose it and is optimistic by the selection (Cawley & Talbot 2010, JMLR 11:2079-2107, §5.3; Varma &
+    Simon 2006, BMC Bioinformatics 7:91); this one is not.  Returns (``validation.CVResult``, the candidate
+    chosen in each outer fold)."""
+    from .validation import CVResult, _class_metrics, accuracy, fold_ids, make_splits
+
+    y = np.asarray(y, dtype="float64")
+    groups = None if groups is None else np.asarray(groups).astype(str)
+    pred = np.full(y.size, np.nan)
+    rows, chosen = [], []
+    for k, (train, test) in enumerate(splits):
+        g = None if groups is None else groups[train]
+        inner = make_splits(train.size, groups=g, folds=folds if g is None else min(folds, np.unique(g).size),
+                            seed=seed)
+        cov = None if coverage is None else np.asarray(coverage)[train]
+        est, table, _ = select_model(X.iloc[train], y[train], inner, kinds=kinds, rf_grid=rf_grid, seed=seed,
+                                     scheme=scheme, coverage=cov)
+        chosen.append(str(table.loc[table.chosen, "candidate"].iloc[0]))
+        pred[test] = est.fit(X.iloc[train], y[train]).predict(X.iloc[test])
+        rows.append({"fold": k, "chosen": chosen[-1], **accuracy(y[test], pred[test])})
+    fold = fold_ids(splits, y.size)
+    done = fold >= 0
+    res = CVResult(f"{scheme}, model chosen inside each fold (nested)", y, pred, fold, accuracy(y[done], pred[done]),
+                   pd.DataFrame(rows), _class_metrics(y[done], pred[done],
+                                                      None if coverage is None else np.asarray(coverage)[done]))
+    return res, chosen

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..errors import ModelError
-from .estimator import KINDS, AGBRegressor, select_model
+from .estimator import KINDS, AGBRegressor, nested_cv, select_model
 from .intervals import IntervalModel, default_method, fit_intervals, interval_calibration
 from .validation import (CVResult, ResidualVariogram, TrainDI, check_block_size, cross_validate, fold_ids,
                          make_splits, permutation_importance_table, residual_variogram, spatial_blocks, train_di)
@@ -37,10 +37,13 @@ class TableFit:
     block_size_ok: bool | None = None
     aoa: TrainDI | None = None
     notes: list = field(default_factory=list)
+    selection_cv: CVResult | None = None  # the winner's figure on the folds that chose it (optimistic)
+    fold_choices: list | None = None  # the candidate chosen inside each outer fold (nested CV)
 
     @property
     def honest(self) -> CVResult:
-        """The spatial or grouped CV result (the one the model was chosen by)."""
+        """The spatial or grouped CV result: with several candidates, nested (the choice made inside each
+        outer fold, ``estimator.nested_cv``), else the one candidate's."""
         return next(v for k, v in self.cv.items() if k != "random")
 
 
@@ -60,7 +63,8 @@ def check_table(table: pd.DataFrame, target: str, features: Sequence[str]) -> No
 
 def fit_table(table: pd.DataFrame, target: str, features: Sequence[str], *, groups=None, group_name: str = "group",
               block_m: float | None = None, x=None, y=None, coverage=None, folds: int = 5, seed: int = 0,
-              kinds: Sequence[str] = KINDS, rf_grid: dict | None = None, alpha: float = 0.10) -> TableFit:
+              kinds: Sequence[str] = KINDS, rf_grid: dict | None = None, alpha: float = 0.10,
+              nested: bool = True) -> TableFit:
     """Choose, validate and fit.  Held-out units: ``groups`` (labels per row, e.g. plot clusters) or squares of
     ``block_m`` metres over (``x``, ``y``); ``x``/``y`` also give the residual variogram.  ``coverage`` labels
     each row's coverage class (e.g. "lidar"/"optical") for per-class figures and interval calibration.
@@ -72,11 +76,12 @@ def fit_table(table: pd.DataFrame, target: str, features: Sequence[str], *, grou
 
     with threadpool_limits(1):
         return _fit_table(table, target, features, groups=groups, group_name=group_name, block_m=block_m, x=x, y=y,
-                          coverage=coverage, folds=folds, seed=seed, kinds=kinds, rf_grid=rf_grid, alpha=alpha)
+                          coverage=coverage, folds=folds, seed=seed, kinds=kinds, rf_grid=rf_grid, alpha=alpha,
+                          nested=nested)
 
 
 def _fit_table(table, target, features, *, groups, group_name, block_m, x, y, coverage, folds, seed, kinds, rf_grid,
-               alpha) -> TableFit:
+               alpha, nested) -> TableFit:
     features = [str(f) for f in features]
     check_table(table, target, features)
     X = table[features].reset_index(drop=True)
@@ -91,8 +96,13 @@ def _fit_table(table, target, features, *, groups, group_name, block_m, x, y, co
     groups = np.asarray(groups).astype(str)
     splits = make_splits(len(X), groups=groups, folds=folds, seed=seed)
     random_splits = make_splits(len(X), folds=folds, seed=seed)
-    chosen, selection, honest = select_model(X, yv, splits, kinds=kinds, rf_grid=rf_grid, seed=seed, scheme=scheme,
-                                             coverage=coverage)
+    chosen, selection, selection_cv = select_model(X, yv, splits, kinds=kinds, rf_grid=rf_grid, seed=seed,
+                                                   scheme=scheme, coverage=coverage)
+    if nested and len(selection) > 1:
+        honest, fold_choices = nested_cv(X, yv, splits, groups, folds=folds, kinds=kinds, rf_grid=rf_grid, seed=seed,
+                                         scheme=scheme, coverage=coverage)
+    else:  # one candidate: nothing is chosen, its CV figure is already honest
+        honest, fold_choices = selection_cv, None
     cv = {key: honest,
           "random": cross_validate(chosen, X, yv, random_splits, scheme=f"random {folds}-fold (seed {seed})",
                                    coverage=coverage)}
@@ -120,4 +130,4 @@ def _fit_table(table, target, features, *, groups, group_name, block_m, x, y, co
     calibration = interval_calibration(X, yv, groups=groups, folds=folds, seed=seed, coverage=coverage, method=method,
                                        alpha=alpha, point_estimator=chosen)
     return TableFit(model, features, target, scheme, selection, cv, importance, intervals, calibration, variogram,
-                    block_m, ok, aoa, notes)
+                    block_m, ok, aoa, notes, selection_cv, fold_choices)
