@@ -392,8 +392,42 @@ class Config(_Strict):
     carbon: CarbonConfig = CarbonConfig()
     forest_mask: ForestMaskConfig = ForestMaskConfig()
     compute: ComputeConfig = ComputeConfig()
+    parcels: ParcelsConfig = ParcelsConfig()
+    projects: ProjectsConfig = ProjectsConfig()
     output: Path = Path("output")
     truth: TruthConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_per_parcel_field(cls, data):
+        """Each parcel field is named once.  ``inputs.parcel_id`` is the short form of a one-field
+        ``parcels.id_fields``; the forest mask and the carbon conversion take the land class, its forest codes
+        and the species field from ``parcels`` unless given their own (the land-class codes may not differ:
+        every total uses one list)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        parcels = dict(data.get("parcels") or {})
+        inputs = data.get("inputs") or {}
+        if "id_fields" not in parcels and isinstance(inputs, dict) and inputs.get("parcel_id"):
+            parcels["id_fields"] = [inputs["parcel_id"]]
+        fm = dict(data.get("forest_mask") or {})
+        if parcels.get("land_class_field"):
+            if fm.get("parcel_field") is None:
+                fm["parcel_field"] = parcels["land_class_field"]
+                fm.setdefault("forest_codes", parcels.get("forest_codes", ()))
+            elif (fm["parcel_field"] != parcels["land_class_field"]
+                  or {str(c) for c in fm.get("forest_codes", ())} != {str(c) for c in parcels.get("forest_codes", ())}):
+                raise ValueError("forest_mask.parcel_field/forest_codes differ from parcels.land_class_field/forest_codes:"
+                                 " name the land class and its forest codes once, in parcels")
+        elif fm.get("parcel_field"):  # the mask's land class is the parcels' too
+            parcels["land_class_field"] = fm["parcel_field"]
+            parcels["forest_codes"] = fm.get("forest_codes", ())
+        carbon = dict(data.get("carbon") or {})
+        if carbon.get("group_field") is None and parcels.get("species_field"):
+            carbon["group_field"] = parcels["species_field"]
+        data.update(parcels=parcels, forest_mask=fm, carbon=carbon)
+        return data
 
     def with_output(self, out: Path | str) -> "Config":
         return self.model_copy(update={"output": Path(out).resolve()})

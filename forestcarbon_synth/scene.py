@@ -62,13 +62,15 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
     roads = land.make_roads(rng, frame, river_centre)
     dem = land.carve_valley(dem, frame, river)
     parcels = land.assign_land_use(rng, land.split_out_river(parcels, river), river)
+    parcels = land.bureau_fields(np.random.default_rng([seed, 7]), parcels, frame)
     ids = landscape.rasterize_ids(parcels, frame)
     dem = land.level_water(dem, parcels, ids)
     cells = land.land_cells(rng, parcels, frame, roads, ids)
     agb, tcode = landscape.true_agb(rng, parcels, frame, cells)
     stand = structure.stand_structure(rng, ids, landscape.stand_agb(agb, cells.road_share), tcode)
 
-    delivered = parcels[["parcel_id", "DI_LEI", "land_class", "forest_type", "dom_species", "age", "area_ha", "geometry"]]
+    delivered = parcels[["XIAN", "XIANG", "CUN", "LIN_BAN", "XIAO_BAN", "DI_LEI", "MIAN_JI", "YOU_SHI_SZ", "LING_ZU",
+                         "parcel_id", "land_class", "forest_type", "dom_species", "age", "area_ha", "geometry"]]
     (out / "parcels").mkdir(exist_ok=True)
     delivered.to_file(out / "parcels" / "parcels.gpkg", layer="parcels", driver="GPKG")
     projects = ground.make_projects(rng, frame)
@@ -129,15 +131,18 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
             "plots": "ground/plots.gpkg",
             "trees": "ground/trees.csv",
             "parcels": "parcels/parcels.gpkg",
-            "parcel_id": "parcel_id",
             "projects": "projects/projects.gpkg",
             "project_id": "project_id",
             "landcover": "landcover/worldcover_like_2021.tif",
         },
         "mosaic": {"start": "2024-09-01", "end": "2025-01-31"},
-        "carbon": {"group_field": "dom_species"},
+        # the bureau's 小班 layer: composite key, declared area in mu, land class, species, age group;
         # 林地 that may hold trees: 乔木林, 竹林, 疏林, 灌木林, 未成林, 苗圃, 迹地 (not 无立木林地 163x, 宜林地 017x)
-        "forest_mask": {"parcel_field": "DI_LEI", "forest_codes": list(land.MAY_HOLD_TREES_CODES)},
+        "parcels": {"id_fields": ["XIAN", "XIANG", "CUN", "LIN_BAN", "XIAO_BAN"], "id_separator": "-",
+                    "area_field": "MIAN_JI", "area_unit": "mu", "land_class_field": "DI_LEI",
+                    "forest_codes": list(land.MAY_HOLD_TREES_CODES), "species_field": "YOU_SHI_SZ",
+                    "age_group_field": "LING_ZU"},
+        "projects": {"start_date_field": "start_date", "registration_field": "start_date"},
         "output": "output",
         "truth": {"agb": "truth/agb_truth.tif", "parcels": "truth/parcel_carbon_truth.csv"},
     }

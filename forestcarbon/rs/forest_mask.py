@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..vector.parcels import land_class_text  # noqa: F401  (one land-class normaliser for the mask and every total)
+
 REASON_BITS = {"parcel_land_class": 1, "outside_parcels": 2, "landcover": 4, "ndvi": 8}
 """Bit of each reason a pixel is non-forest in ``maps/forest_mask.tif`` band 2 (0: forest)."""
 
@@ -59,24 +61,6 @@ def forest_mask_block(parcel_forest: np.ndarray | None, landcover: np.ndarray | 
             low = np.isfinite(ndvi) & (ndvi < ndvi_min)
         reasons |= np.where(low, REASON_BITS["ndvi"], 0).astype(np.uint8)
     return np.stack([(reasons == 0).astype(np.uint8), reasons])
-
-
-def land_class_text(values, codes) -> "np.ndarray":
-    """Land-class values as text comparable with ``codes``: 111.0 -> '111'; and when every code is the same
-    number of digits, shorter all-digit values are zero-padded to it ('111' -> '0111': a code field saved as
-    a number loses its leading zero)."""
-    import pandas as pd
-
-    widths = {len(c) for c in codes if c.isdigit()}
-    width = widths.pop() if len(widths) == 1 and all(c.isdigit() for c in codes) else None
-
-    def one(v) -> str:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return ""
-        t = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
-        return t.zfill(width) if width and t.isdigit() and len(t) < width else t
-
-    return pd.Series(values).map(one).to_numpy()
 
 
 def masked_bands(bands: np.ndarray, forest: np.ndarray, values) -> np.ndarray:

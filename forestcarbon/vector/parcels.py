@@ -91,6 +91,23 @@ class Parcels:
                 "area_flagged_ids": self.area_flagged_ids[:20], "max_areal_scale_error": self.max_areal_scale_error}
 
 
+def land_class_text(values, codes) -> np.ndarray:
+    """Land-class values as text comparable with ``codes``: 111.0 -> '111'; and when every code is the same
+    number of digits, shorter all-digit values are zero-padded to it ('111' -> '0111': a code field saved as
+    a number loses its leading zero).  The one normaliser the forest mask and every parcel total use."""
+    codes = [str(c).strip() for c in codes]
+    widths = {len(c) for c in codes if c.isdigit()}
+    width = widths.pop() if len(widths) == 1 and all(c.isdigit() for c in codes) else None
+
+    def one(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            return ""
+        t = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
+        return t.zfill(width) if width and t.isdigit() and len(t) < width else t
+
+    return pd.Series(values).map(one).to_numpy(object)
+
+
 def as_text(values: pd.Series, width: int | None = None) -> pd.Series:
     """Field values as stripped text, integers without a decimal part, optionally zero-padded to ``width``;
     NaN/None stay missing.  Text stays as written ("007" is not 7)."""
@@ -228,10 +245,10 @@ def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields()
     else:
         std["declared_area_ha"] = np.nan
     if fields.land_class_field:
-        lc = as_text(gdf[fields.land_class_field])
+        lc = land_class_text(gdf[fields.land_class_field], fields.forest_codes)
         codes = {str(c).strip() for c in fields.forest_codes}
-        std["land_class"] = lc.to_numpy(object)
-        std["is_forest"] = lc.isin(codes).fillna(False).to_numpy(bool)
+        std["land_class"] = lc
+        std["is_forest"] = np.isin(lc, list(codes))
     else:
         std["land_class"] = None
         std["is_forest"] = True

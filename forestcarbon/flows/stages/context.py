@@ -10,6 +10,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import rioxarray
 import xarray as xr
 from odc.geo.geobox import GeoBox
@@ -21,7 +22,10 @@ from ...rs import lidar
 from ...rs.forest_mask import land_class_text
 from ...rs.grid import geobox_from_config
 from ...rs.scenes import read_scenes
+
+from ...vector.area_crs import require_area_crs
 from ...vector.layers import check_layer, check_layer_contents
+from ...vector.parcels import Parcels, check_parcels, read_parcels
 from ..layout import Layout
 
 log = logging.getLogger("forestcarbon")
@@ -90,9 +94,13 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
             raise InputNotFoundError(f"{key}: file not found: {p}")
     check_output_folder(cfg, [p for _, p in must])
     if "parcels" in needed:
-        fields = (i.parcel_id,) + tuple(f for f in (cfg.carbon.group_field, cfg.forest_mask.parcel_field) if f)
+        fields = tuple(f for f in (cfg.carbon.group_field, cfg.forest_mask.parcel_field) if f)
         check_layer(i.parcels, i.parcels_layer, fields)
-        check_layer_contents(i.parcels, i.parcels_layer, i.parcel_id)
+        check_parcels(i.parcels, cfg.parcels.fields(), i.parcels_layer)
+        info = pyogrio.read_info(i.parcels, layer=i.parcels_layer, force_total_bounds=True)
+        if info.get("total_bounds") is not None:
+            require_area_crs(cfg.grid.crs, info["total_bounds"], info["crs"], cfg.parcels.max_areal_scale_error,
+                             where=f"{i.parcels}: grid CRS")
         if "map" in names and cfg.forest_mask.parcel_field:
             check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field, cfg.forest_mask.forest_codes)
     if "map" in names and i.landcover is not None:
@@ -226,3 +234,12 @@ def open_stack(path: Path, chunk_px: int) -> xr.DataArray:
     da = rioxarray.open_rasterio(path, chunks={"band": -1, "x": chunk_px, "y": chunk_px}, masked=True)
     names = list(da.attrs.get("long_name", [])) if isinstance(da.attrs.get("long_name"), (list, tuple)) else [da.attrs.get("long_name")]
     return da.assign_coords(band=names)
+
+
+def read_parcel_layer(ctx: Context) -> Parcels:
+    """The parcels layer through the configured field mapping (``parcels``), in the grid's CRS: standard columns
+    (``parcel_id``, ``area_ha``, ``declared_area_ha``, ``land_class``, ``is_forest``, ``species``, ``age_group``) beside
+    the layer's own attributes; geometries repaired and reported (:func:`~forestcarbon.vector.parcels.read_parcels`)."""
+    i, p = ctx.cfg.inputs, ctx.cfg.parcels
+    return read_parcels(i.parcels, ctx.gbox.crs.to_wkt(), p.fields(), i.parcels_layer, p.max_areal_scale_error,
+                        p.area_tolerance_rel)

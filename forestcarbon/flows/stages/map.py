@@ -18,11 +18,10 @@ from ...models.allometry import (load_registry, resolve_species)
 from ...models.coverage import applicability_block, predict_coverage_block
 from ...models.support import window_mean
 from ...rs.cog import write_cog
-from ...rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block, land_class_text
+from ...rs.forest_mask import NO_PARCEL, REASON_BITS, forest_mask_block
 from ...rs.grid import pixel_area_ha
-from ...vector.layers import read_layer
 from ...vector.rasterize import burn_values
-from .context import Context, open_stack
+from .context import Context, open_stack, read_parcel_layer
 from .model import feature_rasters
 
 def stage_map(ctx: Context) -> dict:
@@ -133,8 +132,8 @@ def forest_mask_layer(ctx: Context) -> "da.Array":
     parcel = landcover = ndvi = None
     lc_nodata = None
     if fm.parcel_field:
-        parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
-        is_forest = np.isin(land_class_text(parcels[fm.parcel_field], fm.forest_codes), fm.forest_codes)
+        parcels = read_parcel_layer(ctx).gdf  # is_forest: the land class and codes every total uses
+        is_forest = parcels["is_forest"].to_numpy(bool)
         parcel = burn_values(parcels, is_forest.astype("uint8"), ctx.gbox, fill=NO_PARCEL, chunk_px=chunk)
     if i.landcover is not None:
         import rasterio
@@ -178,7 +177,7 @@ def carbon_rule_layer(ctx: Context, registry) -> "da.Array":
     field = cfg.carbon.group_field
     if field is None:
         return da.zeros(tuple(ctx.gbox.shape), chunks=cfg.compute.chunk_px, dtype="uint8")
-    parcels = read_layer(i.parcels, i.parcels_layer, i.parcel_id, ctx.gbox.crs.to_wkt())
+    parcels = read_parcel_layer(ctx).gdf
     groups = parcel_groups(parcels, field, i.parcels, registry, cfg.allometry_fallback)
     return burn_values(parcels, registry.conversion.code_of(groups), ctx.gbox, chunk_px=cfg.compute.chunk_px)
 
