@@ -66,8 +66,9 @@ class Grid:
 @dataclass
 class Coverage:
     """Cells touched by each polygon: parallel arrays ``polygon`` (0-based position in the input),
-    ``cell`` (``row * width + col``) and ``fraction`` (of the cell's area inside the polygon), polygon by
-    polygon in input order, each polygon's cells in row-major order."""
+    ``cell`` (``row * width + col``) and ``fraction`` (of the cell's area inside the polygon; float32, as
+    exactextract computes it, so halving memory loses nothing), polygon by polygon in input order, each
+    polygon's cells in row-major order."""
 
     polygon: np.ndarray
     cell: np.ndarray
@@ -156,8 +157,12 @@ def coverage_fractions(wkbs, grid: Grid) -> Coverage:
     exact_extract(source, _WkbSource(list(wkbs), grid.crs), ["cell_id", "coverage"], include_cols=["position"],
                   output=writer)
     counts = np.fromiter((len(c) for c in writer.cells), dtype=np.int64, count=len(writer.cells))
-    polygon = np.repeat(np.asarray(writer.position, dtype=np.int64), counts)
+    polygon = np.repeat(np.asarray(writer.position, dtype=np.int32), counts)
     if counts.sum() == 0:
-        return Coverage(polygon, np.zeros(0, np.int64), np.zeros(0, np.float64))
-    return Coverage(polygon, np.concatenate(writer.cells).astype(np.int64, copy=False),
-                    np.concatenate(writer.fractions).astype(np.float64, copy=False))
+        return Coverage(polygon, np.zeros(0, np.int64), np.zeros(0, np.float32))
+    fraction = np.concatenate(writer.fractions)
+    writer.fractions.clear()
+    as_float32 = fraction.astype(np.float32)
+    if not np.array_equal(as_float32, fraction):  # exactextract's fractions are floats; a change would show here
+        raise RuntimeError("exactextract coverage fractions are not single-precision floats")
+    return Coverage(polygon, np.concatenate(writer.cells).astype(np.int64, copy=False), as_float32)

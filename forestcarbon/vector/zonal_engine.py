@@ -41,8 +41,8 @@ GDAL_CACHE_MB = 64  # per task; see benchmarks/bench_zonal.py (windows are read 
 
 @dataclass(frozen=True)
 class RasterLayer:
-    """A raster file and the column names of its bands (default: the layer ``name`` for a one-band file,
-    else each band's description, or ``name_b<i>`` for a band without one)."""
+    """A raster file and the column names of its bands (default: each band's description; for a band without
+    one, the layer ``name`` in a one-band file, else ``name_b<i>``)."""
 
     name: str
     path: str
@@ -53,9 +53,8 @@ class RasterLayer:
             if len(self.bands) != src.count:
                 raise FieldError(f"{self.path}: {src.count} bands but {len(self.bands)} band names {self.bands}")
             return tuple(self.bands)
-        if src.count == 1:
-            return (self.name,)
-        return tuple(d or f"{self.name}_b{i + 1}" for i, d in enumerate(src.descriptions))
+        return tuple(d or (self.name if src.count == 1 else f"{self.name}_b{i + 1}")
+                     for i, d in enumerate(src.descriptions))
 
 
 def _layers_and_grid(layers) -> tuple[list[RasterLayer], list[tuple[str, ...]], Grid]:
@@ -133,7 +132,8 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
     """Statistics of one partition's parcels (WKB in ``grid.crs``): arrays in the partition's order."""
     n = len(wkbs)
     cov = coverage_fractions(wkbs, grid)
-    out = {"covered_cells": np.bincount(cov.polygon, weights=cov.fraction, minlength=n)}
+    fraction = cov.fraction.astype(np.float64)
+    out = {"covered_cells": np.bincount(cov.polygon, weights=fraction, minlength=n)}
     if len(cov.cell):
         rows, cols = np.divmod(cov.cell, grid.width)
         r0, c0 = int(rows.min()), int(cols.min())
@@ -153,7 +153,7 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
                     scale, offset = src.scales[b - 1], src.offsets[b - 1]
                     if scale != 1.0 or offset != 0.0:
                         v = v * scale + offset
-                    w = np.where(valid, cov.fraction, 0.0)
+                    w = np.where(valid, fraction, 0.0)
                     out[name] = (np.bincount(cov.polygon, weights=np.where(valid, w * v, 0.0), minlength=n),
                                  np.bincount(cov.polygon, weights=w, minlength=n))
     return out
