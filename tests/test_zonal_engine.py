@@ -143,3 +143,12 @@ def test_bad_inputs_are_one_line_errors(layers, tmp_path):
         d.transform = TRANSFORM * Affine.translation(1, 0)
     with pytest.raises(CRSError, match="not on the grid"):
         zonal_stats(parcels, [layers[0], other])
+
+
+def test_collections_keep_their_polygonal_parts(layers):
+    poly = shapely.Polygon([(X0 + 12, Y1 - 15), (X0 + 95, Y1 - 33), (X0 + 60, Y1 - 101)])
+    coll = shapely.GeometryCollection([poly, shapely.LineString([(X0, Y1), (X0 + 300, Y1 - 200)])])
+    got = zonal_stats(gpd.GeoDataFrame({"pid": ["c"]}, geometry=[coll], crs="EPSG:4549"), layers)
+    ref = exact_extract(layers[1].path, gpd.GeoDataFrame(geometry=[poly], crs="EPSG:4549"), ["sum"], output="pandas")
+    assert got["sd_sum"].item() == pytest.approx(ref["sum"].item(), rel=1e-12)
+    assert got["area_ha"].item() == pytest.approx(poly.area / 1e4, rel=1e-12)
