@@ -143,7 +143,12 @@ class _CoverageWriter(Writer):
         v = sink.values
         self.position.append(v["position"])
         self.cells.append(v["cell_id"])
-        self.fractions.append(v["coverage"])
+        fraction = v["coverage"]
+        single = fraction.astype(np.float32)
+        if len(self.fractions) < 100 and not np.array_equal(single, fraction):
+            # exactextract computes fractions as floats; were that to change, halving them would lose digits
+            raise RuntimeError("exactextract coverage fractions are not single-precision floats")
+        self.fractions.append(single)
 
     def features(self):
         return None
@@ -162,7 +167,4 @@ def coverage_fractions(wkbs, grid: Grid) -> Coverage:
         return Coverage(polygon, np.zeros(0, np.int64), np.zeros(0, np.float32))
     fraction = np.concatenate(writer.fractions)
     writer.fractions.clear()
-    as_float32 = fraction.astype(np.float32)
-    if not np.array_equal(as_float32, fraction):  # exactextract's fractions are floats; a change would show here
-        raise RuntimeError("exactextract coverage fractions are not single-precision floats")
-    return Coverage(polygon, np.concatenate(writer.cells).astype(np.int64, copy=False), as_float32)
+    return Coverage(polygon, np.concatenate(writer.cells).astype(np.int64, copy=False), fraction)

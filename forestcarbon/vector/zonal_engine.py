@@ -114,8 +114,8 @@ def hilbert_partitions(geoms: gpd.GeoSeries, partition_size: int) -> list[np.nda
     return [order[i:i + partition_size] for i in range(0, len(order), partition_size)]
 
 
-def _valid_mask(src, band: int, vals: np.ndarray, window: Window, rows, cols) -> np.ndarray:
-    """Valid cells of one band's window values ``vals`` (native dtype, gathered at ``rows, cols``)."""
+def _valid_mask(src, band: int, vals: np.ndarray, window: Window, at: np.ndarray) -> np.ndarray:
+    """Valid cells of one band's values ``vals`` (native dtype, gathered at flat window positions ``at``)."""
     valid = np.ones(vals.shape, bool)
     nodata = src.nodatavals[band - 1]
     if nodata is not None and not np.isnan(nodata):
@@ -126,12 +126,15 @@ def _valid_mask(src, band: int, vals: np.ndarray, window: Window, rows, cols) ->
         valid &= np.isfinite(vals)
     flags = src.mask_flag_enums[band - 1]
     if MaskFlags.all_valid not in flags and MaskFlags.nodata not in flags:  # per-dataset or alpha mask
-        valid &= src.read_masks(band, window=window)[rows, cols] > 0
+        valid &= src.read_masks(band, window=window).ravel()[at] > 0
     return valid
 
 
 def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int = GDAL_CACHE_MB) -> dict:
-    """Statistics of one partition's parcels (WKB in ``grid.crs``): arrays in the partition's order."""
+    """Statistics of one partition's parcels (WKB in ``grid.crs``): arrays in the partition's order.
+
+    Memory: the partition's coverage (16 bytes a cell) plus, one band at a time, its window and ~25 bytes a
+    covered cell."""
     n = len(wkbs)
     cov = coverage_fractions(wkbs, grid)
     fraction = cov.fraction.astype(np.float64)
@@ -140,7 +143,8 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
         rows, cols = np.divmod(cov.cell, grid.width)
         r0, c0 = int(rows.min()), int(cols.min())
         window = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
-        rows, cols = rows - r0, cols - c0
+        at = (rows - r0) * window.width + (cols - c0)  # flat positions in the window
+        del rows, cols
     with rasterio.Env(GDAL_CACHEMAX=cache_mb):
         for lay in layers:
             with rasterio.open(lay.path) as src:
@@ -149,15 +153,20 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
                     if not len(cov.cell):
                         out[name] = (np.zeros(n), np.zeros(n))
                         continue
-                    vals = src.read(b, window=window)[rows, cols]
-                    valid = _valid_mask(src, b, vals, window, rows, cols)
+                    vals = src.read(b, window=window).ravel()[at]
+                    valid = _valid_mask(src, b, vals, window, at)
                     v = vals.astype(np.float64)
+                    del vals
                     scale, offset = src.scales[b - 1], src.offsets[b - 1]
                     if scale != 1.0 or offset != 0.0:
                         v = v * scale + offset
+                    v[~valid] = 0.0  # nodata values and NaN never enter a product
                     w = np.where(valid, fraction, 0.0)
-                    out[name] = (np.bincount(cov.polygon, weights=np.where(valid, w * v, 0.0), minlength=n),
-                                 np.bincount(cov.polygon, weights=w, minlength=n))
+                    del valid
+                    valid_cells = np.bincount(cov.polygon, weights=w, minlength=n)
+                    np.multiply(w, v, out=v)
+                    out[name] = (np.bincount(cov.polygon, weights=v, minlength=n), valid_cells)
+                    del v, w
     return out
 
 
