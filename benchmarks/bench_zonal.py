@@ -8,10 +8,11 @@ whose side gives ~``--parcel-ha`` ha per parcel; three layer files on that grid 
 float32): ``agb`` (1 band, nodata NaN), ``carbon`` (3 bands, nodata -9999), ``sd`` (1 band, nodata NaN), with
 a smooth field plus noise and ~12 % nodata ("non-forest") patches, plus NaN holes in ``carbon``.
 
-The engine runs in a fresh process (``_isolated.run_isolated``) so its peak RSS is its own; it runs again at a
-second partition size to show that memory follows the partition.  ``reference_wkb_seconds`` is exactextract's
-``sum`` per layer again, but fed the parcels as WKB through the engine's feature source: it separates the gain
-of computing coverage once from the gain of not serialising every parcel to GeoJSON text.
+The engine runs in a fresh process (``_isolated.run_isolated``) so its peak RSS is its own; it runs again at
+other partition sizes (``--rss-partition-sizes``) to show that memory follows the partition.
+``reference_wkb_seconds`` is exactextract's ``sum`` per layer again, but fed the parcels as WKB through the
+engine's feature source: it separates the gain of computing coverage once from the gain of not serialising
+every parcel to GeoJSON text.
 
 Run from the repository root: ``python benchmarks/bench_zonal.py [--parcels 400000]`` (``--parcels 20000`` for a
 quick run).  Prints, as its last line, a JSON object: stage, parcels, layers, bands, seconds,
@@ -155,34 +156,45 @@ def main(argv=None):
     ap.add_argument("--parcels", type=int, default=400_000)
     ap.add_argument("--parcel-ha", type=float, default=1.8)
     ap.add_argument("--partition-size", type=int, default=10_000)
-    ap.add_argument("--second-partition-size", type=int, default=40_000,
-                    help="run the engine again at this partition size for peak RSS (0: skip)")
+    ap.add_argument("--rss-partition-sizes", default="2500,40000",
+                    help="run the engine again at these partition sizes for peak RSS ('': skip)")
     ap.add_argument("--workers", type=int, default=1, help="dask threads of the engine (1: synchronous)")
     ap.add_argument("--cache-mb", type=int, default=64, help="GDAL block cache per task (MB)")
     ap.add_argument("--no-wkb-reference", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="engine only (no exactextract runs)")
+    ap.add_argument("--data", type=Path, help="keep the rasters and parcels here; reuse them if present")
     a = ap.parse_args(argv)
     import pandas as pd
 
     side = side_for(a.parcels, a.parcel_ha)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        data = a.data or tmp
         t0 = time.perf_counter()
-        layers = write_layers(tmp / "rasters", side)
-        n = write_parcels(tmp / "parcels.parquet", a.parcels, side)
+        if (data / "parcels.parquet").exists():
+            import pyarrow.parquet as pq
+
+            layers = [str(data / "rasters" / f"{k}.tif") for k in LAYERS]
+            n = pq.ParquetFile(data / "parcels.parquet").metadata.num_rows
+        else:
+            layers = write_layers(data / "rasters", side)
+            n = write_parcels(data / "parcels.parquet", a.parcels, side)
         setup_s = time.perf_counter() - t0
         log(f"setup {setup_s:.1f} s: {n} parcels, {side}x{side} grid")
         out = str(tmp / "zonal.parquet")
-        secs, peak = run_isolated(engine, str(tmp / "parcels.parquet"), layers, a.partition_size, a.workers,
+        secs, peak = run_isolated(engine, str(data / "parcels.parquet"), layers, a.partition_size, a.workers,
                                   a.cache_mb, out)
         by_part = {str(a.partition_size): round(peak, 1)}
-        if a.second_partition_size:
-            by_part[str(a.second_partition_size)] = round(run_isolated(
-                engine, str(tmp / "parcels.parquet"), layers, a.second_partition_size, a.workers, a.cache_mb)[1], 1)
+        for size in [int(x) for x in a.rss_partition_sizes.split(",") if x]:
+            by_part[str(size)] = round(run_isolated(
+                engine, str(data / "parcels.parquet"), layers, size, a.workers, a.cache_mb)[1], 1)
+        by_part = dict(sorted(by_part.items(), key=lambda kv: int(kv[0])))
         log(f"engine {secs:.1f} s, peak RSS {by_part} MB")
         got = pd.read_parquet(out)
-        ref_s, ref = reference(str(tmp / "parcels.parquet"), layers)
-        log(f"reference {ref_s:.1f} s")
-        wkb_s = None if a.no_wkb_reference else reference(str(tmp / "parcels.parquet"), layers, wkb=True)[0]
+        ref_s, ref = (None, None) if a.no_reference else reference(str(data / "parcels.parquet"), layers)
+        log(f"reference {ref_s} s")
+        wkb_s = None if a.no_wkb_reference or a.no_reference else \
+            reference(str(data / "parcels.parquet"), layers, wkb=True)[0]
         disk_mb = sum(Path(p).stat().st_size for p in layers) / 2**20
     bands = sum(len(b) for b, _ in LAYERS.values())
     result = {
@@ -192,11 +204,11 @@ def main(argv=None):
                     f"{a.partition_size}, {a.workers} dask thread(s), GDAL cache {a.cache_mb} MB; setup "
                     f"{setup_s:.0f} s",
         "parcels": n, "layers": len(layers), "bands": bands,
-        "seconds": round(secs, 1), "reference_seconds": round(ref_s, 1),
-        "speedup_vs_reference": round(ref_s / secs, 2),
+        "seconds": round(secs, 1), "reference_seconds": None if ref_s is None else round(ref_s, 1),
+        "speedup_vs_reference": None if ref_s is None else round(ref_s / secs, 2),
         "reference_wkb_seconds": None if wkb_s is None else round(wkb_s, 1),
         "speedup_vs_reference_wkb": None if wkb_s is None else round(wkb_s / secs, 2),
-        "max_relative_difference": max_rel_diff(got, ref),
+        "max_relative_difference": None if ref is None else max_rel_diff(got, ref),
         "peak_rss_mb": round(peak, 1), "peak_rss_mb_by_partition_size": by_part,
         "reference": "exactextract sum once per layer file (GeoDataFrame in, output='pandas', as "
                      "vector.zonal.zonal_table calls it); reference_wkb: the same with WKB features",
