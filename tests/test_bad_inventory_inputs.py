@@ -40,8 +40,10 @@ CASES = {
                           FieldError, ["has no data rows"]),
     "height_in_dm": (lambda s, t: {"trees": _copy_trees(s, t, lambda d: d.assign(height_m=d.height_m * 10))},
                      FieldError, ["'height_m' has", "decimetres or feet"]),
-    "duplicate_parcel_ids": (lambda s, t: {"parcels": _copy_parcels(s, t, lambda g: g.assign(
-        parcel_id=g.parcel_id.where(g.index != 5, g.parcel_id[4])))}, FieldError, ["has duplicated values"]),
+    # the 小班 key XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN: row 6 given row 5's key
+    "duplicate_parcel_ids": (lambda s, t: {"parcels": _copy_parcels(s, t, lambda g: g.assign(**{
+        k: g[k].where(g.index != 5, g[k][4]) for k in ("XIAN", "XIANG", "CUN", "LIN_BAN", "XIAO_BAN")}))},
+        FieldError, ["'XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN' has duplicated values", "rows 5, 6"]),
     "parcel_without_geometry": (lambda s, t: {"parcels": _copy_parcels(s, t, lambda g: g.set_geometry(
         g.geometry.where(g.index != 3, None)))}, FieldError, ["have no geometry"]),
 }

@@ -64,9 +64,15 @@ def test_truth_comparison_by_hand(tmp_path):
         with rasterio.open(tmp_path / name, "w", **prof) as d:
             d.write(arr, 1)
     parcels = pd.DataFrame({"parcel_id": ["a", "b", "c", "d"], "carbon_t": [110.0, 45.0, np.nan, 7.0],
-                            "land_class": ["forest", "forest", "forest", "non_forest"]})
-    pd.DataFrame({"parcel_id": ["a", "b", "c", "d"], "true_carbon_t": [100.0, 50.0, 20.0, 5.0]}).to_csv(tmp_path / "truth.csv", index=False)
-    r = truth_comparison(parcels, tmp_path / "truth.csv", tmp_path / "e.tif", tmp_path / "t.tif")
+                            "carbon_p05_t": [90.0, 51.0, np.nan, 0.0], "carbon_p95_t": [115.0, 60.0, np.nan, 9.0]})
+    pd.DataFrame({"parcel_id": ["a", "b", "c", "d"], "true_carbon_t": [100.0, 50.0, 20.0, 5.0],
+                  "land_class": ["forest", "forest", "forest", "non_forest"]}).to_csv(tmp_path / "truth.csv", index=False)
+    county = {"carbon_t": 162.0, "carbon_sd_t": 10.0, "carbon_p05_t": 145.55, "carbon_p95_t": 178.45}
+    r = truth_comparison(parcels, tmp_path / "truth.csv", tmp_path / "e.tif", tmp_path / "t.tif", county)
+    # a's interval [90, 115] holds 100, b's [51, 60] misses 50, c has no estimate: 1 of 2
+    assert r["parcel_interval_90_inside_fraction"] == 0.5
+    # all parcels' true total 175 inside [145.55, 178.45]; z = (162 - 175) / 10
+    assert r["county_all_parcels"]["inside"] and r["county_all_parcels"]["z"] == pytest.approx(-1.3)
     assert r["total_carbon_t"] == pytest.approx(170.0)  # all forest parcels of the truth
     assert r["estimated_total_carbon_t"] == pytest.approx(155.0)
     assert r["total_relative_error"] == pytest.approx((155 - 170) / 170)

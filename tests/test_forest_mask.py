@@ -62,13 +62,13 @@ def test_codes_no_parcel_carries_fail_in_one_line(small_scene, tmp_path):
         if raw["inputs"].get(k):
             raw["inputs"][k] = str(base / raw["inputs"][k])
     raw.pop("truth", None)
-    raw["forest_mask"] = {"parcel_field": "land_class", "forest_codes": ["Forest"]}
+    raw["parcels"].update(land_class_field="land_class", forest_codes=["Forest"])
     raw["output"] = str(tmp_path / "out")
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(raw))
     res = _cli("run", str(p), "--stage", "map")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: forest_mask.forest_codes ['Forest']: no parcel of ")
+    assert lines[0].startswith("error: parcels.forest_codes ['Forest']: no parcel of ")
     assert lines[0].endswith(f"{Path(raw['inputs']['parcels']).name} carries one in field 'land_class' "
                              "(its values: ['forest', 'non_forest'])")

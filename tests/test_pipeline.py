@@ -85,7 +85,7 @@ def test_output_contract(run):
     cols = set(gpd.read_file(out / "parcels/parcels_carbon.gpkg").columns)
     assert {"parcel_id", "area_ha", "agb_mg_ha", "carbon_t", "carbon_t_ha", "co2e_t"} <= cols
     pp = pd.read_csv(out / "projects/project_parcels.csv")
-    assert list(pp.columns[:4]) == ["project_id", "parcel_id", "overlap_ha", "share"]
+    assert {"project_id", "parcel_id", "counted_ha", "share", "carbon_t", "carbon_sd_t"} <= set(pp.columns)
 
 
 def test_rasters_on_target_grid(run):
@@ -102,7 +102,7 @@ def test_totals_are_consistent(run):
     cfg, out, _ = run
     parcels = gpd.read_file(out / "parcels/parcels_carbon.gpkg")
     s = json.loads((out / "report/summary.json").read_text())
-    forest = parcels.land_class == "forest"
+    forest = parcels.is_forest.astype(bool)  # the configured DI_LEI forest codes
     assert s["total_carbon_t"] == pytest.approx(parcels.loc[forest, "carbon_t"].sum(), rel=1e-9)
     np.testing.assert_allclose(parcels.carbon_t, parcels.carbon_t_ha * parcels.area_ha, rtol=1e-9)
     np.testing.assert_allclose(parcels.co2e_t, parcels.carbon_t * 44 / 12, rtol=1e-9)
@@ -129,15 +129,14 @@ def test_totals_are_consistent(run):
     np.testing.assert_allclose(carb[0], carb[1] + carb[2], rtol=1e-5, equal_nan=True)
     assert (code == 1).any() and (code == 2).any()
     np.testing.assert_allclose(parcels.carbon_above_t + parcels.carbon_below_t, parcels.carbon_t, rtol=1e-5)
-    # project totals = sum of share × parcel carbon, recomputed here
+    # project totals = sum of counted share × parcel carbon, recomputed here; only forest land counts
     pp = pd.read_csv(out / "projects/project_parcels.csv", dtype={"parcel_id": str})
     proj = gpd.read_file(out / "projects/projects_carbon.gpkg")
-    m = pp.merge(parcels[["parcel_id", "carbon_t", "carbon_above_t", "carbon_below_t"]], on="parcel_id")
-    for pool in ("carbon_t", "carbon_above_t", "carbon_below_t"):
-        ref = (m.share * m[pool]).groupby(m.project_id).sum()
-        got = proj.set_index("project_id")[pool]
-        np.testing.assert_allclose(got.loc[ref.index], ref, rtol=1e-9)
-    # shares of one parcel never exceed its area
+    m = pp.merge(parcels[["parcel_id", "carbon_t", "is_forest"]], on="parcel_id", suffixes=("_counted", ""))
+    ref = (m.share * m.carbon_t).groupby(m.project_id).sum()
+    np.testing.assert_allclose(proj.set_index("project_id").carbon_t.loc[ref.index], ref, rtol=1e-9)
+    assert (m.loc[~m.is_forest, "share"] == 0).all() and (m.loc[~m.is_forest, "ineligible_ha"] > 0).all()
+    # no parcel area counted twice: shares of one parcel never exceed its area (two projects overlap here)
     assert (pp.groupby("parcel_id").share.sum() <= 1 + 1e-9).all()
 
 
@@ -184,9 +183,9 @@ def _edited(scene_cfg: Path, tmp: Path, edit) -> Path:
 
 @pytest.mark.parametrize("edit,err,words", [
     (lambda r: r["inputs"].__setitem__("trees", "/nonexistent/trees.csv"), InputNotFoundError, "inputs.trees: file not found: /nonexistent/trees.csv"),
-    (lambda r: r["inputs"].__setitem__("parcel_id", "XBH"), FieldError, "no field 'XBH'"),
+    (lambda r: r["parcels"].__setitem__("id_fields", ["XIAN", "XBH"]), FieldError, "no field 'XBH'"),
     (lambda r: r["grid"].__setitem__("crs", "EPSG:999999"), CRSError, "grid.crs: 'EPSG:999999'"),
-    (lambda r: r["carbon"].__setitem__("group_field", "YOU_SHI_SZ"), FieldError, "no field 'YOU_SHI_SZ'"),
+    (lambda r: r["carbon"].__setitem__("group_field", "SHU_ZHONG"), FieldError, "no field 'SHU_ZHONG'"),
     (lambda r: r.__setitem__("allometry_fallback", {"*": "palm"}), ConfigError, "maps to 'palm'"),
 ])
 def test_bad_input_fails_before_work(small_scene, tmp_path, edit, err, words):

@@ -34,23 +34,30 @@ PACKAGES = ("numpy", "xarray", "dask", "rasterio", "odc-geo", "odc-stac", "geopa
 
 
 def _forest_mask(parcels: pd.DataFrame) -> np.ndarray:
-    if "land_class" in parcels:
-        return (parcels["land_class"] == "forest").to_numpy()
+    """Forest land by the parcels' configured land-class codes (``is_forest`` from parcel ingest); all parcels
+    when no land class is configured."""
+    if "is_forest" in parcels:
+        return parcels["is_forest"].astype(bool).to_numpy()
     return np.ones(len(parcels), dtype=bool)
 
 
-def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_truth: Path) -> dict:
+def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_truth: Path,
+                     county: dict | None = None) -> dict:
+    """Estimates against a synthetic scene's truth, over the parcels that are forest in TRUTH (the truth
+    file's ``land_class``): totals, parcel RRMSE, pixel AGB error, the share of forest parcels whose 90 %
+    interval holds their true carbon, and whether the county interval (``county``: the parcels stage's
+    ``all_parcels`` figures) holds the true total of all parcels."""
     truth = pd.read_csv(truth_csv, dtype={"parcel_id": str})
-    cols = ["parcel_id", "carbon_t"] + (["land_class"] if "land_class" in parcels else [])
-    m = parcels[cols].merge(truth.drop(columns=["land_class"], errors="ignore"), on="parcel_id", how="inner")
-    forest = _forest_mask(m)
+    cols = ["parcel_id", "carbon_t"] + [c for c in ("carbon_p05_t", "carbon_p95_t") if c in parcels]
+    m = parcels[cols].merge(truth, on="parcel_id", how="inner", validate="1:1")
+    forest = (m["land_class"] == "forest").to_numpy() if "land_class" in m else np.ones(len(m), bool)
     est, tru = m.loc[forest, "carbon_t"].to_numpy(), m.loc[forest, "true_carbon_t"].to_numpy()
     ok = np.isfinite(est)
     total_est, total_true = float(est[ok].sum()), float(tru.sum())
     with rasterio.open(agb_est) as a, rasterio.open(agb_truth) as b:
         e, t = a.read(1), b.read(1)
     good = np.isfinite(e) & np.isfinite(t)
-    return {
+    out = {
         "total_carbon_t": total_true,
         "estimated_total_carbon_t": total_est,
         "total_relative_error": (total_est - total_true) / total_true,
@@ -59,8 +66,19 @@ def truth_comparison(parcels: pd.DataFrame, truth_csv: Path, agb_est: Path, agb_
         "forest_parcels_compared": int(ok.sum()),
         "pixel_agb_rmse_mg_ha": float(np.sqrt(np.mean((e[good] - t[good]) ** 2))),
         "pixel_agb_bias_mg_ha": float(np.mean(e[good] - t[good])),
-        "scope": "forest parcels (land_class == 'forest')",
+        "scope": "parcels that are forest in truth (the truth file's land_class)",
     }
+    if "carbon_p05_t" in m:
+        lo, hi = m.loc[forest, "carbon_p05_t"].to_numpy(), m.loc[forest, "carbon_p95_t"].to_numpy()
+        out["parcel_interval_90_inside_fraction"] = float(np.mean((tru[ok] >= lo[ok]) & (tru[ok] <= hi[ok])))
+    if county:
+        true_all = float(m["true_carbon_t"].sum())
+        lo, hi = county.get("carbon_p05_t"), county.get("carbon_p95_t")
+        out["county_all_parcels"] = {"estimated_carbon_t": county["carbon_t"], "carbon_sd_t": county["carbon_sd_t"],
+                                     "interval_90_t": [lo, hi], "true_carbon_t": true_all,
+                                     "inside": bool(lo <= true_all <= hi), "z": (county["carbon_t"] - true_all)
+                                     / county["carbon_sd_t"] if county["carbon_sd_t"] > 0 else None}
+    return out
 
 
 def _quicklook(path: Path, draw, axes: bool = False) -> str:
@@ -132,7 +150,7 @@ def build_report(ctx) -> dict:
         "forest_parcels_without_estimate": int((forest & parcels["carbon_t"].isna()).sum()),
         "forest_area_ha_without_estimate": float(parcels.loc[forest & parcels["carbon_t"].isna(), "area_ha"].sum()),
         "forest_parcels_under_half_mapped": int((forest & (parcels["valid_fraction"] < 0.5)).sum()),
-        "scope": "totals over forest parcels (land_class == 'forest' where the field exists, else all parcels)",
+        "scope": "totals over forest parcels (is_forest: the configured land-class codes; all parcels if none)",
         "model": model_summary(card),
         "carbon_conversion": _conversion_tags(out.carbon),
         "equations": _equation_summary(out),
@@ -142,9 +160,13 @@ def build_report(ctx) -> dict:
     if out.projects_gpkg.exists():
         pr = gpd.read_file(out.projects_gpkg, layer="projects_carbon")
         summary["projects"] = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                               for r in pd.DataFrame(pr.drop(columns="geometry"))[[c for c in ("project_id", "area_ha", "n_parcels", "carbon_above_t", "carbon_below_t", "carbon_t", "carbon_t_direct", "co2e_t") if c in pr]].to_dict("records")]
+                               for r in pd.DataFrame(pr.drop(columns="geometry"))[[c for c in ("project_id", "area_ha", "n_parcels", "n_conflicts", "contested_ha", "ineligible_ha", "carbon_t", "carbon_sd_t", "carbon_lo_t", "carbon_hi_t", "rel_half_width", "co2e_t", "carbon_credited_t", "carbon_t_inside_boundary_all_land") if c in pr]].to_dict("records")]
+    parcel_summary = out.parcels_gpkg.parent / "summary.json"
+    county = json.loads(parcel_summary.read_text())["county"] if parcel_summary.exists() else {}
+    summary["county"] = county
     if cfg.truth is not None:
-        summary["truth"] = truth_comparison(parcels, cfg.truth.parcels, out.agb, cfg.truth.agb)
+        summary["truth"] = truth_comparison(parcels, cfg.truth.parcels, out.agb, cfg.truth.agb,
+                                            county.get("all_parcels"))
     inputs = [cfg.inputs.stac_items, cfg.inputs.plots, cfg.inputs.trees, cfg.inputs.parcels]
     inputs += [p for p in (cfg.inputs.laz, cfg.inputs.projects, cfg.allometry) if p is not None]
     provenance = {

@@ -467,3 +467,26 @@ def cells_from_coverage(parcel_index, rows, cols, fraction, n_parcels: int):
     order = np.argsort(p, kind="stable")
     offsets = np.concatenate([[0], np.cumsum(np.bincount(p, minlength=n_parcels))])
     return offsets, np.asarray(rows)[order], np.asarray(cols)[order], np.asarray(fraction, dtype="float64")[order]
+
+
+def parcel_uncertainty(offsets, rows, cols, fraction, sd_mg_ha: np.ndarray, carbon_per_agb: np.ndarray,
+                       source: np.ndarray, res_m: float, corr: ErrorCorrelation,
+                       level_sd_by_source: dict) -> pd.DataFrame:
+    """Per parcel, over its MAPPED cells (cells as in :func:`parcel_sd`; rasters: the carbon SD, the carbon per
+    unit AGB r_i = carbon_sd / agb_sd, and the serving model's code per cell): ``carbon_sd_mapped_t`` =
+    √(parcel_sd² + Σ_m level_m²), ``carbon_sd_linear_t`` (for :func:`total_sd`), ``carbon_sd_level_<code>_t``
+    = :func:`level_linear` over the cells model ``code`` serves × its ``level_sd_by_source[code]`` (Mg/ha,
+    :func:`level_offset_sd`; the models' level errors independent of each other, each shared by all the
+    cells it serves), ``covered_ha`` (mapped area).  Scale to a parcel's full area with
+    :func:`scaled_interval`."""
+    ps = parcel_sd(offsets, rows, cols, fraction, sd_mg_ha, res_m, corr)
+    src = np.asarray(source, dtype="float64")
+    ratio = np.asarray(carbon_per_agb, dtype="float64")
+    out = pd.DataFrame({"carbon_sd_linear_t": ps["carbon_sd_linear_t"], "covered_ha": ps["covered_ha"]})
+    level2 = np.zeros(len(ps))
+    for code, s in level_sd_by_source.items():
+        v = level_linear(offsets, rows, cols, fraction, np.where(src == code, ratio, 0.0), res_m) * float(s)
+        out[f"carbon_sd_level_{code}_t"] = v
+        level2 += v**2
+    out.insert(0, "carbon_sd_mapped_t", np.sqrt(ps["carbon_sd_t"].to_numpy() ** 2 + level2))
+    return out

@@ -324,7 +324,7 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
         "carbon_t": share * c_t, "carbon_sd_t": share * sd_t,
     })
     table["co2e_t"] = to_co2e(table["carbon_t"].to_numpy())
-    table["carbon_lo_t"] = table["carbon_t"] - z * table["carbon_sd_t"]
+    table["carbon_lo_t"] = (table["carbon_t"] - z * table["carbon_sd_t"]).clip(lower=0.0)
     table["carbon_hi_t"] = table["carbon_t"] + z * table["carbon_sd_t"]
     table["_x"], table["_y"] = shapely.get_x(cent), shapely.get_y(cent)
 
@@ -360,7 +360,7 @@ def project_accounts(projects: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame, to_c
             "ineligible_ha": float(t["ineligible_ha"].sum()), "contested_ha": float(t["contested_ha"].sum()),
             "n_conflicts": int(n_conflicts.get(pid, 0)),
             "carbon_t": carbon, "co2e_t": float(to_co2e(carbon)), "carbon_sd_t": sd,
-            "carbon_lo_t": carbon - z * sd, "carbon_hi_t": carbon + z * sd, "rel_half_width": rel,
+            "carbon_lo_t": max(carbon - z * sd, 0.0), "carbon_hi_t": carbon + z * sd, "rel_half_width": rel,
             "exceeds_precision": bool(rel > deduction.threshold_rel), "deduction_rule": deduction.rule,
             "deduction_fraction": frac, "deduction_t": carbon * frac, "carbon_credited_t": carbon * (1 - frac),
             "co2e_credited_t": float(to_co2e(carbon * (1 - frac))), "deduction_source": deduction.source,

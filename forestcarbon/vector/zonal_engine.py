@@ -36,7 +36,10 @@ from rasterio.windows import Window
 from ..errors import CRSError, FieldError, InputNotFoundError
 from .coverage import Grid, coverage_fractions
 
-GDAL_CACHE_MB = 64  # per task; see benchmarks/bench_zonal.py (windows are read once, the cache barely matters)
+GDAL_CACHE_MB = None
+"""GDAL block cache for the partitions' reads: None leaves the process's setting alone.  Setting it here
+(``rasterio.Env(GDAL_CACHEMAX=64)`` inside dask threads) changed it for the whole process: a later 3-band
+decimated read of a 7-band COG in the same process took minutes instead of 0.9 s (the report stage)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,31 @@ def _valid_mask(src, band: int, vals: np.ndarray, window: Window, at: np.ndarray
     return valid
 
 
-def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int = GDAL_CACHE_MB) -> dict:
+@dataclass(frozen=True)
+class PartitionCells:
+    """One partition's coverage for a reducer (:func:`zonal_stats` ``reducers``): cell ``k`` belongs to parcel
+    ``polygon[k]`` (0-based in the partition, parcels in order), lies at ``rows[k]``, ``cols[k]`` of the
+    partition's raster ``window`` and is covered by ``fraction[k]`` (0-1); ``n`` parcels; ``res_m`` the cell
+    size.  ``read(path, band)`` gives that window of a raster on the same grid as float64, NaN where
+    nodata/masked."""
+
+    polygon: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    fraction: np.ndarray
+    n: int
+    window: Window | None
+    res_m: float
+
+    def read(self, path, band: int = 1) -> np.ndarray:
+        if self.window is None:
+            return np.zeros((0, 0))
+        with rasterio.open(path) as src:
+            return src.read(band, window=self.window, masked=True).astype("float64").filled(np.nan)
+
+
+def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int | None = GDAL_CACHE_MB,
+                    reducers: dict | None = None) -> dict:
     """Statistics of one partition's parcels (WKB in ``grid.crs``): arrays in the partition's order.
 
     Memory: the partition's coverage (16 bytes a cell) plus, one band at a time, its window and ~25 bytes a
@@ -139,13 +166,24 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
     cov = coverage_fractions(wkbs, grid)
     fraction = cov.fraction.astype(np.float64)
     out = {"covered_cells": np.bincount(cov.polygon, weights=fraction, minlength=n)}
+    window = None
     if len(cov.cell):
         rows, cols = np.divmod(cov.cell, grid.width)
         r0, c0 = int(rows.min()), int(cols.min())
         window = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
         at = (rows - r0) * window.width + (cols - c0)  # flat positions in the window
+        if reducers:
+            cells = PartitionCells(cov.polygon, rows - r0, cols - c0, fraction, n, window, abs(grid.transform.a))
         del rows, cols
-    with rasterio.Env(GDAL_CACHEMAX=cache_mb):
+    elif reducers:
+        cells = PartitionCells(cov.polygon, np.zeros(0, np.int64), np.zeros(0, np.int64), fraction, n, None,
+                               abs(grid.transform.a))
+    import contextlib
+
+    with rasterio.Env(GDAL_CACHEMAX=cache_mb) if cache_mb else contextlib.nullcontext():
+        for name, reduce in (reducers or {}).items():
+            for col, values in reduce(cells).items():
+                out[f"{name}:{col}"] = np.asarray(values, dtype="float64")
         for lay in layers:
             with rasterio.open(lay.path) as src:
                 names = lay.band_names(src)
@@ -171,12 +209,17 @@ def partition_stats(wkbs, grid: Grid, layers: list[RasterLayer], cache_mb: int =
 
 
 def zonal_stats(parcels: gpd.GeoDataFrame, layers, *, id_field: str | None = None, partition_size: int = 10_000,
-                scheduler=None, cache_mb: int = GDAL_CACHE_MB) -> pd.DataFrame:
+                scheduler=None, cache_mb: int | None = GDAL_CACHE_MB, reducers: dict | None = None) -> pd.DataFrame:
     """Exact per-parcel statistics of every band of ``layers`` (paths or :class:`RasterLayer`, one grid).
 
     One row per parcel in input order: ``id_field`` (if given), ``area_ha``, ``covered_ha`` and per band
     ``{band}_sum``, ``{band}_mean``, ``{band}_valid_fraction`` (see the module docstring).  Partitions of
     ``partition_size`` parcels run as dask tasks on ``scheduler`` (dask's current default if None).
+
+    ``reducers``: {name: f(:class:`PartitionCells`) -> {column: per-parcel array}} run on each partition's
+    coverage (the same fractions, computed once) for statistics that need the cells themselves (e.g. the SD
+    of a parcel total with correlated pixel errors); their columns come back as ``{column}``.  A reducer
+    must be picklable for a distributed scheduler (a module-level function or a ``functools.partial``).
     """
     if parcels.crs is None:
         raise CRSError("parcels have no CRS")
@@ -193,7 +236,7 @@ def zonal_stats(parcels: gpd.GeoDataFrame, layers, *, id_field: str | None = Non
     parts = hilbert_partitions(gpd.GeoSeries(geoms, crs=grid.crs), partition_size)
     wkb = shapely.to_wkb(geoms)
     task = dask.delayed(partition_stats)  # not pure: hashing the WKB would cost ~1 s per 100,000 parcels
-    results = dask.compute(*[task(wkb[p], grid, layers, cache_mb) for p in parts], scheduler=scheduler)
+    results = dask.compute(*[task(wkb[p], grid, layers, cache_mb, reducers) for p in parts], scheduler=scheduler)
 
     cell_ha = grid.cell_area_m2 / 10_000
     covered = np.zeros(n)
@@ -211,4 +254,10 @@ def zonal_stats(parcels: gpd.GeoDataFrame, layers, *, id_field: str | None = Non
             df[f"{b}_sum"] = sums[b]
             df[f"{b}_mean"] = np.where(valid_cells[b] > 0, sums[b] / valid_cells[b], np.nan)
             df[f"{b}_valid_fraction"] = np.where(covered > 0, valid_cells[b] / covered, 0.0)
+    extra = sorted({k for res in results for k in res if ":" in k})
+    for k in extra:
+        col = np.full(n, np.nan)
+        for p, res in zip(parts, results):
+            col[p] = res[k]
+        df[k.split(":", 1)[1]] = col
     return df

@@ -154,7 +154,7 @@ def check_forest_codes(path: Path, layer: str | None, field: str, codes: tuple[s
                                        codes))
     if not values.isin(codes).any():
         found = sorted(values.unique().tolist())
-        raise ConfigError(f"forest_mask.forest_codes {list(codes)}: no parcel of {path} carries one in field {field!r} "
+        raise ConfigError(f"parcels.forest_codes {list(codes)}: no parcel of {path} carries one in field {field!r} "
                           f"(its values: {found[:12]}{' ...' if len(found) > 12 else ''})")
 
 
