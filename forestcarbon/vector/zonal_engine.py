@@ -39,7 +39,8 @@ from .coverage import Grid, coverage_fractions
 GDAL_CACHE_MB = None
 """GDAL block cache for the partitions' reads: None leaves the process's setting alone.  Setting it here
 (``rasterio.Env(GDAL_CACHEMAX=64)`` inside dask threads) changed it for the whole process: a later 3-band
-decimated read of a 7-band COG in the same process took minutes instead of 0.9 s (the report stage)."""
+decimated read of a 7-band COG in the same process took minutes instead of 0.9 s (the report stage).  The cache hardly matters for the
+engine itself: 8 MB vs 256 MB gave 18.7 s vs 17.3 s on the 20,000-parcel benchmark (within noise)."""
 
 
 @dataclass(frozen=True)
