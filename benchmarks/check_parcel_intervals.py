@@ -186,6 +186,7 @@ def project_check(out: Path, parcels, off, r, c, f, sd, res, corr) -> list:
                           "x": cent.x.to_numpy(), "y": cent.y.to_numpy()})
     index = pd.Series(np.arange(len(parcels)), index=parcels["parcel_id"].to_numpy())
     rows = []
+    shares = shares[["project_id", "parcel_id", share_col]]
     for proj, g in shares.groupby("project_id"):
         t = g.merge(table, on="parcel_id").rename(columns={share_col: "weight"})
         if t.empty:
