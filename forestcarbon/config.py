@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, CRSError, ForestCarbonError
 
@@ -230,6 +230,11 @@ class CarbonConfig(_Strict):
     group_field: str | None = None
 
 
+LandClassCodes = Annotated[tuple[str, ...], BeforeValidator(
+    lambda v: tuple(str(c).strip() for c in v) if isinstance(v, (list, tuple)) else v)]
+"""Land-class codes as text (an unquoted 0111 in YAML is the number 111: the codes are compared as text)."""
+
+
 class ForestMaskConfig(_Strict):
     """Where the map may hold biomass (:mod:`forestcarbon.rs.forest_mask`); nothing configured: everywhere.
 
@@ -242,17 +247,12 @@ class ForestMaskConfig(_Strict):
     """
 
     parcel_field: str | None = None
-    forest_codes: tuple[str, ...] = ()
+    forest_codes: LandClassCodes = ()
     outside_parcels: Literal["non_forest", "evidence"] = "non_forest"
     landcover_forest_classes: tuple[int, ...] = (10,)
     landcover_never_forest_classes: tuple[int, ...] = (50, 80)
     ndvi_min: float | None = Field(None, ge=-1, le=1)
     non_forest_agb_mg_ha: float = Field(0.0, ge=0)
-
-    @field_validator("forest_codes", mode="before")
-    @classmethod
-    def _codes_are_text(cls, v):
-        return tuple(str(c).strip() for c in v) if isinstance(v, (list, tuple)) else v
 
     @model_validator(mode="after")
     def _codes_with_field(self) -> "ForestMaskConfig":
@@ -291,17 +291,12 @@ class ParcelsConfig(_Strict):
     area_field: str | None = None
     area_unit: Literal["mu", "ha", "m2"] = "mu"
     land_class_field: str | None = None
-    forest_codes: tuple[str, ...] = ()
+    forest_codes: LandClassCodes = ()
     species_field: str | None = None
     age_group_field: str | None = None
     encoding: str | None = None
     max_areal_scale_error: float = Field(0.001, gt=0, lt=0.1)
     area_tolerance_rel: float = Field(0.05, gt=0)
-
-    @field_validator("forest_codes", mode="before")
-    @classmethod
-    def _codes_are_text(cls, v):
-        return tuple(str(c).strip() for c in v) if isinstance(v, (list, tuple)) else v
 
     @model_validator(mode="after")
     def _codes_with_field(self) -> "ParcelsConfig":

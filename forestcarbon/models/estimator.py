@@ -243,20 +243,33 @@ def nested_cv(X: pd.DataFrame, y, splits, groups, *, folds: int = 5, kinds: Sequ
     chosen in each outer fold)."""
     from .validation import CVResult, _class_metrics, accuracy, fold_ids, make_splits
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .coverage import predict_threads
+
     y = np.asarray(y, dtype="float64")
     groups = None if groups is None else np.asarray(groups).astype(str)
     pred = np.full(y.size, np.nan)
-    rows, chosen = [], []
-    for k, (train, test) in enumerate(splits):
+
+    def outer(fold):
+        train, test = fold
         g = None if groups is None else groups[train]
         inner = make_splits(train.size, groups=g, folds=folds if g is None else min(folds, np.unique(g).size),
                             seed=seed)
         cov = None if coverage is None else np.asarray(coverage)[train]
         est, table, _ = select_model(X.iloc[train], y[train], inner, kinds=kinds, rf_grid=rf_grid, seed=seed,
                                      scheme=scheme, coverage=cov)
-        chosen.append(str(table.loc[table.chosen, "candidate"].iloc[0]))
-        pred[test] = est.fit(X.iloc[train], y[train]).predict(X.iloc[test])
-        rows.append({"fold": k, "chosen": chosen[-1], **accuracy(y[test], pred[test])})
+        return str(table.loc[table.chosen, "candidate"].iloc[0]), est.fit(X.iloc[train], y[train]).predict(X.iloc[test])
+
+    # the outer folds are independent: run them in threads (tree building releases the GIL); each fold's
+    # numbers do not depend on the threads
+    with ThreadPoolExecutor(min(predict_threads(), len(splits))) as pool:
+        done = list(pool.map(outer, splits))
+    rows, chosen = [], []
+    for k, ((train, test), (label, p)) in enumerate(zip(splits, done)):
+        pred[test] = p
+        chosen.append(label)
+        rows.append({"fold": k, "chosen": label, **accuracy(y[test], pred[test])})
     fold = fold_ids(splits, y.size)
     done = fold >= 0
     res = CVResult(f"{scheme}, model chosen inside each fold (nested)", y, pred, fold, accuracy(y[done], pred[done]),
