@@ -131,7 +131,7 @@ def write_features(folder: Path, side: int, n_features: int, chunk: int, seed: i
 
 
 def full_path(sources: list[tuple[str, list[str]]], bundle_path: str, side: int, chunk: int, out: str,
-              workers: int) -> float:
+              workers: int, cache_mb: int | None = 512) -> float:
     """The map stage's prediction wiring (``flows.stages.stage_map``, without the mask and carbon layers)."""
     import dask
     import joblib
@@ -144,8 +144,10 @@ def full_path(sources: list[tuple[str, list[str]]], bundle_path: str, side: int,
     bundle = joblib.load(bundle_path)
     gbox = geobox(side)
     out = Path(out)
+    from forestcarbon.rs.cog import gdal_cache
+
     t0 = time.perf_counter()
-    with dask.config.set(scheduler="threads", num_workers=workers):
+    with dask.config.set(scheduler="threads", num_workers=workers), gdal_cache(cache_mb):
         names = [n for _, ns in sources for n in ns]
         stack = xr.concat([open_stack(Path(p), chunk).sel(band=ns) for p, ns in sources], dim="band")
         data = stack.data.rechunk({0: -1})
@@ -197,6 +199,7 @@ def main(argv=None):
                     help="point model kinds compared by fit_table (auto: both, as the map stage's model.kind auto)")
     ap.add_argument("--model", type=Path, help="reuse the model saved here by an earlier run (fit and save it if absent)")
     ap.add_argument("--no-areas", action="store_true", help="skip the memory-by-area runs")
+    ap.add_argument("--gdal-cache-mb", type=int, default=512, help="GDAL block cache (the map stage's compute.gdal_cache_mb; 0: GDAL's default)")
     a = ap.parse_args(argv)
     side = side_for(a.pixels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,19 +215,21 @@ def main(argv=None):
         sources = write_features(tmp / "speed", side, a.features, a.chunk)
         ref_s, ref_px = reference(sources, str(bundle), side, a.reference_pixels)
         (tmp / "out").mkdir()
-        secs, peak = run_isolated(full_path, sources, str(bundle), side, a.chunk, str(tmp / "out"), a.workers)
+        cache = a.gdal_cache_mb or None
+        secs, peak = run_isolated(full_path, sources, str(bundle), side, a.chunk, str(tmp / "out"), a.workers, cache)
         by_area = {}
         for k in () if a.no_areas else (1, 2, 4):
             s = side_for(a.base * k)
             src = write_features(tmp / f"area{k}", s, a.features, a.chunk, seed=k)
             (tmp / f"out{k}").mkdir()
             by_area[f"{k}x"] = round(run_isolated(full_path, src, str(bundle), s, a.chunk, str(tmp / f"out{k}"),
-                                                  a.workers)[1], 1)
+                                                  a.workers, cache)[1], 1)
     px = side * side
     result = {
         "stage": "predict",
         "workload": f"{side}x{side} = {px} pixels x {a.features} features from {len(sources)} COGs; AGB, SD, p05, "
-                    f"p95, model_source written (5-band COG + 5 COGs); chunk {a.chunk}, {a.workers} dask threads",
+                    f"p95, model_source written (5-band COG + 5 COGs); chunk {a.chunk}, {a.workers} dask threads, "
+                    f"GDAL cache {a.gdal_cache_mb or 'default'} MB",
         "model": chosen, "pixels_per_s": round(px / secs), "reference_pixels_per_s": round(ref_px / ref_s),
         "ratio_to_reference": round((px / secs) / (ref_px / ref_s), 3), "peak_rss_mb": round(peak, 1),
         "peak_rss_mb_by_area": by_area, "seconds": round(secs, 1), "reference_seconds": round(ref_s, 1),

@@ -43,7 +43,7 @@ CASES = {
     # the 小班 key XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN: row 6 given row 5's key
     "duplicate_parcel_ids": (lambda s, t: {"parcels": _copy_parcels(s, t, lambda g: g.assign(**{
         k: g[k].where(g.index != 5, g[k][4]) for k in ("XIAN", "XIANG", "CUN", "LIN_BAN", "XIAO_BAN")}))},
-        FieldError, ["'XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN' has duplicated values", "rows 5, 6"]),
+        FieldError, ["'XIAN+XIANG+CUN+LIN_BAN+XIAO_BAN' has duplicated values", "(rows [5, 6])"]),
     "parcel_without_geometry": (lambda s, t: {"parcels": _copy_parcels(s, t, lambda g: g.set_geometry(
         g.geometry.where(g.index != 3, None)))}, FieldError, ["have no geometry"]),
 }

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ..config import Config, load_config
 from ..errors import ConfigError
+from ..rs.cog import gdal_cache
 from .stages import STAGES, Context, preflight
 
 log = logging.getLogger("forestcarbon")
@@ -41,7 +42,7 @@ def dask_scheduler(cfg: Config):
             log.info("dask: using cluster %s", client.dashboard_link)
             yield
     else:
-        with dask.config.set(scheduler="threads", num_workers=cfg.compute.workers):
+        with dask.config.set(scheduler="threads", num_workers=cfg.compute.workers), gdal_cache(cfg.compute.gdal_cache_mb):
             yield
 
 

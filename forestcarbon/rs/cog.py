@@ -8,6 +8,8 @@ block, so memory is bounded by the chunk size, not by the area.
 
 from __future__ import annotations
 
+import contextlib
+
 import tempfile
 from pathlib import Path
 
@@ -101,3 +103,15 @@ def cog_from_windows(path: Path | str, gbox: GeoBox, sources: list[tuple[GeoBox,
                 ds.update_tags(**{k: str(v) for k, v in tags.items()})
         _copy_as_cog(vrt, final_tmp, "float32")
     return path
+
+
+@contextlib.contextmanager
+def gdal_cache(mb: int | None):
+    """GDAL's block cache at ``mb`` MB for the run (``compute.gdal_cache_mb``), restored afterwards."""
+    if mb is None:
+        yield
+        return
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=int(mb)):
+        yield

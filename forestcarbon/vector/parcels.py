@@ -183,11 +183,16 @@ def check_parcels(path: Path | str, fields: ParcelFields = ParcelFields(), layer
     _check_schema(path, layer, fields, where)
     cols = list(fields.id_fields)
     if path.suffix.lower() in (".parquet", ".geoparquet"):
-        df = pd.read_parquet(path, columns=cols)
+        df = gpd.read_parquet(path, columns=[*cols, "geometry"])
     else:
         enc = fields.encoding if path.suffix.lower() == ".shp" else None
-        df = pyogrio.read_dataframe(path, layer=layer, columns=cols, read_geometry=False, encoding=enc)
-    _parcel_ids(df, fields, where)
+        df = pyogrio.read_dataframe(path, layer=layer, columns=cols, encoding=enc)
+    ids = _parcel_ids(df, fields, where)
+    geom = np.asarray(df.geometry.array)
+    missing = shapely.is_missing(geom) | shapely.is_empty(geom)
+    if missing.any():
+        raise FieldError(f"{where}: {int(missing.sum())} features have no geometry: parcel ids "
+                         f"{listing(ids[missing])} (rows {_rows(missing)})")
 
 
 def read_parcels(path: Path | str, to_crs, fields: ParcelFields = ParcelFields(), layer: str | None = None,
