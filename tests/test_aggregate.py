@@ -295,3 +295,27 @@ def test_total_sd_names_bad_row():
                          "x": [0.0, 1], "y": [0.0, 1]})
     with pytest.raises(FieldError, match=r"row 2 \(parcel b\): weight = -1"):
         total_sd(rows, ErrorCorrelation("exponential", 10, 0, 100))
+
+
+def test_parcel_uncertainty_level_terms_by_hand():
+    """Two parcels on a 2 x 2 grid of 10 m cells (0.01 ha): parcel 0 holds cells (0,0) whole and (0,1) half,
+    served by models 1 and 2; parcel 1 holds (1,1) whole, model 2.  Level term of model m = Σ a_i r_i s_m over
+    the cells m serves; the total SD is √(parcel_sd² + Σ_m level_m²)."""
+    from forestcarbon.models.aggregate import error_correlation, parcel_sd, parcel_uncertainty
+
+    offsets = np.array([0, 2, 3])
+    rows, cols, frac = np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([1.0, 0.5, 1.0])
+    sd = np.array([[4.0, 2.0], [1.0, 3.0]])
+    ratio = np.array([[0.5, 0.4], [0.5, 0.45]])
+    source = np.array([[1, 2], [2, 2]])
+    corr = error_correlation({"model": "exponential", "nugget": 10.0, "partial_sill": 30.0, "range_param_m": 50.0,
+                              "practical_range_m": 150.0, "lag_m": [100.0], "gamma": [1.0], "pairs": [10],
+                              "status": "ok"}, 667.0)
+    got = parcel_uncertainty(offsets, rows, cols, frac, sd, ratio, source, 10.0, corr, {1: 2.0, 2: 3.0})
+    lev1 = np.array([0.01 * 1.0 * 0.5 * 2.0, 0.0])
+    lev2 = np.array([0.01 * 0.5 * 0.4 * 3.0, 0.01 * 1.0 * 0.45 * 3.0])
+    np.testing.assert_allclose(got["carbon_sd_level_1_t"], lev1, rtol=1e-12)
+    np.testing.assert_allclose(got["carbon_sd_level_2_t"], lev2, rtol=1e-12)
+    base = parcel_sd(offsets, rows, cols, frac, sd, 10.0, corr)["carbon_sd_t"].to_numpy()
+    np.testing.assert_allclose(got["carbon_sd_mapped_t"], np.sqrt(base**2 + lev1**2 + lev2**2), rtol=1e-12)
+    np.testing.assert_allclose(got["covered_ha"], [0.015, 0.01], rtol=1e-12)

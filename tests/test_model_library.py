@@ -343,3 +343,31 @@ def test_fit_table_card_and_check_card():
     with pytest.raises(ModelError, match="made for grid"):
         check_card(card, ["zmean", "pzabove2"], grid={"crs": "EPSG:4549", "resolution_m": 30.0})
     assert fold_ids([(np.array([1]), np.array([0]))], 2).tolist() == [0, -1]
+
+
+def test_nested_cv_repeats_the_choice_inside_each_outer_fold():
+    """The nested figure equals a hand loop: per outer fold, group-holding inner
+    splits of the training rows, the candidate with the lowest inner RMSE (computed here with
+    cross_val_predict), refitted and predicting the held-out rows."""
+    from sklearn.model_selection import cross_val_predict
+
+    from forestcarbon.models.estimator import candidates, nested_cv
+
+    t = _hetero(np.random.default_rng(14), n_groups=15, per=6)
+    X, y, g = t[["zmean", "noise"]], t.agb_mg_ha.to_numpy(), t.g.astype(str).to_numpy()
+    grid = {"min_samples_leaf": (1, 8)}
+    outer = make_splits(len(t), groups=g, folds=3)
+    res, chosen = nested_cv(X, y, outer, g, folds=3, kinds=["random_forest"], rf_grid=grid)
+    pred = np.full(len(t), np.nan)
+    for k, (train, test) in enumerate(outer):
+        inner = make_splits(train.size, groups=g[train], folds=3)
+        rmses = {}
+        for label, est in candidates(["random_forest"], grid):
+            p = cross_val_predict(est, X.iloc[train], y[train], cv=inner)
+            rmses[label] = np.sqrt(np.mean((p - y[train]) ** 2))
+        best = min(rmses, key=rmses.get)
+        assert chosen[k] == best
+        est = dict(candidates(["random_forest"], grid))[best]
+        pred[test] = est.fit(X.iloc[train], y[train]).predict(X.iloc[test])
+    np.testing.assert_allclose(res.predicted, pred, rtol=1e-12)
+    assert res.overall["rmse"] == pytest.approx(np.sqrt(np.mean((pred - y) ** 2)))
