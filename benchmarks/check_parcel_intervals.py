@@ -107,7 +107,8 @@ def main(scene: Path, out: Path) -> dict:
         yield f"nugget unresolved below the first lag {main_corr.nugget_range_m:.0f} m, no level offset", main_corr
         yield "nugget white, regularised to the plot support", white
         yield "nugget white on the pixel diagonal (naive)", replace(white, support_m2=res * res)
-        yield "no nugget (all variance in the fitted structure)", replace(white, nugget_share=0.0)
+        if card["models"][name]["residual_variogram"]["partial_sill"] > 0:  # a fitted structure to put it in
+            yield "no nugget (all variance in the fitted structure)", replace(white, nugget_share=0.0)
         for n, cr in corrs.items():
             if n != name:
                 yield f"{n} variogram (nugget unresolved below {cr.nugget_range_m:.0f} m)", cr

@@ -17,6 +17,24 @@ from forestcarbon.models.aggregate import (ErrorCorrelation, cells_from_coverage
                                            parcel_sd, total_sd, weight_field_sd, weighted_cells_sd,
                                            window_variances)
 from forestcarbon.models.validation import ResidualVariogram
+from scipy.integrate import quad
+
+
+def _mean_over_square(kernel, area_m2: float) -> float:
+    """Mean of kernel(distance) over pairs of independent uniform points in a square of area ``area_m2``,
+    integrated against the distance density in the unit square (Ghosh 1951, Ann. Math. Stat. 22:... ;
+    Philip 2007, KTH TRITA-MAT 07-MA-17): f(t) = 2t(π − 4t + t²) on [0, 1],
+    2t(4√(t² − 1) − (t² + 2 − π) − 4 arcsec t) on [1, √2]."""
+    side = math.sqrt(area_m2)
+
+    def f(t):
+        if t <= 1:
+            return 2 * t * (math.pi - 4 * t + t * t)
+        return 2 * t * (4 * math.sqrt(t * t - 1) - (t * t + 2 - math.pi) - 4 * math.acos(1 / t))
+
+    assert quad(f, 0, 1)[0] + quad(f, 1, math.sqrt(2))[0] == pytest.approx(1.0, abs=1e-9)
+    g = lambda t: float(kernel(side * t)) * f(t)  # noqa: E731
+    return quad(g, 0, 1, epsabs=1e-12, limit=200)[0] + quad(g, 1, math.sqrt(2), epsabs=1e-12, limit=200)[0]
 
 
 def _vg(model="exponential", c0=30.0, c1=70.0, a=150.0, lags=(210.0, 400.0)) -> ResidualVariogram:
@@ -70,7 +88,25 @@ def test_unresolved_nugget_parcel_sd_double_sum():
     q = np.minimum(d / 120.0, 1)
     K = 0.4 * np.exp(-d / 90.0) + 0.6 * (1 - 1.5 * q + 0.5 * q**3)
     w = f * 0.01 * sd[r, c]
-    assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
+    # σ is the SD at the 667 m² plots' support: between points the covariance is σσK / K̄(plot)
+    kbar = _mean_over_square(lambda h: 0.4 * math.exp(-h / 90.0) + 0.6 * (1 - 1.5 * min(h / 120, 1)
+                                                                           + 0.5 * min(h / 120, 1) ** 3), 667)
+    assert got == pytest.approx(math.sqrt(w @ K @ w / kbar), rel=1e-4)
+
+
+@pytest.mark.parametrize("nugget", ["unresolved", "white"])
+def test_point_variance_factor_against_distance_density(nugget):
+    """g = (1 − white share) / K̄(plot), K̄ integrated against the exact distance density of two points in a
+    square (independent of the code's midpoint grid)."""
+    corr = error_correlation(_vg(c0=50, c1=50, a=20, lags=(60.0, 400.0)), support_m2=667, nugget=nugget)
+    if nugget == "white":
+        expected = 1 / _mean_over_square(lambda h: math.exp(-h / 20), 667)
+    else:
+        expected = 1 / _mean_over_square(lambda h: 0.5 * math.exp(-h / 20) + 0.5 * (
+            1 - 1.5 * min(h / 60, 1) + 0.5 * min(h / 60, 1) ** 3), 667)
+    assert expected > 1.1  # a short structure: the plots averaged a good part of the point variance away
+    assert corr.point_variance_factor == pytest.approx(expected, rel=3e-4)  # 48 x 48 midpoint grid
+    assert corr.covariance(35.0) == pytest.approx(expected * corr.kernel(35.0), rel=3e-4)
 
 
 def test_map_correlation_from_card():
@@ -110,7 +146,7 @@ def test_window_variance_equals_double_sum(model, a):
     for n in range(3):
         r, c = np.nonzero(np.ones((7, 11)))
         w = win[n].ravel()
-        brute = 0.8 * (w @ _brute_k(r, c, 10.0, model, a) @ w)
+        brute = corr.point_variance_factor * 0.8 * (w @ _brute_k(r, c, 10.0, model, a) @ w)
         assert window_variances(win, 10.0, corr)[n] == pytest.approx(brute, rel=1e-9)
 
 
@@ -142,7 +178,8 @@ def test_parcel_sd_equals_double_sum():
             assert got.carbon_sd_t[p] == 0
             continue
         K = _brute_k(rr, cc, res, "exponential", 60.0)
-        var = sum(a[i] * a[j] * s[i] * s[j] * 0.65 * K[i, j] for i in range(a.size) for j in range(a.size))
+        var = corr.point_variance_factor * sum(a[i] * a[j] * s[i] * s[j] * 0.65 * K[i, j]
+                                               for i in range(a.size) for j in range(a.size))
         var += sum(0.35 * s[i] ** 2 * ap * a[i] for i in range(a.size))
         assert got.carbon_sd_t[p] == pytest.approx(math.sqrt(var), rel=1e-9)
         assert got.carbon_sd_linear_t[p] == pytest.approx(float(np.sum(a * s)), rel=1e-12)
@@ -159,7 +196,7 @@ def test_weight_field_is_sum_of_parcels_with_cross_terms():
     r, c = np.nonzero(area > 0)
     a, s = area[r, c], sd[r, c]
     w = a * s * 0.75**0.5
-    var = w @ _brute_k(r, c, 10.0, "spherical", 45.0) @ w + np.sum(0.25 * s**2 * 0.05 * a)
+    var = corr.point_variance_factor * (w @ _brute_k(r, c, 10.0, "spherical", 45.0) @ w) + np.sum(0.25 * s**2 * 0.05 * a)
     assert weight_field_sd(area, sd, 10.0, corr) == pytest.approx(math.sqrt(var), rel=1e-9)
 
 
@@ -177,10 +214,10 @@ def test_weighted_cells_sd_includes_cross_parcel_pairs():
     d = 10.0 * np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
     q = np.minimum(d / 100.0, 1)
     K = 0.7 * np.exp(-d / 40.0) + 0.3 * (1 - 1.5 * q + 0.5 * q**3)
-    assert got == pytest.approx(math.sqrt(w @ K @ w), rel=1e-9)
+    assert got == pytest.approx(math.sqrt(corr.point_variance_factor * (w @ K @ w)), rel=1e-9)
     white = ErrorCorrelation("exponential", 40.0, 0.3, 600.0)  # white nugget: g_p² of each parcel's own part
     g = np.array([0.5] * 5 + [2.0] * 3)
-    var = 0.7 * (w @ np.exp(-d / 40.0) @ w) + np.sum(0.3 * sd[r, c] ** 2 * 0.06 * g**2 * f * 0.01)
+    var = white.point_variance_factor * 0.7 * (w @ np.exp(-d / 40.0) @ w) + np.sum(0.3 * sd[r, c] ** 2 * 0.06 * g**2 * f * 0.01)
     assert weighted_cells_sd([0, 5, 8], r, c, f, [0.5, 2.0], sd, 10.0, white) == pytest.approx(math.sqrt(var), rel=1e-9)
 
 
@@ -217,12 +254,16 @@ def test_monte_carlo_parcel_sum_sd(nugget_range_m):
     nu, ap = 0.3, 0.0667
     k = np.exp(-np.hypot((rr[:, None] - rr) * res, (cc[:, None] - cc) * res) / 80.0)
     d = np.hypot((rr[:, None] - rr) * res, (cc[:, None] - cc) * res)
+    # σ is the SD at the plots' support (A_p = 667 m²): the structured covariance between points is σσK / K̄(A_p)
     if nugget_range_m is None:
         # the nugget as white noise at its intensity: the covered part a_i of cell i has variance ν σ_i² A_p / a_i
-        cov = np.outer(s, s) * (1 - nu) * k + np.diag(nu * s**2 * ap / a)
+        g = 1 / _mean_over_square(lambda h: math.exp(-h / 80.0), ap * 10_000)
+        cov = np.outer(s, s) * (1 - nu) * k * g + np.diag(nu * s**2 * ap / a)
     else:  # the nugget as a spherical structure of range 60 m
         q = np.minimum(d / nugget_range_m, 1)
-        cov = np.outer(s, s) * ((1 - nu) * k + nu * (1 - 1.5 * q + 0.5 * q**3))
+        g = 1 / _mean_over_square(lambda h: (1 - nu) * math.exp(-h / 80.0) + nu * (
+            1 - 1.5 * min(h / nugget_range_m, 1) + 0.5 * min(h / nugget_range_m, 1) ** 3), ap * 10_000)
+        cov = np.outer(s, s) * ((1 - nu) * k + nu * (1 - 1.5 * q + 0.5 * q**3)) * g
     L = np.linalg.cholesky(cov)
     N = 4000
     e = L @ rng.standard_normal((a.size, N))
@@ -271,7 +312,7 @@ def test_total_sd_double_sum_over_parcels():
     corr = ErrorCorrelation("exponential", 100.0, 0.4, 667)
     g, sd, L = np.array([1, 0.5, 0.25]), np.array([2.0, 3, 4]), np.array([1.5, 2.5, 3.5])
     d = {(0, 1): 100.0, (0, 2): 300.0, (1, 2): math.hypot(100, 300)}
-    var = float(np.sum((g * sd) ** 2)) + 2 * sum(g[i] * g[j] * L[i] * L[j] * 0.6 * math.exp(-dd / 100)
+    var = float(np.sum((g * sd) ** 2)) + 2 * sum(g[i] * g[j] * L[i] * L[j] * corr.point_variance_factor * 0.6 * math.exp(-dd / 100)
                                                  for (i, j), dd in d.items())
     assert total_sd(rows, corr) == pytest.approx(math.sqrt(var), rel=1e-12)
     rows["carbon_sd_level_t"] = [0.5, 1.0, 0.0]  # a shared level offset: fully correlated between parcels

@@ -149,6 +149,29 @@ def test_empirical_variogram_matches_double_loop_and_fit_recovers_range():
         assert check_block_size(5000, v)
 
 
+def test_variogram_without_structure_is_a_pure_nugget():
+    """Independent residuals: the F test against a flat γ finds no structure (partial sill 0, the nugget the
+    pairs-weighted mean γ, practical range the first lag); over 20 independent sets it rejects at about its
+    5 % level; a correlated field keeps its structure."""
+    pvals = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        xy = rng.uniform(0, 6000, (300, 2))
+        v = residual_variogram(xy[:, 0], xy[:, 1], rng.normal(0, 30, 300), max_lag_m=3000)
+        pvals.append(v.structure_p_value)
+        if seed == 0:
+            assert v.structure_p_value > 0.05 and v.partial_sill == 0.0 and v.status == "ok"
+            assert v.nugget == pytest.approx(np.sum(np.array(v.gamma) * v.pairs) / np.sum(v.pairs), rel=1e-12)
+            assert v.practical_range_m == pytest.approx(v.lag_m[0])
+            with warnings.catch_warnings():  # nothing resolved beyond the first lag: no block-size warning
+                warnings.simplefilter("error")
+                assert check_block_size(1000, v)
+    assert np.mean(np.array(pvals) < 0.05) <= 0.2
+    xy, _, z = _gaussian_field(7, 500)
+    v = residual_variogram(xy[:, 0], xy[:, 1], z, max_lag_m=3000)
+    assert v.structure_p_value < 1e-3 and v.partial_sill > 10
+
+
 # ------------------------------------------------------ area of applicability
 def _r_quantile7(x, p):
     """R's default quantile (type 7), written out."""
