@@ -285,3 +285,70 @@ def test_match_detected_to_field_by_hand():
     assert m[["det_index", "field_index"]].to_numpy().tolist() == [[0, 0], [1, 1], [2, 2]]
     m2 = match_detected_to_field(det, [20, 20, 30], field, [20, 30, 30])  # d1-f1 height off by 33 %
     assert m2[["det_index", "field_index"]].to_numpy().tolist() == [[0, 0], [2, 2]]
+
+
+# ---------------------------------------------------------------- real data
+
+def test_mixedconifer_lidr_counts():
+    """lidR tests/testthat/test-locate_trees.R: on MixedConifer.laz (Z >= 0) locate_trees(las, lmf(5)) has
+    177 trees and lmf(function(x) x * 0.07 + 3) 205 (default hmin = 2, circular)."""
+    from forestcarbon.rs.lidar.io import read_points
+    p = data_file("lidar", "lidR", "MixedConifer.laz")
+    if p is None:
+        pytest.skip("lidR MixedConifer.laz not in shared/data/lidar/lidR")
+    x, y, z, _ = read_points(p)
+    k = z >= 0
+    x, y, z = x[k], y[k], z[k]
+    assert len(local_maxima_points(x, y, z, 5.0)) == 177
+    assert len(local_maxima_points(x, y, z, lambda h: h * 0.07 + 3)) == 205
+
+
+def test_chablais3_against_field_inventory():
+    """lidaRtRee chablais3: 0.5 m pit-free CHM, median 3 x 3, window 1 + 0.15 h in [2, 8] m, hmin 5 m.
+    Field trees >= 10 m; a detection matches within 3 m and 20 % of the field height (one-to-one, closest first);
+    commissions are detections >= 10 m inside the field trees' convex hull with no match."""
+    from shapely import contains_xy
+    from shapely.geometry import MultiPoint
+
+    from forestcarbon.rs.lidar.chm import pitfree_chm
+    from forestcarbon.rs.lidar.ground import normalize_heights
+    from forestcarbon.rs.lidar.io import read_points
+    p = data_file("lidar", "lidaRtRee", "las_chablais3.laz")
+    q = data_file("lidar", "lidaRtRee", "tree_inventory_chablais3.csv")
+    if p is None or q is None:
+        pytest.skip("lidaRtRee las_chablais3.laz / tree_inventory_chablais3.csv not in shared/data/lidar/lidaRtRee")
+    x, y, z, cls, ret = read_points(p, returns=True)
+    h = normalize_heights(x, y, z, cls)
+    first = ret == 1
+    res = 0.5
+    x0, y0 = np.floor(x.min()), np.ceil(y.max())
+    shape = (int(np.ceil((y0 - y.min()) / res)), int(np.ceil((x.max() - x0) / res)))
+    chm = pitfree_chm(x[first], y[first], h[first], x0, y0, res, shape)
+    tf = from_origin(x0, y0, res, res)
+    kw = dict(ws=(1.0, 0.15, 2.0, 8.0), hmin_m=5.0, smooth={"size_px": 3, "method": "median"}, max_cr_m=5.0)
+    trees, labels = detect_trees(chm, tf, tile_px=10_000, **kw)
+    trees_t, labels_t = detect_trees(chm, tf, tile_px=48, **kw)
+    pd.testing.assert_frame_equal(trees, trees_t)
+    assert np.array_equal(labels, labels_t)
+
+    fld = pd.read_csv(q)
+    m = match_detected_to_field(trees[["x", "y"]].to_numpy(), trees["height_raw_m"].to_numpy(),
+                                fld[["x", "y"]].to_numpy(), fld["h"].to_numpy())
+    big = np.flatnonzero(fld["h"].to_numpy() >= 10)
+    detection = np.isin(big, m["field_index"]).mean()
+    hull = MultiPoint(fld[["x", "y"]].to_numpy()).convex_hull
+    dbig = np.flatnonzero((trees["height_raw_m"].to_numpy() >= 10)
+                          & contains_xy(hull, trees["x"].to_numpy(), trees["y"].to_numpy()))
+    commission = 1 - np.isin(dbig, m["det_index"]).mean()
+    dh = m.loc[np.isin(m["field_index"], big), "dh_m"].to_numpy()
+    rmse, bias = np.sqrt(np.mean(dh ** 2)), dh.mean()
+    print(f"chablais3: {len(big)} field trees >= 10 m, {len(dbig)} detections >= 10 m in the plot hull; "
+          f"detection {detection:.3f}, commission {commission:.3f}, height RMSE {rmse:.2f} m, bias {bias:+.2f} m")
+    # measured: detection 0.612, commission 0.042, RMSE 1.24 m, bias -0.51 m
+    assert detection >= 0.5
+    assert commission <= 0.15
+    assert rmse < 2.0 and -1.5 < bias < 0.5
+    # crowns: every top in its own crown, crowns a plausible size for 10-30 m conifers
+    assert all(labels[r, c] == i + 1 for i, (r, c) in enumerate(zip(trees["row"], trees["col"])))
+    d = trees.loc[trees["height_raw_m"] >= 10, "crown_diameter_m"]
+    assert 2.0 < d.median() < 8.0
