@@ -383,14 +383,13 @@ def detect_trees(chm, transform, ws, hmin_m: float = 2.0, tile_px: int = 1024, b
     labels = np.zeros(chm.shape, np.int32)
     if segmentation is not None and len(tops):
         tr, tc = tops["row"].to_numpy(), tops["col"].to_numpy()
-        kw = {k: v for k, v in seg_kw.items()}
         for t in tiles:
             core_ids = np.flatnonzero((tr >= t[0]) & (tr < t[1]) & (tc >= t[2]) & (tc < t[3]))
             if core_ids.size == 0:
                 continue
             w, a = window(t, buffer_px)
             inw = np.flatnonzero((tr >= w[0]) & (tr < w[1]) & (tc >= w[2]) & (tc < w[3]))
-            lab = segment_crowns(a, np.c_[tr[inw] - w[0], tc[inw] - w[2]], method=segmentation, res_m=res, **kw)
+            lab = segment_crowns(a, np.c_[tr[inw] - w[0], tc[inw] - w[2]], method=segmentation, res_m=res, **seg_kw)
             gid = np.r_[0, inw + 1].astype(np.int32)[lab]
             own = np.isin(gid, core_ids + 1)
             labels[w[0]:w[1], w[2]:w[3]][own] = gid[own]
