@@ -210,9 +210,10 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
     out["mc_draws"] = draws
     if labels is None:
         return out
+    has = codes >= 0
     tot = pd.DataFrame({"label": labels,
-                        "n_trees": np.bincount(codes[codes >= 0], minlength=len(labels)),
-                        "carbon_kg": np.bincount(codes[codes >= 0], weights=out["carbon_kg"].to_numpy(float)[codes >= 0],
+                        "n_trees": np.bincount(codes[has], minlength=len(labels)),
+                        "carbon_kg": np.bincount(codes[has], weights=out["carbon_kg"].to_numpy(float)[has],
                                                  minlength=len(labels))})
     tot["co2e_kg"] = tot["carbon_kg"] * CO2_PER_C
     for unit, f in (("carbon_kg", 1.0), ("co2e_kg", CO2_PER_C)):

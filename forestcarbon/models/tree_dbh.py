@@ -176,8 +176,10 @@ def fit_dbh_models(trees: pd.DataFrame, by: str = "species_group", min_trees: in
     t = trees[ok]
 
     def fit(sub):
-        return fit_dbh_model(pd.to_numeric(sub["height_m"]).to_numpy(float), pd.to_numeric(sub["dbh_cm"]).to_numpy(float),
-                             pd.to_numeric(sub["crown_diameter_m"]).to_numpy(float) if form == "log_h_cd" else None, form)
+        def col(name):
+            return pd.to_numeric(sub[name]).to_numpy(float)
+        return fit_dbh_model(col("height_m"), col("dbh_cm"), col("crown_diameter_m") if form == "log_h_cd" else None,
+                             form)
 
     models = {"*": fit(t)}
     if by in t:
