@@ -84,6 +84,11 @@ class InputsConfig(_Strict):
     projects: Path | None = None
     projects_layer: str | None = None
     project_id: str = "project_id"
+    tree_lidar: Path | None = None  # dense point clouds (LAS/LAZ folder, e.g. UAV LiDAR) for the trees stage's CHM
+    tree_chm: Path | None = None  # a CHM raster (m) for the trees stage instead of points
+    villages: Path | None = None  # village (村) polygons: per-village tree counts and carbon
+    villages_layer: str | None = None
+    village_id: str = "village_id"
 
 
 class MosaicConfig(_Strict):
@@ -191,6 +196,43 @@ class LidarConfig(_Strict):
     buffer_m: float = Field(30.0, ge=0)
     noise_classes: tuple[int, ...] = (7, 18)  # ASPRS: 7 low point (noise), 18 high noise; dropped by class, counted
     tiles_without_ground: Literal["error", "neighbours"] = "error"
+
+
+class TreesConfig(_Strict):
+    """Single-tree detection and carbon (stage ``trees``; :mod:`forestcarbon.rs.lidar.trees`,
+    :mod:`forestcarbon.models.tree_carbon`).
+
+    The CHM is ``inputs.tree_chm``, else a pit-free CHM at ``chm_resolution_m`` from ``inputs.tree_lidar``,
+    else the LiDAR stage's CHM.  ``window_m``: the local-maximum window diameter (m), a number or
+    ``[a, b, min, max]`` for ws = a + b·height clipped to [min, max] (lidR ``lmf(ws = f)``).
+    ``species_group``: the group of trees outside any parcel whose dominant species names one (the
+    parcels' ``species_field``); ``no_single_tree_groups``: groups whose LiDAR tops are not single stems
+    (bamboo culms grow in clumps and need a culm age): their tops are listed without carbon.
+    ``height_sd_m``: SD of a detected tree's height (m), drawn in the Monte Carlo; 1 m after the
+    international ALS tree-detection benchmark (Kaartinen et al. 2012, Remote Sens. 4:950, Table 5: height
+    RMSE 0.5-1.5 m for the better methods) and the chablais3 check in the README.
+    ``previous_register``: an earlier run's ``trees/trees.parquet``; trees are matched one to one by position
+    within ``match_distance_m`` unless the height dropped by more than ``match_height_drop_m``.
+    ``dbh_form``: ``log_h`` (ln D ~ ln H) or ``log_h_cd`` (with the crown diameter, which the field trees
+    must then carry as ``crown_diameter_m``)."""
+
+    chm_resolution_m: float = Field(0.5, gt=0, le=2.0)
+    smooth: Literal["none", "median", "gaussian"] = "none"
+    smooth_px: int = Field(3, ge=3)
+    window_m: float | tuple[float, float, float, float] = (2.0, 0.1, 3.0, 10.0)
+    min_height_m: float = Field(5.0, ge=0)
+    segmentation: Literal["dalponte2016", "watershed"] = "dalponte2016"
+    max_crown_m: float = Field(10.0, gt=0)
+    species_group: str = "evergreen_broadleaf"
+    no_single_tree_groups: tuple[str, ...] = ("moso_bamboo",)
+    dbh_form: Literal["log_h", "log_h_cd"] = "log_h"
+    height_sd_m: float = Field(1.0, ge=0)
+    draws: int = Field(500, ge=50, le=100_000)
+    seed: int = 0
+    previous_register: Path | None = None  # an earlier epoch's trees.parquet: growth, new and lost trees
+    match_distance_m: float = Field(2.0, gt=0)
+    match_height_drop_m: float = Field(3.0, gt=0)
+    tile_px: int = Field(2048, ge=64)
 
 
 class ModelConfig(_Strict):
@@ -377,6 +419,7 @@ class TruthConfig(_Strict):
 
     agb: Path
     parcels: Path
+    trees: Path | None = None  # the true tree list (x, y, height_m, dbh_cm, carbon_kg) for the trees stage's scores
 
 
 class Config(_Strict):
@@ -388,6 +431,7 @@ class Config(_Strict):
     ground: GroundConfig = GroundConfig()
     mosaic: MosaicConfig = MosaicConfig()
     lidar: LidarConfig = LidarConfig()
+    trees: TreesConfig = TreesConfig()
     model: ModelConfig = ModelConfig()
     carbon: CarbonConfig = CarbonConfig()
     forest_mask: ForestMaskConfig = ForestMaskConfig()
@@ -441,7 +485,7 @@ def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
         "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "landcover", "plots", "trees", "parcels", "projects",
-        "allometry", "output", "agb",
+        "allometry", "output", "agb", "tree_lidar", "tree_chm", "villages", "previous_register",
     }
     if isinstance(node, dict):
         out = {}

@@ -134,6 +134,7 @@ def test_tree_carbon_three_hand_trees(registry):
     agb_cam = sum(cf * np.exp(a + b * np.log(d_cam)) for a, b, cf in
                   ((-2.567, 2.532, 1.041), (-1.603, 1.905, 1.297), (-3.412, 2.131, 1.27)))
     np.testing.assert_allclose(out.agb_kg, [agb_fir, agb_pine, agb_cam], rtol=1e-9)
+    np.testing.assert_allclose(out.agb_kg_plugin, [agb_fir, agb_pine, agb_cam], rtol=1e-9)
     # a tree alone: IPCC 2019 Table 4.4 subtropical humid Asia R = 0.230 (AGB <= 125 t/ha);
     # carbon fractions: Chinese fir 0.5003 above / 0.488 below (LY/T 2264-2014), others IPCC 0.47
     r = 0.230
@@ -141,8 +142,8 @@ def test_tree_carbon_three_hand_trees(registry):
     np.testing.assert_allclose(out.bgb_kg, np.array([agb_fir, agb_pine, agb_cam]) * r, rtol=1e-12)
     np.testing.assert_allclose(out.carbon_kg, carbon, rtol=1e-9)
     np.testing.assert_allclose(out.co2e_kg, np.array(carbon) * 44 / 12, rtol=1e-12)
-    # no error source on: every draw is the deterministic tree
-    np.testing.assert_allclose(out.carbon_kg_mc_mean, carbon, rtol=1e-9)
+    # no error source on: every draw is the deterministic tree, the expectation is the plug-in value
+    np.testing.assert_allclose(out.carbon_kg_plugin, carbon, rtol=1e-9)
     assert out.carbon_kg_sd.max() < 1e-9 * out.carbon_kg.max()
     np.testing.assert_allclose(out.co2e_kg_p05, out.co2e_kg, rtol=1e-9)
 
@@ -158,8 +159,11 @@ def test_dbh_residual_alone_spreads_ln_carbon_by_b_times_rse(registry):
     sd_ln = np.log(out.carbon_kg_p95[0] / out.carbon_kg_p05[0]) / (2 * Z95)
     assert sd_ln / 2.01735 == pytest.approx(rse, rel=0.06)
     # mean of a log-normal: exp(b^2 rse^2 / 2) above the value at the (median) DBH exp(mu)
-    med = out.carbon_kg[0] / np.exp(rse**2 / 2) ** 2.01735
-    assert out.carbon_kg_mc_mean[0] == pytest.approx(med * np.exp((2.01735 * rse) ** 2 / 2), rel=0.01)
+    med = out.carbon_kg_plugin[0] / np.exp(rse**2 / 2) ** 2.01735
+    assert out.carbon_kg[0] == pytest.approx(med * np.exp((2.01735 * rse) ** 2 / 2), rel=0.01)
+    # the plug-in value (allometry at the expected DBH) is low by exp(b (b - 1) rse^2 / 2)
+    assert out.carbon_kg[0] / out.carbon_kg_plugin[0] == pytest.approx(
+        np.exp(2.01735 * 1.01735 * rse**2 / 2), rel=0.01)
 
 
 def _village(n_labels=4, per_label=150, seed=1):
@@ -175,11 +179,11 @@ def test_totals_from_summed_draws_independent_and_shared(registry):
     # independent errors only (height, DBH residual, equation residual): the total's variance is the sum
     out, tot = tree_carbon(trees, registry, models, height_sd_m=1.0, draws=1500, seed=4, totals_by=labels,
                            dbh_coef_error=False)
-    per = out.groupby(labels).agg(mean=("carbon_kg_mc_mean", "sum"), det=("carbon_kg", "sum"),
+    per = out.groupby(labels).agg(mean=("carbon_kg", "sum"), det=("carbon_kg_plugin", "sum"),
                                   var=("carbon_kg_sd", lambda s: np.sum(s**2)), n=("carbon_kg", "size"))
     tot = tot.set_index("label").loc[per.index]
-    np.testing.assert_allclose(tot.carbon_kg_mc_mean, per["mean"], rtol=1e-10)
-    np.testing.assert_allclose(tot.carbon_kg, per["det"], rtol=1e-12)
+    np.testing.assert_allclose(tot.carbon_kg, per["mean"], rtol=1e-10)
+    np.testing.assert_allclose(tot.carbon_kg_plugin, per["det"], rtol=1e-12)
     assert (tot.n_trees == per["n"]).all()
     ratio = tot.carbon_kg_sd / np.sqrt(per["var"])
     assert ratio.between(0.9, 1.1).all(), ratio.tolist()  # SD of an SD estimate from 1500 draws: ~2 %
@@ -207,9 +211,9 @@ def test_posterior_branch_mean_matches_chave2014(registry):
                       dbh_coef_error=False)
     # Chave et al. 2014 eq. 4 as printed: AGB = 0.0673 (rho D^2 H)^0.976, kg
     agb = 0.0673 * (0.6 * out.dbh_cm**2 * out.height_m) ** 0.976
-    np.testing.assert_allclose(out.agb_kg, agb, rtol=1e-12)
+    np.testing.assert_allclose(out.agb_kg_plugin, agb, rtol=1e-12)
     # the posterior draws (BIOMASS param_4) reproduce the printed mean equation to within 1.5 %
-    assert out.carbon_kg_mc_mean.sum() == pytest.approx(out.carbon_kg.sum(), rel=0.015)
+    assert out.carbon_kg.sum() == pytest.approx(out.carbon_kg_plugin.sum(), rel=0.015)
     assert (out.carbon_kg_sd > 0.25 * out.carbon_kg).all()  # residual SD 0.357 on the log scale
 
 
@@ -339,3 +343,19 @@ def test_match_epochs_lost_new_and_felled():
     assert sorted(lost.tree_id) == ["B", "D"]
     assert sorted(new.tree_id) == ["d2", "e2"]
     assert m.dcarbon_kg.isna().all()
+
+
+def test_totals_over_several_levels_equal_one_level_at_a_time(registry):
+    trees, labels = _village(n_labels=3, per_label=40)
+    models = fit_dbh_models(field_trees())
+    other = np.where(np.arange(len(trees)) % 2 == 0, "even", None)
+    kw = dict(height_sd_m=1.0, draws=200, seed=5)
+    _, t1 = tree_carbon(trees, registry, models, totals_by=labels, **kw)
+    _, t2 = tree_carbon(trees, registry, models, totals_by=other, **kw)
+    _, both = tree_carbon(trees, registry, models, totals_by=pd.DataFrame({"village": labels, "half": other}), **kw)
+    assert both.level.tolist() == ["village"] * 3 + ["half"]
+    cols = ["n_trees", "carbon_kg", "carbon_kg_sd", "carbon_kg_p05", "carbon_kg_p95"]
+    np.testing.assert_allclose(both[both.level == "village"][cols].to_numpy(float), t1[cols].to_numpy(float), rtol=1e-12)
+    np.testing.assert_allclose(both[both.level == "half"][cols].to_numpy(float), t2[cols].to_numpy(float), rtol=1e-12)
+    # by hand: the "half" total is the sum over the even rows, a tree in both levels counted once in each
+    assert both[both.level == "half"].n_trees.iloc[0] == (len(trees) + 1) // 2

@@ -275,6 +275,84 @@ def lidar_metrics(paths: list[Path] = typer.Argument(..., help="LAS/LAZ files or
         typer.echo(f"no DTM written: the heights of every tile are already above ground ({dtm})")
 
 
+@app.command("trees-detect")
+def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (m), or LAS/LAZ files or folders"),
+                 out: Path = typer.Option(..., help="output folder (the tree register is written to OUT/trees)"),
+                 field_trees: Path = typer.Option(..., help="field trees with species_group, dbh_cm, height_m, "
+                                                  "height_source (the plots stage's plots/trees.csv)"),
+                 config: Optional[Path] = typer.Option(None, help="a forestcarbon YAML: its trees, parcels, lidar "
+                                                       "and allometry settings (defaults otherwise)"),
+                 parcels: Optional[Path] = typer.Option(None, help="parcels layer (default: the config's)"),
+                 villages: Optional[Path] = typer.Option(None, help="village polygons (default: the config's)"),
+                 village_id: str = typer.Option("village_id", help="village id field"),
+                 crs: Optional[str] = typer.Option(None, help="CRS for LAS/LAZ files whose header has none")):
+    """Single trees and their carbon: tops, crowns, DBH, carbon with 90 % intervals, the register
+    (OUT/trees/trees.gpkg, trees.parquet), totals per parcel, village and class (tree_totals.csv)."""
+    _setup_logging()
+    import pandas as pd
+    from pyproj import CRS
+
+    from ..config import TreesConfig, default_allometry_path, load_config
+    from ..models.allometry import load_registry
+    from ..rs import lidar
+    from ..vector.layers import read_layer
+    from ..vector.parcels import read_parcels
+    from . import single_trees as st
+    from .layout import Layout
+
+    try:
+        cfg = load_config(config) if config else None
+        t = cfg.trees if cfg else TreesConfig()
+        det = st.Detection(window_m=t.window_m, min_height_m=t.min_height_m, smooth=t.smooth, smooth_px=t.smooth_px,
+                           segmentation=t.segmentation, max_crown_m=t.max_crown_m, tile_px=t.tile_px)
+        car = st.CarbonSettings(default_group=t.species_group, no_single_tree_groups=tuple(t.no_single_tree_groups),
+                                height_sd_m=t.height_sd_m, draws=t.draws, seed=t.seed)
+        for p in [*sources, field_trees]:
+            if not p.exists():
+                raise InputNotFoundError(f"file not found: {p}")
+        layout = Layout(out)
+        work = layout.trees_dir / ".work"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            if len(sources) == 1 and sources[0].suffix.lower() in (".tif", ".tiff"):
+                _, _, grid_crs = st.read_chm(sources[0])
+                srcs = [{"name": sources[0].stem, "chm": sources[0]}]
+            else:
+                files = [f for p in sources for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
+                tiles = lidar.index_tiles(files, crs)
+                opts = lidar.Options(chm_algorithm="pitfree", **({"noise_classes": tuple(cfg.lidar.noise_classes)}
+                                                               if cfg else {}))
+                srcs = st.chms_from_points(tiles, lambda sel: lidar.geobox_over_tiles(sel, t.chm_resolution_m), opts,
+                                           work)
+                grid_crs = CRS.from_user_input(lidar.geobox_over_tiles(tiles[:1], 1.0).crs.to_wkt())
+            registry = load_registry(cfg.allometry if cfg and cfg.allometry else default_allometry_path())
+            parcels_path = parcels or (cfg.inputs.parcels if cfg else None)
+            pgdf = None
+            if parcels_path is not None:
+                fields = cfg.parcels.fields() if cfg else None
+                pgdf = (read_parcels(parcels_path, grid_crs.to_wkt(), fields, cfg.inputs.parcels_layer).gdf if cfg
+                        else read_parcels(parcels_path, grid_crs.to_wkt()).gdf)
+            vpath = villages or (cfg.inputs.villages if cfg else None)
+            vid = cfg.inputs.village_id if (cfg and not villages) else village_id
+            vgdf = (read_layer(vpath, None, vid, grid_crs.to_wkt()).rename(columns={vid: "village_id"})
+                    if vpath is not None else None)
+            table, crowns, totals, models = st.register(
+                srcs, det, car, registry, pd.read_csv(field_trees), t.dbh_form, grid_crs, pgdf, vgdf,
+                fallback=cfg.allometry_fallback if cfg else None,
+                provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)})
+            st.write_outputs(layout, table, crowns, grid_crs, totals, models,
+                             chms=[s["chm"] for s in srcs if Path(s["chm"]).parent == work])
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    except ForestCarbonError as err:
+        _fail(err)
+    ok = table["carbon_status"].eq("ok")
+    typer.echo(f"wrote {layout.trees_gpkg}: {len(table)} trees ({int(table['village_tree'].sum())} outside forest "
+               f"parcels), {table.loc[ok, 'carbon_kg'].sum() / 1000:,.2f} t C in {int(ok.sum())} trees with carbon")
+
+
 model_app = typer.Typer(no_args_is_help=True, help="Biomass models from tables of plot metrics.")
 app.add_typer(model_app, name="model")
 

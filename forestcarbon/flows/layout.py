@@ -94,6 +94,23 @@ class Layout:
     def projects_gpkg(self) -> Path: return self.root / "projects" / "projects_carbon.gpkg"
     @property
     def project_parcels(self) -> Path: return self.root / "projects" / "project_parcels.csv"
+    # 7b single trees
+    @property
+    def trees_dir(self) -> Path: return self.root / "trees"
+    @property
+    def trees_chm_dir(self) -> Path: return self.root / "trees" / "chm"
+    @property
+    def trees_gpkg(self) -> Path: return self.root / "trees" / "trees.gpkg"
+    @property
+    def trees_parquet(self) -> Path: return self.root / "trees" / "trees.parquet"
+    @property
+    def trees_totals(self) -> Path: return self.root / "trees" / "tree_totals.csv"
+    @property
+    def trees_dbh_models(self) -> Path: return self.root / "trees" / "dbh_models.csv"
+    @property
+    def trees_changes(self) -> Path: return self.root / "trees" / "changes.csv"
+    @property
+    def trees_validation(self) -> Path: return self.root / "trees" / "validation.json"
     # 8 report
     @property
     def report_dir(self) -> Path: return self.root / "report"

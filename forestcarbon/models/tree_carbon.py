@@ -31,8 +31,11 @@ Label totals (``totals_by``) are statistics of the per-draw SUMS over a label's 
 shared errors (DBH-model and equation coefficients) add up coherently instead of averaging out
 as sqrt(Σ variances) would assume.  Per-tree statistics are over the same draws.
 
-The Monte Carlo mean exceeds the deterministic carbon where AGB is convex in D (E[D^b] > E[D]^b
-for b > 1 under the DBH residual): the deterministic value is the allometry at the mean DBH.
+The reported ``agb_kg``, ``bgb_kg``, ``carbon_kg`` and ``co2e_kg`` are the Monte Carlo means: the
+expected biomass of a tree of that detected height.  AGB is convex in D (E[D^b] > E[D]^b for b > 1), so
+the allometry evaluated at the expected DBH (kept as ``*_plugin``) is biased low by about
+exp(b(b-1)s^2/2) -- 16 % for b = 2.4 and a DBH-model residual SE s = 0.3 on the log scale -- and a total of
+plug-in values can fall outside its own Monte Carlo interval.
 
 Memory: draws are made for ``batch_trees`` trees at a time (arrays of draws × batch); only the
 label sums (labels × draws) are kept whole.  Batches get their own seeded streams
@@ -95,16 +98,18 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
     height_sd_m
         SD (m) of a detected tree's height error, per tree and draw; 0 for none.
     totals_by
-        A label per tree (parcel, village...); NaN/None labels are left out of the totals.
+        A label per tree (parcel, village...), or a DataFrame with one column of labels per level (a tree
+        counts once in each level); NaN/None labels are left out of the totals.
 
     Returns
     -------
     The trees with ``dbh_cm``, ``dbh_source`` (``dbh_model:<key>:<form>``), ``dbh_extrapolated``,
-    ``agb_kg``, ``bgb_kg``, ``carbon_kg``, ``co2e_kg``, ``equation_id``, ``equation_verified``,
-    ``dbh_in_range`` and, for carbon and CO2e, ``*_mc_mean``, ``*_sd``, ``*_p05``, ``*_p95`` (90 %
-    interval).  With ``totals_by``: (trees, totals), totals one row per label with ``label``,
-    ``n_trees``, ``carbon_kg`` (sum of deterministic values) and the same Monte Carlo columns
-    computed from the per-draw sums.
+    ``agb_kg``, ``bgb_kg``, ``carbon_kg``, ``co2e_kg`` (Monte Carlo means) and the same at the expected DBH
+    (``*_plugin``), ``equation_id``, ``equation_verified``, ``dbh_in_range`` and, for carbon and CO2e,
+    ``*_sd``, ``*_p05``, ``*_p95`` (90 % interval).  With ``totals_by``: (trees, totals), totals one row
+    per label with ``label``, ``n_trees``, ``carbon_kg_plugin`` (sum of plug-in values), and ``carbon_kg``,
+    ``co2e_kg`` with SD and interval computed from the per-draw sums (with a DataFrame ``totals_by``, a first column ``level``: its
+    column name).
     """
     if draws < 50:
         raise ModelError(f"tree_carbon needs at least 50 draws, not {draws}")
@@ -176,10 +181,7 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
 
     labels = None
     if totals_by is not None:
-        lab = pd.Series(np.asarray(totals_by, dtype=object))
-        if len(lab) != n:
-            raise FieldError(f"totals_by has {len(lab)} labels for {n} trees")
-        codes, labels = pd.factorize(lab, use_na_sentinel=True)
+        levels, codes, labels = _label_sets(totals_by, n)
         sums = np.zeros((len(labels), draws))
 
     stats = {name: np.full(n, np.nan) for name in ("mean", "sd", "p05", "p95")}
@@ -194,35 +196,57 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
         stats["sd"][sel] = c.std(axis=0, ddof=1)
         stats["p05"][sel], stats["p95"][sel] = np.quantile(c, QUANTILES, axis=0)
         if labels is not None:
-            cb = codes[sel]
-            keep = cb >= 0
-            if keep.any():
-                onehot = sparse.csr_matrix((np.ones(int(keep.sum())), (cb[keep], np.flatnonzero(keep))),
-                                           shape=(len(labels), sel.size))
+            cb = codes[:, sel]  # one row of label codes per level; a tree counts once in each level
+            r, t_ = np.nonzero(cb >= 0)
+            if r.size:
+                onehot = sparse.csr_matrix((np.ones(r.size), (cb[r, t_], t_)), shape=(len(labels), sel.size))
                 sums += onehot @ c.T
         del c
 
+    # the estimate is the expectation over the draws (see the module docstring: E[AGB | H] exceeds the
+    # allometry at the expected DBH); the plug-in values stay beside it for the record
+    for col in ("agb_kg", "bgb_kg", "carbon_kg", "co2e_kg"):
+        out[f"{col}_plugin"] = out[col].to_numpy(float)
+    ratio = np.divide(stats["mean"], out["carbon_kg_plugin"].to_numpy(float),
+                      out=np.ones(n), where=out["carbon_kg_plugin"].to_numpy(float) > 0)
+    for col in ("agb_kg", "bgb_kg"):
+        out[col] = out[f"{col}_plugin"] * ratio
     for unit, f in (("carbon_kg", 1.0), ("co2e_kg", CO2_PER_C)):
-        out[f"{unit}_mc_mean"] = stats["mean"] * f
+        out[unit] = stats["mean"] * f
         out[f"{unit}_sd"] = stats["sd"] * f
         out[f"{unit}_p05"] = stats["p05"] * f
         out[f"{unit}_p95"] = stats["p95"] * f
     out["mc_draws"] = draws
     if labels is None:
         return out
-    has = codes >= 0
-    tot = pd.DataFrame({"label": labels,
-                        "n_trees": np.bincount(codes[has], minlength=len(labels)),
-                        "carbon_kg": np.bincount(codes[has], weights=out["carbon_kg"].to_numpy(float)[has],
-                                                 minlength=len(labels))})
-    tot["co2e_kg"] = tot["carbon_kg"] * CO2_PER_C
+    r, t_ = np.nonzero(codes >= 0)
+    tot = pd.DataFrame({"label": [lab for _, lab in labels],
+                        "n_trees": np.bincount(codes[r, t_], minlength=len(labels)),
+                        "carbon_kg_plugin": np.bincount(codes[r, t_], weights=out["carbon_kg_plugin"].to_numpy(float)[t_],
+                                                        minlength=len(labels))})
+    if levels is not None:
+        tot.insert(0, "level", [lev for lev, _ in labels])
     for unit, f in (("carbon_kg", 1.0), ("co2e_kg", CO2_PER_C)):
-        tot[f"{unit}_mc_mean"] = sums.mean(axis=1) * f
+        tot[unit] = sums.mean(axis=1) * f
         tot[f"{unit}_sd"] = sums.std(axis=1, ddof=1) * f
         lo, hi = np.quantile(sums, QUANTILES, axis=1)
         tot[f"{unit}_p05"], tot[f"{unit}_p95"] = lo * f, hi * f
     tot["mc_draws"] = draws
     return out, tot
+
+
+def _label_sets(totals_by, n: int):
+    """(level names or None, codes (levels × trees, -1 = no label), [(level, label)]) of ``totals_by``: one
+    label per tree, or a DataFrame with one column of labels per level (parcel, village, ...)."""
+    frame = totals_by if isinstance(totals_by, pd.DataFrame) else pd.DataFrame({None: np.asarray(totals_by, dtype=object)})
+    if len(frame) != n:
+        raise FieldError(f"totals_by has {len(frame)} labels for {n} trees")
+    codes, labels = np.full((frame.shape[1], n), -1, dtype=np.int64), []
+    for i, col in enumerate(frame.columns):
+        c, uniq = pd.factorize(pd.Series(frame[col].to_numpy(dtype=object)), use_na_sentinel=True)
+        codes[i] = np.where(c >= 0, c + len(labels), -1)
+        labels += [(col, u) for u in uniq]
+    return (list(frame.columns) if isinstance(totals_by, pd.DataFrame) else None), codes, labels
 
 
 def _draw_batch(rng, sel, h, cd, height_sd_m, key_code, key_names, dbh_models, beta, eq_code, eqs, theta, *,

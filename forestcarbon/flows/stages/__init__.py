@@ -18,14 +18,16 @@ from .plots import check_inventory, inventory_biomass, stage_plots
 from .projects import stage_projects
 from .report import stage_report
 from .terrain import stage_terrain
+from .trees import stage_trees
 
 STAGES = {
     "mosaic": stage_mosaic, "lidar": stage_lidar, "terrain": stage_terrain, "plots": stage_plots, "model": stage_model,
-    "map": stage_map, "parcels": stage_parcels, "projects": stage_projects, "report": stage_report,
+    "map": stage_map, "parcels": stage_parcels, "projects": stage_projects, "trees": stage_trees,
+    "report": stage_report,
 }
 
 __all__ = ["CARBON_BANDS", "LIDAR_FEATURES", "MAP_KINDS", "STAGES", "STAGE_NEEDS", "Context", "check_inventory",
            "chm_geobox", "inventory_biomass", "open_stack", "parcel_carbon", "parcel_groups", "preflight",
            "preflight_mosaic", "premade_lidar_metrics", "scene_table", "stage_lidar", "stage_map", "stage_model",
-           "stage_mosaic", "stage_parcels", "stage_plots", "stage_projects", "stage_report", "stage_terrain",
+           "stage_mosaic", "stage_parcels", "stage_plots", "stage_projects", "stage_report", "stage_terrain", "stage_trees",
            "write_composite"]

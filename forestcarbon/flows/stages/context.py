@@ -50,7 +50,7 @@ class Context:
 
 STAGE_NEEDS = {
     "mosaic": ("stac_items",), "lidar": (), "terrain": (), "plots": ("plots", "trees"), "model": (), "map": (),
-    "parcels": ("parcels",), "projects": ("parcels",), "report": ("parcels",),
+    "parcels": ("parcels",), "projects": ("parcels",), "trees": (), "report": ("parcels",),
 }
 """Input keys each stage needs (LiDAR, projects, truth and the parcels' species field are optional)."""
 
@@ -81,6 +81,13 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         must.append(("inputs.projects", i.projects))
     if "terrain" in names and i.dem is not None:
         must.append(("inputs.dem", i.dem))
+    if "trees" in names:
+        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages")
+                 if getattr(i, k) is not None]
+        if cfg.trees.previous_register is not None:
+            must.append(("trees.previous_register", cfg.trees.previous_register))
+        if cfg.truth is not None and cfg.truth.trees is not None:
+            must.append(("truth.trees", cfg.truth.trees))
     if "map" in names and i.landcover is not None:
         must.append(("inputs.landcover", i.landcover))
     if cfg.allometry is not None and {"plots", "map", "parcels"} & set(names):
@@ -103,6 +110,13 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
                              where=f"{i.parcels}: grid CRS")
         if "map" in names and cfg.forest_mask.parcel_field:
             check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field, cfg.forest_mask.forest_codes)
+    if "trees" in names:
+        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages")
+                 if getattr(i, k) is not None]
+        if cfg.trees.previous_register is not None:
+            must.append(("trees.previous_register", cfg.trees.previous_register))
+        if cfg.truth is not None and cfg.truth.trees is not None:
+            must.append(("truth.trees", cfg.truth.trees))
     if "map" in names and i.landcover is not None:
         check_categorical_raster(i.landcover, "inputs.landcover")
     if "plots" in needed:

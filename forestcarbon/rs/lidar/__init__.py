@@ -18,7 +18,8 @@ from odc.geo.geobox import GeoBox
 
 from .blocks import Options, Targets
 from .ground import ground_surface, looks_normalized, normalize_heights, spatial_order
-from .io import (TileInfo, find_tiles, geobox_over_tiles, index_tiles, read_points, tile_bounds_in, units_summary,
+from .io import (TileInfo, find_tiles, geobox_over_tiles, index_tiles, read_points, tile_bounds_in, tile_clusters,
+                 units_summary,
                  vertical_unit_factor)
 from .metrics import METRIC_UNITS, METRICS, QUANTILES, cell_max, cell_metrics
 from .products import LidarRun, lidar_products
@@ -27,7 +28,7 @@ __all__ = [
     "METRICS", "METRIC_UNITS", "QUANTILES", "LidarRun", "Options", "Targets", "TileInfo", "canopy_height_model",
     "cell_max", "cell_metrics", "find_tiles", "geobox_over_tiles", "grid_metrics", "ground_surface", "index_tiles",
     "lidar_products", "lidar_rasters", "looks_normalized", "normalize_heights", "read_points", "spatial_order",
-    "tile_bounds_in", "units_summary", "vertical_unit_factor",
+    "tile_bounds_in", "tile_clusters", "units_summary", "vertical_unit_factor",
 ]
 
 

@@ -187,3 +187,30 @@ def geobox_over_tiles(tiles: list[TileInfo], resolution_m: float) -> GeoBox:
     b = np.asarray(tile_bounds_in(tiles, grid_crs))
     return GeoBox.from_bbox((b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), crs=grid_crs.to_wkt(),
                             resolution=float(resolution_m), tight=False)
+
+
+def tile_clusters(bounds: list[tuple[float, float, float, float]], gap_m: float = 0.0) -> list[list[int]]:
+    """Indices of tiles in groups whose bounds touch or overlap (within ``gap_m``), each group in input order:
+    separate acquisitions (e.g. UAV flights over villages) get their own grids instead of one grid over
+    their common bounding box, so memory follows the flown area."""
+    b = np.asarray(bounds, dtype="float64").reshape(-1, 4)
+    n = len(b)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        near = np.flatnonzero((b[:, 0] <= b[i, 2] + gap_m) & (b[:, 2] >= b[i, 0] - gap_m)
+                              & (b[:, 1] <= b[i, 3] + gap_m) & (b[:, 3] >= b[i, 1] - gap_m))
+        for j in near:
+            ri, rj = find(i), find(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())

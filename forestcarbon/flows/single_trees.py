@@ -1,0 +1,293 @@
+"""Single trees from a canopy height model to a carbon register: the chain that the ``trees`` stage and
+``forestcarbon trees-detect`` share.
+
+Wiring only; the computation lives in :mod:`forestcarbon.rs.lidar.trees` (tree tops, lidR ``lmf``),
+:mod:`forestcarbon.rs.lidar.crowns` (lidR ``dalponte2016`` crowns, crown point metrics),
+:mod:`forestcarbon.models.tree_dbh` (DBH from height), :mod:`forestcarbon.models.tree_carbon` (AGB, carbon,
+Monte Carlo, totals), :mod:`forestcarbon.vector.tree_register` (ids, files, polygon labels) and
+:mod:`forestcarbon.models.tree_match` (epochs).
+
+Per CHM: tops and crowns (tiles with buffers, the same trees as one run), then, where the points are
+at hand, the crown's point metrics (highest return and 95th percentile of normalised heights, lidR
+``crown_metrics`` with ``.stdtreemetrics``-like statistics).  The tree's height is the CHM value at its top
+(the unsmoothed CHM), as lidR's ``locate_trees`` on a raster gives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from pyproj import CRS
+from scipy import ndimage
+
+from ..errors import FieldError, LidarError
+from ..fileio import write_json, write_table
+from ..models.allometry import AllometryRegistry, resolve_species
+from ..models.tree_carbon import tree_carbon
+from ..models.tree_dbh import DbhModel, fit_dbh_models
+from ..models.tree_match import match_epochs
+from ..rs import lidar
+from ..rs.lidar.crowns import crown_point_metrics, crown_polygons
+from ..rs.lidar.trees import detect_trees
+from ..vector.tree_register import outside, summarise_by_polygons, tree_ids, write_register
+
+log = logging.getLogger("forestcarbon")
+
+MAX_CANOPY_M = 90.0  # the tallest trees of China (Tibetan cypress, ~100 m) aside, a CHM above this is not metres
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Tree detection settings (plain values; :class:`forestcarbon.config.TreesConfig`)."""
+
+    window_m: float | tuple = (2.0, 0.1, 3.0, 10.0)
+    min_height_m: float = 5.0
+    smooth: str = "none"
+    smooth_px: int = 3
+    segmentation: str = "dalponte2016"
+    max_crown_m: float = 10.0
+    tile_px: int = 2048
+
+
+@dataclass(frozen=True)
+class CarbonSettings:
+    default_group: str = "evergreen_broadleaf"
+    no_single_tree_groups: tuple[str, ...] = ("moso_bamboo",)
+    height_sd_m: float = 1.0
+    draws: int = 500
+    seed: int = 0
+
+
+def read_chm(path: Path) -> tuple[np.ndarray, rasterio.Affine, CRS]:
+    """Band 1 of a CHM raster (m; nodata → NaN), its transform and CRS; one line when it is not a north-up
+    metre grid or its heights are not metres."""
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise LidarError(f"{path}: the CHM has no CRS")
+        crs = CRS.from_user_input(src.crs.to_wkt())
+        unit = crs.axis_info[0].unit_name if crs.axis_info else ""
+        if not crs.is_projected or unit not in ("metre", "meter"):
+            raise LidarError(f"{path}: the CHM must be on a projected grid in metres, not {crs.name} ({unit})")
+        t = src.transform
+        if t.b or t.d or t.e >= 0 or abs(t.a) != abs(t.e):
+            raise LidarError(f"{path}: the CHM must be north-up with square cells (transform {tuple(t)[:6]})")
+        chm = src.read(1, masked=True).astype("float64").filled(np.nan)
+    top = np.nanpercentile(chm, 99.9) if np.isfinite(chm).any() else 0.0
+    if top > MAX_CANOPY_M:
+        raise LidarError(f"{path}: 99.9th percentile of the CHM is {top:.0f}, above {MAX_CANOPY_M:.0f} m: heights in "
+                         "feet or centimetres, or not normalised (elevations)?")
+    return chm, t, crs
+
+
+def chm_bounds(path: Path) -> tuple[float, float, float, float]:
+    with rasterio.open(path) as src:
+        return tuple(src.bounds)
+
+
+def detect(chm: np.ndarray, transform, det: Detection) -> tuple[pd.DataFrame, np.ndarray]:
+    """Tops and crowns of one CHM (:func:`~forestcarbon.rs.lidar.trees.detect_trees`)."""
+    window = det.window_m if isinstance(det.window_m, (int, float)) else tuple(det.window_m)
+    smooth = None if det.smooth == "none" else {"size_px": det.smooth_px, "method": det.smooth}
+    trees, labels = detect_trees(chm, transform, window, det.min_height_m, tile_px=det.tile_px, smooth=smooth,
+                                 segmentation=det.segmentation, max_cr_m=det.max_crown_m)
+    trees = trees.rename(columns={"height_m": "height_detect_m"})
+    trees["height_m"] = trees["height_raw_m"]
+    return trees.drop(columns=["height_raw_m", "row", "col"]), labels
+
+
+def point_heights(tiles, crs: CRS, bounds, dtm_path: Path | None, noise_classes=(7, 18)):
+    """x, y and heights above ground (m) of the returns in ``bounds``: elevation minus the DTM (bilinear) where
+    one was written, else the elevations of already-normalised tiles; noise classes dropped."""
+    xs, ys, zs = [], [], []
+    for t in tiles:
+        x, y, z, c = lidar.read_points(t.path, bounds=bounds, to_crs=crs, src_crs=t.crs)
+        keep = ~np.isin(c, noise_classes)
+        xs.append(x[keep]), ys.append(y[keep]), zs.append(z[keep])
+    x, y, z = np.concatenate(xs), np.concatenate(ys), np.concatenate(zs)
+    if dtm_path is not None:
+        with rasterio.open(dtm_path) as src:
+            dtm = src.read(1, masked=True).astype("float64").filled(np.nan)
+            col, row = ~src.transform * (x, y)
+        z = z - ndimage.map_coordinates(dtm, [row - 0.5, col - 0.5], order=1, mode="nearest", cval=np.nan)
+    return x, y, z
+
+
+def crowns_from_points(trees: pd.DataFrame, labels, transform, x, y, h) -> pd.DataFrame:
+    """Trees with ``n_points``, ``z_max_m`` and ``z_p95_m`` of the returns in their crown (NaN without any)."""
+    m = crown_point_metrics(labels, transform, x, y, h).set_index("label")
+    lab = trees["tree_index"].to_numpy() + 1
+    out = trees.copy()
+    out["n_points"] = m["n_points"].reindex(lab).fillna(0).astype(int).to_numpy()
+    out["z_max_m"] = m["z_max_m"].reindex(lab).to_numpy()
+    out["z_p95_m"] = m["z_p95_m"].reindex(lab).to_numpy()
+    return out
+
+
+def outlines(trees: pd.DataFrame, labels, transform, crs) -> list:
+    """The crown polygon of each tree (None where its crown has no cell)."""
+    polys = crown_polygons(labels, transform, crs).set_index("label").geometry
+    return list(polys.reindex(trees["tree_index"].to_numpy() + 1).to_numpy())
+
+
+def with_places(trees: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame | None, villages: gpd.GeoDataFrame | None,
+                village_id: str = "village_id") -> gpd.GeoDataFrame:
+    """Trees with ``parcel_id`` (the parcel holding the top, None outside all), ``in_forest_parcel`` and
+    ``village_tree`` (not in a forest parcel: the trees sold one by one), and ``village_id`` where villages
+    are given.  ``parcels``: standard columns ``parcel_id``, ``is_forest``, ``species``."""
+    out = trees.copy()
+    if parcels is not None and len(parcels):
+        out["parcel_id"], _ = summarise_by_polygons(out, parcels, "parcel_id")
+        out["village_tree"] = outside(out, parcels, parcels["is_forest"].to_numpy(bool))
+    else:
+        out["parcel_id"], out["village_tree"] = None, True
+    out["in_forest_parcel"] = ~out["village_tree"].to_numpy(bool)
+    if villages is not None:
+        out["village_id"], _ = summarise_by_polygons(out, villages, village_id)
+    return out
+
+
+def species_groups_of(trees: pd.DataFrame, parcels: pd.DataFrame | None, registry: AllometryRegistry,
+                      default_group: str, fallback: dict | None = None) -> pd.DataFrame:
+    """``species_group`` of each tree: the group of its parcel's dominant species where the registry resolves
+    it, else ``default_group``; ``group_source`` says which (``parcel_species`` or ``default``)."""
+    if default_group not in registry.groups:
+        raise FieldError(f"trees.species_group {default_group!r} is not a species group of {registry.source_path} "
+                         f"({sorted(registry.groups)})")
+    out = trees.copy()
+    group = pd.Series(default_group, index=out.index, dtype=object)
+    source = pd.Series("default", index=out.index, dtype=object)
+    if parcels is not None and "species" in parcels and len(parcels):
+        names = parcels["species"].fillna("").astype(str).str.strip()
+        g, _ = resolve_species(names, registry, fallback)
+        by_parcel = pd.Series([x if isinstance(x, str) else None for x in g], index=parcels["parcel_id"].to_numpy())
+        got = out["parcel_id"].map(by_parcel)
+        has = got.notna()
+        group[has], source[has] = got[has], "parcel_species"
+    out["species_group"], out["group_source"] = group.to_numpy(), source.to_numpy()
+    return out
+
+
+def carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: dict[str, DbhModel], c: CarbonSettings,
+           levels: tuple[str, ...] = ("parcel_id", "village_id")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """DBH, carbon and 90 % intervals of the single trees (:func:`~forestcarbon.models.tree_carbon.tree_carbon`),
+    and totals with intervals from the summed draws per parcel, per village and for the village trees and the
+    forest-parcel trees as wholes (``level`` = ``parcel_id``, ``village_id``, ``class``).  Trees of
+    ``no_single_tree_groups`` (bamboo: a LiDAR top is a clump, not a culm) get ``carbon_status`` saying so and
+    no carbon."""
+    bad = [g for g in c.no_single_tree_groups if g not in registry.groups]
+    if bad:
+        raise FieldError(f"trees.no_single_tree_groups {bad} are not species groups of {registry.source_path}")
+    t = trees.reset_index(drop=True)
+    skip = t["species_group"].isin(c.no_single_tree_groups).to_numpy()
+    low = (t["height_m"].to_numpy(float) < 1.3) & ~skip
+    t["carbon_status"] = np.where(skip, "no_single_tree_group", np.where(low, "below_breast_height", "ok"))
+    ok = t["carbon_status"].eq("ok").to_numpy()
+    sub = t[ok]
+    labels = pd.DataFrame({lev: sub[lev].to_numpy(dtype=object) for lev in levels if lev in sub})
+    labels["class"] = np.where(sub["village_tree"].to_numpy(bool), "village_trees", "forest_parcel_trees")
+    if len(sub):
+        done, totals = tree_carbon(sub, registry, dbh_models, height_sd_m=c.height_sd_m, draws=c.draws, seed=c.seed,
+                                   totals_by=labels)
+        t = pd.concat([done, t[~ok]], ignore_index=True).sort_values("tree_index", kind="stable")
+    else:
+        totals = pd.DataFrame(columns=["level", "label", "n_trees", "carbon_kg"])
+    return t.reset_index(drop=True), totals
+
+
+def register_ids(trees: pd.DataFrame, crs: CRS) -> pd.Series:
+    epsg = crs.to_epsg() or 0
+    return pd.Series(tree_ids(trees["x"].to_numpy(float), trees["y"].to_numpy(float), epsg), index=trees.index)
+
+
+def chms_from_points(tiles, geobox_of, opts, work: Path) -> list[dict]:
+    """One pit-free CHM (and DTM, unless the tiles are normalised) per group of touching tiles
+    (:func:`~forestcarbon.rs.lidar.tile_clusters`), on ``geobox_of(tiles of the group)``, written into ``work``."""
+    crs = CRS.from_user_input(geobox_of(tiles[:1]).crs.to_wkt())
+    out = []
+    for k, group in enumerate(lidar.tile_clusters(lidar.tile_bounds_in(tiles, crs))):
+        sel = [tiles[j] for j in group]
+        g = geobox_of(sel)
+        files = {"chm": work / f"chm_{k + 1}.tif", "dtm": work / f"dtm_{k + 1}.tif"}
+        run = lidar.lidar_products(sel, lidar.Targets(chm=g, dtm=g), opts, files, workdir=work / f"lidar_{k + 1}")
+        shutil.rmtree(work / f"lidar_{k + 1}", ignore_errors=True)
+        out.append({"name": f"tree_lidar_{k + 1}", "chm": files["chm"], "tiles": sel,
+                    "dtm": files["dtm"] if "dtm" in run.files else None, "bounds": tuple(g.boundingbox)})
+    return out
+
+
+def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes) -> tuple[gpd.GeoDataFrame, list]:
+    """Trees of every CHM in the grid CRS, numbered across CHMs, with their crown outlines."""
+    frames, crowns, offset = [], [], 0
+    for s in sources:
+        chm, transform, crs = read_chm(s["chm"])
+        trees, labels = detect(chm, transform, det)
+        if s.get("tiles"):
+            x, y, h = point_heights(s["tiles"], crs, s["bounds"], s.get("dtm"), noise_classes)
+            trees = crowns_from_points(trees, labels, transform, x, y, h)
+        polys = gpd.GeoSeries(outlines(trees, labels, transform, crs), crs=crs).to_crs(grid_crs)
+        pts = gpd.GeoDataFrame(trees.assign(chm_source=s["name"]),
+                               geometry=gpd.points_from_xy(trees["x"], trees["y"]), crs=crs).to_crs(grid_crs)
+        pts["x"], pts["y"] = pts.geometry.x, pts.geometry.y
+        pts["tree_index"] = pts["tree_index"] + offset
+        offset += len(pts)
+        log.info("trees: %d trees in %s (%s)", len(pts), s["name"], s["chm"])
+        frames.append(pts)
+        crowns += list(polys)
+    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=grid_crs)
+    return gdf, crowns
+
+
+
+
+def register(sources: list[dict], det: Detection, car: CarbonSettings, registry: AllometryRegistry,
+             field_trees: pd.DataFrame, dbh_form: str, grid_crs: CRS, parcels, villages, noise_classes=(7, 18),
+             fallback: dict | None = None, provenance: dict | None = None):
+    """The register of the trees in ``sources``: (trees table, crown outlines in its order, totals, DBH
+    models).  DBH models are fitted on ``field_trees`` (the plots stage's tree list: measured heights)."""
+    bad = [g for g in (car.default_group, *car.no_single_tree_groups) if g not in registry.groups]
+    if bad:
+        raise FieldError(f"trees.species_group / no_single_tree_groups: {bad} are not species groups of "
+                         f"{registry.source_path} ({sorted(registry.groups)})")
+    dbh_models = fit_dbh_models(field_trees, form=dbh_form)
+    trees, crowns = detect_all(sources, det, grid_crs, noise_classes)
+    trees = with_places(trees, parcels, villages)
+    trees = species_groups_of(trees, parcels, registry, car.default_group, fallback)
+    table, totals = carbon(pd.DataFrame(trees.drop(columns="geometry")), registry, dbh_models, car)
+    table.insert(0, "tree_id", register_ids(table, grid_crs).to_numpy())
+    by_index = dict(zip(trees["tree_index"], crowns))
+    ordered = [by_index[i] for i in table["tree_index"].to_numpy()]
+    table = table.drop(columns=["tree_index"]).assign(allometry_version=registry.version, **(provenance or {}))
+    return table, ordered, totals, dbh_models
+
+
+def changes_since(previous: Path, table: pd.DataFrame, max_distance_m: float, max_height_drop_m: float) -> pd.DataFrame:
+    """Matched (growth: ``dheight_m``, ``dcarbon_kg``), ``lost`` and ``new`` trees against an earlier register
+    (:func:`~forestcarbon.models.tree_match.match_epochs`)."""
+    prev = pd.read_parquet(previous, columns=["tree_id", "x", "y", "height_m", "carbon_kg"])
+    matched, lost, new = match_epochs(prev, table, max_distance_m, max_height_drop_m)
+    return pd.concat([matched.assign(change="matched"),
+                      lost[["tree_id"]].rename(columns={"tree_id": "id_a"}).assign(change="lost"),
+                      new[["tree_id"]].rename(columns={"tree_id": "id_b"}).assign(change="new")], ignore_index=True)
+
+
+def write_outputs(out, table, crowns, crs, totals, dbh_models, changes=None, validation=None, chms=()) -> None:
+    """Every file of the register under ``out`` (:class:`~forestcarbon.flows.layout.Layout`), each atomically;
+    CHMs built from points are moved beside them."""
+    write_register(table, crowns, crs, out.trees_dir)
+    write_table(totals, out.trees_totals)
+    write_table(pd.DataFrame([{"key": k, **m.to_dict()} for k, m in dbh_models.items()]), out.trees_dbh_models)
+    if changes is not None:
+        write_table(changes, out.trees_changes)
+    if validation is not None:
+        write_json(validation, out.trees_validation)
+    if chms:
+        out.trees_chm_dir.mkdir(parents=True, exist_ok=True)
+        for p in chms:
+            shutil.move(str(p), out.trees_chm_dir / Path(p).name)
