@@ -217,12 +217,12 @@ class TreesConfig(_Strict):
     must then carry as ``crown_diameter_m``)."""
 
     chm_resolution_m: float = Field(0.5, gt=0, le=2.0)
-    smooth: Literal["none", "median", "gaussian"] = "none"
+    smooth: Literal["none", "median", "gaussian"] = "median"
     smooth_px: int = Field(3, ge=3)
-    window_m: float | tuple[float, float, float, float] = (2.0, 0.1, 3.0, 10.0)
+    window_m: float | tuple[float, float, float, float] = (1.0, 0.15, 2.0, 8.0)
     min_height_m: float = Field(5.0, ge=0)
     segmentation: Literal["dalponte2016", "watershed"] = "dalponte2016"
-    max_crown_m: float = Field(10.0, gt=0)
+    max_crown_m: float = Field(5.0, gt=0)
     species_group: str = "evergreen_broadleaf"
     no_single_tree_groups: tuple[str, ...] = ("moso_bamboo",)
     dbh_form: Literal["log_h", "log_h_cd"] = "log_h"

@@ -47,12 +47,12 @@ MAX_CANOPY_M = 90.0  # the tallest trees of China (Tibetan cypress, ~100 m) asid
 class Detection:
     """Tree detection settings (plain values; :class:`forestcarbon.config.TreesConfig`)."""
 
-    window_m: float | tuple = (2.0, 0.1, 3.0, 10.0)
+    window_m: float | tuple = (1.0, 0.15, 2.0, 8.0)
     min_height_m: float = 5.0
-    smooth: str = "none"
+    smooth: str = "median"
     smooth_px: int = 3
     segmentation: str = "dalponte2016"
-    max_crown_m: float = 10.0
+    max_crown_m: float = 5.0
     tile_px: int = 2048
 
 
