@@ -89,6 +89,9 @@ class InputsConfig(_Strict):
     villages: Path | None = None  # village (村) polygons: per-village tree counts and carbon
     villages_layer: str | None = None
     village_id: str = "village_id"
+    tree_species: Path | None = None  # species polygons for single trees (before the parcels' dominant species)
+    tree_species_layer: str | None = None
+    tree_species_field: str = "species"
 
 
 class MosaicConfig(_Strict):
@@ -203,7 +206,8 @@ class TreesConfig(_Strict):
     :mod:`forestcarbon.models.tree_carbon`).
 
     The CHM is ``inputs.tree_chm``, else a pit-free CHM at ``chm_resolution_m`` from ``inputs.tree_lidar``,
-    else the LiDAR stage's CHM.  ``window_m``: the local-maximum window diameter (m), a number or
+    else, with ``from_lidar_stage: true``, the LiDAR stage's CHM; with none of them the stage finds no trees
+    (county-wide detection is opt-in: at 0.5 m it runs at roughly 130 km²/h, see benchmarks/bench_trees.py).  ``window_m``: the local-maximum window diameter (m), a number or
     ``[a, b, min, max]`` for ws = a + b·height clipped to [min, max] (lidR ``lmf(ws = f)``).
     ``species_group``: the group of trees outside any parcel whose dominant species names one (the
     parcels' ``species_field``); ``no_single_tree_groups``: groups whose LiDAR tops are not single stems
@@ -217,6 +221,7 @@ class TreesConfig(_Strict):
     must then carry as ``crown_diameter_m``)."""
 
     chm_resolution_m: float = Field(0.5, gt=0, le=2.0)
+    from_lidar_stage: bool = False
     smooth: Literal["none", "median", "gaussian"] = "median"
     smooth_px: int = Field(3, ge=3)
     window_m: float | tuple[float, float, float, float] = (1.0, 0.15, 2.0, 8.0)
@@ -485,7 +490,7 @@ def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
         "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "landcover", "plots", "trees", "parcels", "projects",
-        "allometry", "output", "agb", "tree_lidar", "tree_chm", "villages", "previous_register",
+        "allometry", "output", "agb", "tree_lidar", "tree_chm", "villages", "tree_species", "previous_register",
     }
     if isinstance(node, dict):
         out = {}

@@ -285,6 +285,9 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
                  parcels: Optional[Path] = typer.Option(None, help="parcels layer (default: the config's)"),
                  villages: Optional[Path] = typer.Option(None, help="village polygons (default: the config's)"),
                  village_id: str = typer.Option("village_id", help="village id field"),
+                 species: Optional[Path] = typer.Option(None, help="species polygons: a tree inside takes their "
+                                                         "species' group (before the parcel's dominant species)"),
+                 species_field: str = typer.Option("species", help="species field of --species"),
                  crs: Optional[str] = typer.Option(None, help="CRS for LAS/LAZ files whose header has none")):
     """Single trees and their carbon: tops, crowns, DBH, carbon with 90 % intervals, the register
     (OUT/trees/trees.gpkg, trees.parquet), totals per parcel, village and class (tree_totals.csv)."""
@@ -295,7 +298,7 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
     from ..config import TreesConfig, default_allometry_path, load_config
     from ..models.allometry import load_registry
     from ..rs import lidar
-    from ..vector.layers import read_layer
+    from ..vector.layers import read_attribute_layer, read_layer
     from ..vector.parcels import read_parcels
     from . import single_trees as st
     from .layout import Layout
@@ -303,43 +306,47 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
     try:
         cfg = load_config(config) if config else None
         t = cfg.trees if cfg else TreesConfig()
-        det = st.Detection(window_m=t.window_m, min_height_m=t.min_height_m, smooth=t.smooth, smooth_px=t.smooth_px,
-                           segmentation=t.segmentation, max_crown_m=t.max_crown_m, tile_px=t.tile_px)
-        car = st.CarbonSettings(default_group=t.species_group, no_single_tree_groups=tuple(t.no_single_tree_groups),
-                                height_sd_m=t.height_sd_m, draws=t.draws, seed=t.seed)
+        det, car = st.settings(t)
         for p in [*sources, field_trees]:
             if not p.exists():
                 raise InputNotFoundError(f"file not found: {p}")
         layout = Layout(out)
         work = layout.trees_dir / ".work"
+        # the grid CRS and every layer are read and checked before any CHM is built
+        chm_given = len(sources) == 1 and sources[0].suffix.lower() in (".tif", ".tiff")
+        if chm_given:
+            _, _, grid_crs = st.read_chm(sources[0])
+        else:
+            files = [f for p in sources for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
+            tiles = lidar.index_tiles(files, crs)
+            grid_crs = CRS.from_user_input(lidar.geobox_over_tiles(tiles[:1], 1.0).crs.to_wkt())
+        registry = load_registry(cfg.allometry if cfg and cfg.allometry else default_allometry_path())
+        fallback = cfg.allometry_fallback if cfg else None
+        sgdf = (st.species_layer_groups(read_attribute_layer(species, None, (species_field,), grid_crs.to_wkt()),
+                                        species_field, registry, f"--species {species}", fallback)
+                if species is not None else None)
+        parcels_path = parcels or (cfg.inputs.parcels if cfg else None)
+        pgdf = None
+        if parcels_path is not None:
+            pgdf = (read_parcels(parcels_path, grid_crs.to_wkt(), cfg.parcels.fields(), cfg.inputs.parcels_layer).gdf
+                    if cfg else read_parcels(parcels_path, grid_crs.to_wkt()).gdf)
+        vpath = villages or (cfg.inputs.villages if cfg else None)
+        vid = cfg.inputs.village_id if (cfg and not villages) else village_id
+        vgdf = (read_layer(vpath, None, vid, grid_crs.to_wkt()).rename(columns={vid: "village_id"})
+                if vpath is not None else None)
+        field = pd.read_csv(field_trees)
         work.mkdir(parents=True, exist_ok=True)
         try:
-            if len(sources) == 1 and sources[0].suffix.lower() in (".tif", ".tiff"):
-                _, _, grid_crs = st.read_chm(sources[0])
+            if chm_given:
                 srcs = [{"name": sources[0].stem, "chm": sources[0]}]
             else:
-                files = [f for p in sources for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
-                tiles = lidar.index_tiles(files, crs)
                 opts = lidar.Options(chm_algorithm="pitfree", **({"noise_classes": tuple(cfg.lidar.noise_classes)}
                                                                if cfg else {}))
                 srcs = st.chms_from_points(tiles, lambda sel: lidar.geobox_over_tiles(sel, t.chm_resolution_m), opts,
                                            work)
-                grid_crs = CRS.from_user_input(lidar.geobox_over_tiles(tiles[:1], 1.0).crs.to_wkt())
-            registry = load_registry(cfg.allometry if cfg and cfg.allometry else default_allometry_path())
-            parcels_path = parcels or (cfg.inputs.parcels if cfg else None)
-            pgdf = None
-            if parcels_path is not None:
-                fields = cfg.parcels.fields() if cfg else None
-                pgdf = (read_parcels(parcels_path, grid_crs.to_wkt(), fields, cfg.inputs.parcels_layer).gdf if cfg
-                        else read_parcels(parcels_path, grid_crs.to_wkt()).gdf)
-            vpath = villages or (cfg.inputs.villages if cfg else None)
-            vid = cfg.inputs.village_id if (cfg and not villages) else village_id
-            vgdf = (read_layer(vpath, None, vid, grid_crs.to_wkt()).rename(columns={vid: "village_id"})
-                    if vpath is not None else None)
             table, crowns, totals, models = st.register(
-                srcs, det, car, registry, pd.read_csv(field_trees), t.dbh_form, grid_crs, pgdf, vgdf,
-                fallback=cfg.allometry_fallback if cfg else None,
-                provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)})
+                srcs, det, car, registry, field, t.dbh_form, grid_crs, pgdf, vgdf, fallback=fallback,
+                provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)}, species_layer=sgdf)
             st.write_outputs(layout, table, crowns, grid_crs, totals, models,
                              chms=[s["chm"] for s in srcs if Path(s["chm"]).parent == work])
         finally:

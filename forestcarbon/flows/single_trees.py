@@ -9,8 +9,9 @@ Monte Carlo, totals), :mod:`forestcarbon.vector.tree_register` (ids, files, poly
 
 Per CHM: tops and crowns (tiles with buffers, the same trees as one run), then, where the points are
 at hand, the crown's point metrics (highest return and 95th percentile of normalised heights, lidR
-``crown_metrics`` with ``.stdtreemetrics``-like statistics).  The tree's height is the CHM value at its top
-(the unsmoothed CHM), as lidR's ``locate_trees`` on a raster gives it.
+``crown_metrics`` with ``.stdtreemetrics``-like statistics).  The tree's height is the highest unsmoothed CHM
+cell within the smoothing footprint of its top (:func:`top_heights`); without smoothing, the CHM value at the
+top, as lidR's ``locate_trees`` on a raster gives it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..models.tree_match import match_epochs
 from ..rs import lidar
 from ..rs.lidar.crowns import crown_point_metrics, crown_polygons
 from ..rs.lidar.trees import detect_trees
+from ..vector.layers import feature_rows, listing
 from ..vector.tree_register import outside, summarise_by_polygons, tree_ids, write_register
 
 log = logging.getLogger("forestcarbon")
@@ -63,6 +65,15 @@ class CarbonSettings:
     height_sd_m: float = 1.0
     draws: int = 500
     seed: int = 0
+
+
+def settings(t) -> tuple[Detection, CarbonSettings]:
+    """Detection and carbon settings of a :class:`forestcarbon.config.TreesConfig`."""
+    det = Detection(window_m=t.window_m, min_height_m=t.min_height_m, smooth=t.smooth, smooth_px=t.smooth_px,
+                    segmentation=t.segmentation, max_crown_m=t.max_crown_m, tile_px=t.tile_px)
+    car = CarbonSettings(default_group=t.species_group, no_single_tree_groups=tuple(t.no_single_tree_groups),
+                         height_sd_m=t.height_sd_m, draws=t.draws, seed=t.seed)
+    return det, car
 
 
 def read_chm(path: Path) -> tuple[np.ndarray, rasterio.Affine, CRS]:
@@ -98,8 +109,26 @@ def detect(chm: np.ndarray, transform, det: Detection) -> tuple[pd.DataFrame, np
     trees, labels = detect_trees(chm, transform, window, det.min_height_m, tile_px=det.tile_px, smooth=smooth,
                                  segmentation=det.segmentation, max_cr_m=det.max_crown_m)
     trees = trees.rename(columns={"height_m": "height_detect_m"})
-    trees["height_m"] = trees["height_raw_m"]
+    trees["height_m"] = top_heights(chm, trees["row"].to_numpy(), trees["col"].to_numpy(),
+                                    det.smooth_px if smooth else 1)
     return trees.drop(columns=["height_raw_m", "row", "col"]), labels
+
+
+def top_heights(chm: np.ndarray, row: np.ndarray, col: np.ndarray, size_px: int) -> np.ndarray:
+    """Height of each top (m): the highest input-CHM cell in the ``size_px`` square around it.
+
+    Tops are found on the smoothed CHM; smoothing moves and lowers apexes, and the input cell under a top can
+    be a pit (a gap between branches), so the apex is the raw maximum within the smoothing footprint.  A top
+    at or above ``min_height_m`` on a median or Gaussian smoothed CHM has such a cell at or above it too."""
+    r = size_px // 2
+    if r == 0 or not len(row):
+        return chm[row, col].astype("float64")
+    padded = np.pad(chm, r, constant_values=np.nan)
+    out = np.full(len(row), -np.inf)
+    for dr in range(-r, r + 1):
+        for dc in range(-r, r + 1):
+            out = np.fmax(out, padded[row + r + dr, col + r + dc])
+    return out
 
 
 def point_heights(tiles, crs: CRS, bounds, dtm_path: Path | None, noise_classes=(7, 18)):
@@ -153,10 +182,31 @@ def with_places(trees: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame | None, villa
     return out
 
 
+def species_layer_groups(layer: gpd.GeoDataFrame, field: str, registry: AllometryRegistry, where: str,
+                         fallback: dict | None = None) -> gpd.GeoDataFrame:
+    """The polygons of a species layer with ``species_group`` resolved from ``field``; a name no equation,
+    binomial or fallback maps is an error naming the layer, field, names and 1-based feature rows (a tree
+    there would otherwise get another group's equation without a trace)."""
+    if field not in layer:
+        raise FieldError(f"{where}: no field {field!r} (fields: {[c for c in layer.columns if c != 'geometry']})")
+    names = layer[field].fillna("").astype(str).str.strip()
+    groups, _ = resolve_species(names, registry, fallback)
+    bad = groups.isna().to_numpy()
+    if bad.any():
+        raise FieldError(f"{where}: field {field!r} names species with no group in {registry.source_path}: "
+                         f"{listing(sorted(set(names[bad])))} (features {feature_rows(bad)}); add them to the "
+                         "species table or map them in allometry_fallback")
+    return gpd.GeoDataFrame({"species_group": groups.to_numpy(dtype=object)}, geometry=layer.geometry.to_numpy(),
+                            crs=layer.crs).reset_index(drop=True).assign(_row=lambda d: np.arange(len(d)))
+
+
 def species_groups_of(trees: pd.DataFrame, parcels: pd.DataFrame | None, registry: AllometryRegistry,
-                      default_group: str, fallback: dict | None = None) -> pd.DataFrame:
-    """``species_group`` of each tree: the group of its parcel's dominant species where the registry resolves
-    it, else ``default_group``; ``group_source`` says which (``parcel_species`` or ``default``)."""
+                      default_group: str, fallback: dict | None = None,
+                      species_layer: gpd.GeoDataFrame | None = None) -> pd.DataFrame:
+    """``species_group`` of each tree and ``group_source`` saying where it came from: the polygon of
+    ``species_layer`` holding the tree (:func:`species_layer_groups`; ``species_layer``), else its parcel's
+    dominant species where the registry resolves it (``parcel_species``), else ``default_group``
+    (``default``).  Counts per source, and the parcel species no group resolves, are logged."""
     if default_group not in registry.groups:
         raise FieldError(f"trees.species_group {default_group!r} is not a species group of {registry.source_path} "
                          f"({sorted(registry.groups)})")
@@ -170,7 +220,21 @@ def species_groups_of(trees: pd.DataFrame, parcels: pd.DataFrame | None, registr
         got = out["parcel_id"].map(by_parcel)
         has = got.notna()
         group[has], source[has] = got[has], "parcel_species"
+        unknown = out["parcel_id"].notna() & ~has
+        if unknown.any():
+            spp = out["parcel_id"][unknown].map(pd.Series(names.to_numpy(), index=parcels["parcel_id"].to_numpy()))
+            log.warning("trees: %d trees stand in parcels whose dominant species has no group (%s); they get "
+                        "trees.species_group %r", int(unknown.sum()), listing(sorted(set(spp.astype(str)))),
+                        default_group)
+    if species_layer is not None and len(species_layer) and len(out):
+        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(out["x"], out["y"]), crs=species_layer.crs)
+        pos, _ = summarise_by_polygons(pts, species_layer, "_row")
+        has = pd.Series(pos, index=out.index).notna()
+        group[has] = species_layer["species_group"].to_numpy()[pos[has.to_numpy()].astype(int)]
+        source[has] = "species_layer"
     out["species_group"], out["group_source"] = group.to_numpy(), source.to_numpy()
+    if len(out):
+        log.info("trees: species group from %s", source.value_counts().to_dict())
     return out
 
 
@@ -192,12 +256,9 @@ def carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: dict[st
     sub = t[ok]
     labels = pd.DataFrame({lev: sub[lev].to_numpy(dtype=object) for lev in levels if lev in sub})
     labels["class"] = np.where(sub["village_tree"].to_numpy(bool), "village_trees", "forest_parcel_trees")
-    if len(sub):
-        done, totals = tree_carbon(sub, registry, dbh_models, height_sd_m=c.height_sd_m, draws=c.draws, seed=c.seed,
-                                   totals_by=labels)
-        t = pd.concat([done, t[~ok]], ignore_index=True).sort_values("tree_index", kind="stable")
-    else:
-        totals = pd.DataFrame(columns=["level", "label", "n_trees", "carbon_kg"])
+    done, totals = tree_carbon(sub, registry, dbh_models, height_sd_m=c.height_sd_m, draws=c.draws, seed=c.seed,
+                               totals_by=labels)
+    t = pd.concat([done, t[~ok]], ignore_index=True).sort_values("tree_index", kind="stable") if len(t[~ok]) else done
     return t.reset_index(drop=True), totals
 
 
@@ -228,6 +289,10 @@ def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes
     for s in sources:
         chm, transform, crs = read_chm(s["chm"])
         trees, labels = detect(chm, transform, det)
+        if not len(trees):
+            top = float(np.nanmax(chm)) if np.isfinite(chm).any() else float("nan")
+            log.warning("trees: no tree top at or above %g m in %s (highest CHM cell %.1f m)", det.min_height_m,
+                        s["chm"], top)
         if s.get("tiles"):
             x, y, h = point_heights(s["tiles"], crs, s["bounds"], s.get("dtm"), noise_classes)
             trees = crowns_from_points(trees, labels, transform, x, y, h)
@@ -248,9 +313,11 @@ def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes
 
 def register(sources: list[dict], det: Detection, car: CarbonSettings, registry: AllometryRegistry,
              field_trees: pd.DataFrame, dbh_form: str, grid_crs: CRS, parcels, villages, noise_classes=(7, 18),
-             fallback: dict | None = None, provenance: dict | None = None):
+             fallback: dict | None = None, provenance: dict | None = None,
+             species_layer: gpd.GeoDataFrame | None = None):
     """The register of the trees in ``sources``: (trees table, crown outlines in its order, totals, DBH
-    models).  DBH models are fitted on ``field_trees`` (the plots stage's tree list: measured heights)."""
+    models).  DBH models are fitted on ``field_trees`` (the plots stage's tree list: measured heights);
+    ``species_layer``: polygons with ``species_group`` (:func:`species_layer_groups`)."""
     bad = [g for g in (car.default_group, *car.no_single_tree_groups) if g not in registry.groups]
     if bad:
         raise FieldError(f"trees.species_group / no_single_tree_groups: {bad} are not species groups of "
@@ -258,7 +325,7 @@ def register(sources: list[dict], det: Detection, car: CarbonSettings, registry:
     dbh_models = fit_dbh_models(field_trees, form=dbh_form)
     trees, crowns = detect_all(sources, det, grid_crs, noise_classes)
     trees = with_places(trees, parcels, villages)
-    trees = species_groups_of(trees, parcels, registry, car.default_group, fallback)
+    trees = species_groups_of(trees, parcels, registry, car.default_group, fallback, species_layer)
     table, totals = carbon(pd.DataFrame(trees.drop(columns="geometry")), registry, dbh_models, car)
     table.insert(0, "tree_id", register_ids(table, grid_crs).to_numpy())
     by_index = dict(zip(trees["tree_index"], crowns))

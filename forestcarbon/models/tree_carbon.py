@@ -145,7 +145,9 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
     for col in ("age", "wood_density_g_cm3"):
         if col in t:
             frame[col] = t[col].to_numpy()
-    agb = with_carbon(tree_agb(frame, registry, source="detected trees"), registry.conversion, None)
+    # predicted DBH is not an entry to check for units: its plausibility is the model's range (``dbh_extrapolated``)
+    agb = with_carbon(tree_agb(frame, registry, source="detected trees", dbh_range_cm=(0.0, np.inf)),
+                      registry.conversion, None)
 
     out = t.copy()
     out[group_col] = groups

@@ -87,3 +87,21 @@ def read_layer(path: Path | str, layer: str | None, id_field: str, to_crs) -> gp
     if invalid.any():
         gdf.loc[invalid, "geometry"] = gdf.geometry[invalid].make_valid()
     return gdf
+
+
+def read_attribute_layer(path: Path | str, layer: str | None, fields: tuple[str, ...], to_crs) -> gpd.GeoDataFrame:
+    """Polygons of a layer keyed by attributes rather than ids (a species or stratum layer): ``fields`` and the
+    geometry, in ``to_crs``, empty geometries dropped and invalid ones repaired; an error when no feature is
+    left."""
+    check_layer(path, layer, fields)
+    gdf = gpd.read_file(path, layer=layer, columns=list(fields))
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if not len(gdf):
+        raise FieldError(f"{_where(path, layer)}: the layer has no features with a geometry")
+    target = CRS.from_user_input(to_crs)
+    if not CRS.from_user_input(gdf.crs).equals(target):
+        gdf = gdf.to_crs(target)
+    invalid = ~gdf.geometry.is_valid
+    if invalid.any():
+        gdf.loc[invalid, "geometry"] = gdf.geometry[invalid].make_valid()
+    return gdf

@@ -59,7 +59,8 @@ def write_geoparquet(gdf: gpd.GeoDataFrame, path: Path | str, row_group_size: in
     if (geom.isna() | geom.is_empty).any():
         raise FieldError(f"{path}: {int((geom.isna() | geom.is_empty).sum())} features have no geometry; "
                          "the Hilbert sort needs one per feature")
-    order = np.argsort(geom.hilbert_distance(level=hilbert_level).to_numpy(), kind="stable")
+    order = (np.argsort(geom.hilbert_distance(level=hilbert_level).to_numpy(), kind="stable") if len(gdf)
+             else np.zeros(0, int))
     out = gdf.iloc[order].reset_index(drop=True)
     with atomic_path(path) as tmp:
         out.to_parquet(tmp, index=False, compression=compression, write_covering_bbox=True, schema_version="1.1.0",

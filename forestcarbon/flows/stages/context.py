@@ -82,7 +82,7 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
     if "terrain" in names and i.dem is not None:
         must.append(("inputs.dem", i.dem))
     if "trees" in names:
-        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages")
+        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages", "tree_species")
                  if getattr(i, k) is not None]
         if cfg.trees.previous_register is not None:
             must.append(("trees.previous_register", cfg.trees.previous_register))
@@ -111,12 +111,10 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         if "map" in names and cfg.forest_mask.parcel_field:
             check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field, cfg.forest_mask.forest_codes)
     if "trees" in names:
-        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages")
-                 if getattr(i, k) is not None]
-        if cfg.trees.previous_register is not None:
-            must.append(("trees.previous_register", cfg.trees.previous_register))
-        if cfg.truth is not None and cfg.truth.trees is not None:
-            must.append(("truth.trees", cfg.truth.trees))
+        if i.villages is not None:
+            check_layer_contents(i.villages, i.villages_layer, i.village_id)
+        if i.tree_species is not None:
+            check_layer(i.tree_species, i.tree_species_layer, (i.tree_species_field,))
     if "map" in names and i.landcover is not None:
         check_categorical_raster(i.landcover, "inputs.landcover")
     if "plots" in needed:

@@ -3,7 +3,8 @@ tree register, totals per parcel, village and class, changes since an earlier re
 true tree list where the scene has one.
 
 Reads ``inputs.tree_chm``, else the point clouds ``inputs.tree_lidar`` (one pit-free CHM per group of
-touching tiles, so separate UAV flights get their own grids), else the LiDAR stage's CHM; the plots stage's
+touching tiles, so separate UAV flights get their own grids), else (``trees.from_lidar_stage``) the LiDAR
+stage's CHM; the plots stage's
 ``plots/trees.csv`` (field trees with measured heights, for the DBH models); the parcels and villages layers.
 Writes ``trees/`` (:class:`~forestcarbon.flows.layout.Layout`).
 """
@@ -22,21 +23,12 @@ from ...errors import StageInputError
 from ...models.allometry import load_registry
 from ...rs import lidar
 from ...rs.lidar.trees import match_detected_to_field
-from ...vector.layers import read_layer
+from ...vector.layers import read_attribute_layer, read_layer
 from .. import single_trees as st
 from .context import Context, log, read_parcel_layer
 from .lidar import chm_geobox
 
 VALIDATION_MIN_HEIGHT_M = 10.0  # trees scored for detection: >= 10 m (the issue's chablais3 rule)
-
-
-def _settings(ctx: Context) -> tuple[st.Detection, st.CarbonSettings]:
-    t = ctx.cfg.trees
-    det = st.Detection(window_m=t.window_m, min_height_m=t.min_height_m, smooth=t.smooth, smooth_px=t.smooth_px,
-                       segmentation=t.segmentation, max_crown_m=t.max_crown_m, tile_px=t.tile_px)
-    car = st.CarbonSettings(default_group=t.species_group, no_single_tree_groups=tuple(t.no_single_tree_groups),
-                            height_sd_m=t.height_sd_m, draws=t.draws, seed=t.seed)
-    return det, car
 
 
 def chm_sources(ctx: Context, work: Path) -> list[dict]:
@@ -56,7 +48,7 @@ def chm_sources(ctx: Context, work: Path) -> list[dict]:
                              noise_classes=tuple(cfg.lidar.noise_classes),
                              tiles_without_ground=cfg.lidar.tiles_without_ground)
         return st.chms_from_points(tiles, lambda sel: chm_geobox(sel, ctx.gbox, t.chm_resolution_m), opts, work)
-    if ctx.out.lidar_chm.exists():
+    if t.from_lidar_stage and ctx.out.lidar_chm.exists():
         return [{"name": "lidar_stage", "chm": ctx.out.lidar_chm}]
     return []
 
@@ -98,28 +90,36 @@ def validate(trees: pd.DataFrame, truth_path: Path, sources: list[dict], totals:
 
 def stage_trees(ctx: Context) -> dict:
     cfg, t = ctx.cfg, ctx.cfg.trees
-    det, car = _settings(ctx)
+    det, car = st.settings(t)
     out_dir = ctx.out.trees_dir
     work = out_dir / ".work"
+    if not (cfg.inputs.tree_chm or cfg.inputs.tree_lidar or (t.from_lidar_stage and ctx.out.lidar_chm.exists())):
+        log.info("trees: no CHM (inputs.tree_chm, inputs.tree_lidar, or trees.from_lidar_stage with the lidar "
+                 "stage's chm.tif); no trees")
+        return {"trees": 0}
+    if not ctx.out.trees.exists():
+        raise StageInputError(f"{ctx.out.trees} is missing: the trees stage fits its DBH models on the plots "
+                              "stage's field trees; run the plots stage first")
+    # every layer read and checked before the CHMs are built
+    registry = load_registry(cfg.allometry or default_allometry_path())
+    grid_crs = CRS.from_user_input(ctx.gbox.crs.to_wkt())
+    i = cfg.inputs
+    species = (st.species_layer_groups(
+        read_attribute_layer(i.tree_species, i.tree_species_layer, (i.tree_species_field,), grid_crs.to_wkt()),
+        i.tree_species_field, registry, f"inputs.tree_species {i.tree_species}", cfg.allometry_fallback)
+        if i.tree_species is not None else None)
+    parcels = read_parcel_layer(ctx).gdf if i.parcels is not None else None
+    villages = (read_layer(i.villages, i.villages_layer, i.village_id, grid_crs.to_wkt())
+                .rename(columns={i.village_id: "village_id"}) if i.villages is not None else None)
+    field_trees = pd.read_csv(ctx.out.trees)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         sources = chm_sources(ctx, work)
-        if not sources:
-            log.info("trees: no CHM (inputs.tree_chm, inputs.tree_lidar or the lidar stage's chm.tif); no trees")
-            return {"trees": 0}
-        if not ctx.out.trees.exists():
-            raise StageInputError(f"{ctx.out.trees} is missing: the trees stage fits its DBH models on the plots "
-                                  "stage's field trees; run the plots stage first")
-        registry = load_registry(cfg.allometry or default_allometry_path())
-        grid_crs = CRS.from_user_input(ctx.gbox.crs.to_wkt())
-        parcels = read_parcel_layer(ctx).gdf if cfg.inputs.parcels is not None else None
-        villages = (read_layer(cfg.inputs.villages, cfg.inputs.villages_layer, cfg.inputs.village_id, grid_crs.to_wkt())
-                    .rename(columns={cfg.inputs.village_id: "village_id"}) if cfg.inputs.villages is not None else None)
         table, crowns, totals, dbh_models = st.register(
-            sources, det, car, registry, pd.read_csv(ctx.out.trees), t.dbh_form, grid_crs, parcels, villages,
+            sources, det, car, registry, field_trees, t.dbh_form, grid_crs, parcels, villages,
             tuple(cfg.lidar.noise_classes), fallback=cfg.allometry_fallback,
-            provenance={"run": cfg.name, "dbh_models_from": str(ctx.out.trees)})
+            provenance={"run": cfg.name, "dbh_models_from": str(ctx.out.trees)}, species_layer=species)
         changes = (st.changes_since(t.previous_register, table, t.match_distance_m, t.match_height_drop_m)
                    if t.previous_register is not None else None)
         validation = (validate(table, cfg.truth.trees, sources, totals)
