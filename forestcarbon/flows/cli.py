@@ -315,7 +315,7 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
         # the grid CRS and every layer are read and checked before any CHM is built
         chm_given = len(sources) == 1 and sources[0].suffix.lower() in (".tif", ".tiff")
         if chm_given:
-            _, _, grid_crs = st.read_chm(sources[0])
+            _, grid_crs, _ = st.open_chm(sources[0])
         else:
             files = [f for p in sources for f in (lidar.find_tiles(p) if p.is_dir() else [p])]
             tiles = lidar.index_tiles(files, crs)

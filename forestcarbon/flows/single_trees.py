@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 from pyproj import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
+from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 
 from ..errors import FieldError, LidarError
@@ -36,7 +39,7 @@ from ..models.tree_dbh import DbhModel, fit_dbh_models
 from ..models.tree_match import match_epochs
 from ..rs import lidar
 from ..rs.lidar.crowns import crown_point_metrics, crown_polygons
-from ..rs.lidar.trees import detect_trees
+from ..rs.lidar.trees import iter_tree_tiles
 from ..vector.layers import feature_rows, listing
 from ..vector.tree_register import outside, summarise_by_polygons, tree_ids, write_register
 
@@ -76,9 +79,10 @@ def settings(t) -> tuple[Detection, CarbonSettings]:
     return det, car
 
 
-def read_chm(path: Path) -> tuple[np.ndarray, rasterio.Affine, CRS]:
-    """Band 1 of a CHM raster (m; nodata → NaN), its transform and CRS; one line when it is not a north-up
-    metre grid or its heights are not metres."""
+def open_chm(path: Path, sample_px: int = 1024) -> tuple[rasterio.Affine, CRS, tuple[int, int]]:
+    """Transform, CRS and shape of a CHM raster (band 1, metres), with one line when it is not a north-up
+    metre grid or its heights are not metres (99.9th percentile of a decimated read of at most
+    ``sample_px``² cells above :data:`MAX_CANOPY_M`).  Reads no more than the sample."""
     with rasterio.open(path) as src:
         if src.crs is None:
             raise LidarError(f"{path}: the CHM has no CRS")
@@ -89,29 +93,20 @@ def read_chm(path: Path) -> tuple[np.ndarray, rasterio.Affine, CRS]:
         t = src.transform
         if t.b or t.d or t.e >= 0 or abs(t.a) != abs(t.e):
             raise LidarError(f"{path}: the CHM must be north-up with square cells (transform {tuple(t)[:6]})")
-        chm = src.read(1, masked=True).astype("float64").filled(np.nan)
-    top = np.nanpercentile(chm, 99.9) if np.isfinite(chm).any() else 0.0
+        k = max(1, int(np.ceil(max(src.height, src.width) / sample_px)))
+        sample = src.read(1, out_shape=(max(1, src.height // k), max(1, src.width // k)), masked=True,
+                          resampling=Resampling.nearest).astype("float64").filled(np.nan)
+        shape = (src.height, src.width)
+    top = np.nanpercentile(sample, 99.9) if np.isfinite(sample).any() else 0.0
     if top > MAX_CANOPY_M:
         raise LidarError(f"{path}: 99.9th percentile of the CHM is {top:.0f}, above {MAX_CANOPY_M:.0f} m: heights in "
                          "feet or centimetres, or not normalised (elevations)?")
-    return chm, t, crs
+    return t, crs, shape
 
 
 def chm_bounds(path: Path) -> tuple[float, float, float, float]:
     with rasterio.open(path) as src:
         return tuple(src.bounds)
-
-
-def detect(chm: np.ndarray, transform, det: Detection) -> tuple[pd.DataFrame, np.ndarray]:
-    """Tops and crowns of one CHM (:func:`~forestcarbon.rs.lidar.trees.detect_trees`)."""
-    window = det.window_m if isinstance(det.window_m, (int, float)) else tuple(det.window_m)
-    smooth = None if det.smooth == "none" else {"size_px": det.smooth_px, "method": det.smooth}
-    trees, labels = detect_trees(chm, transform, window, det.min_height_m, tile_px=det.tile_px, smooth=smooth,
-                                 segmentation=det.segmentation, max_cr_m=det.max_crown_m)
-    trees = trees.rename(columns={"height_m": "height_detect_m"})
-    trees["height_m"] = top_heights(chm, trees["row"].to_numpy(), trees["col"].to_numpy(),
-                                    det.smooth_px if smooth else 1)
-    return trees.drop(columns=["height_raw_m", "row", "col"]), labels
 
 
 def top_heights(chm: np.ndarray, row: np.ndarray, col: np.ndarray, size_px: int) -> np.ndarray:
@@ -131,38 +126,84 @@ def top_heights(chm: np.ndarray, row: np.ndarray, col: np.ndarray, size_px: int)
     return out
 
 
+def detect_file(path: Path, det: Detection, points=None) -> tuple[pd.DataFrame, list, CRS]:
+    """Tops, crowns and per-tree attributes of a CHM file, read tile by tile (memory bounded by
+    ``det.tile_px`` and its buffer; :func:`~forestcarbon.rs.lidar.trees.iter_tree_tiles`).
+
+    ``points``: a function of window bounds (xmin, ymin, xmax, ymax) giving the returns' x, y and height
+    above ground there (:func:`point_heights`), for each crown's ``n_points``, ``z_max_m`` and ``z_p95_m``.
+    Returns (trees: tree_index, x, y, height_detect_m, height_m, crown_area_m2, crown_diameter_m [, point
+    metrics]; crown outlines in the same order, None where a tree has no crown cell; the CHM's CRS)."""
+    transform, crs, shape = open_chm(path)
+    window = det.window_m if isinstance(det.window_m, (int, float)) else tuple(det.window_m)
+    smooth = None if det.smooth == "none" else {"size_px": det.smooth_px, "method": det.smooth}
+    res = float(transform.a)
+    highest = [-np.inf]
+    with rasterio.open(path) as src:
+        def read(r0, r1, c0, c1):
+            a = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), masked=True).astype("float64").filled(np.nan)
+            if np.isfinite(a).any():
+                highest[0] = max(highest[0], float(np.nanmax(a)))
+            return a
+
+        tops, tiles = iter_tree_tiles(read, shape, transform, window, det.min_height_m, tile_px=det.tile_px,
+                                      smooth=smooth, segmentation=det.segmentation, max_cr_m=det.max_crown_m)
+        n = len(tops)
+        tr, tc = tops["row"].to_numpy(), tops["col"].to_numpy()
+        height, cells, polys = np.full(n, np.nan), np.zeros(n), [None] * n
+        pm = {k: np.full(n, np.nan) for k in ("n_points", "z_max_m", "z_p95_m")}
+        for ids, w, raw, own in tiles:
+            wt = transform * Affine.translation(w[2], w[0])
+            height[ids] = top_heights(raw, tr[ids] - w[0], tc[ids] - w[2], det.smooth_px if smooth else 1)
+            lab, cnt = np.unique(own[own > 0], return_counts=True)
+            cells[lab - 1] = cnt
+            for label, geom in zip(*(lambda g: (g["label"].to_numpy(), g.geometry.to_numpy()))(
+                    crown_polygons(own, wt))):
+                polys[label - 1] = geom
+            if points is not None:
+                x, y, h = points(_window_bounds(w, wt))
+                m = crown_point_metrics(own, wt, x, y, h)
+                for k in pm:
+                    pm[k][m["label"].to_numpy() - 1] = m[k].to_numpy()
+    if not n:
+        log.warning("trees: no tree top at or above %g m in %s (highest CHM cell %.1f m)", det.min_height_m, path,
+                    highest[0])
+    out = tops.rename(columns={"height_m": "height_detect_m"}).drop(columns=["row", "col"])
+    out["height_m"] = height
+    out["crown_area_m2"] = cells * res * res
+    out["crown_diameter_m"] = 2.0 * np.sqrt(out["crown_area_m2"] / np.pi)
+    if points is not None:
+        out["n_points"] = np.nan_to_num(pm["n_points"]).astype(int)
+        out["z_max_m"], out["z_p95_m"] = pm["z_max_m"], pm["z_p95_m"]
+    return out, polys, crs
+
+
+def _window_bounds(w, wt) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of window rows w[0]:w[1], cols w[2]:w[3] whose top-left cell has transform wt."""
+    return (wt.c, wt.f + wt.e * (w[1] - w[0]), wt.c + wt.a * (w[3] - w[2]), wt.f)
+
+
 def point_heights(tiles, crs: CRS, bounds, dtm_path: Path | None, noise_classes=(7, 18)):
-    """x, y and heights above ground (m) of the returns in ``bounds``: elevation minus the DTM (bilinear) where
-    one was written, else the elevations of already-normalised tiles; noise classes dropped."""
-    xs, ys, zs = [], [], []
-    for t in tiles:
+    """x, y and heights above ground (m) of the returns in ``bounds``: elevation minus the DTM (bilinear, read
+    over ``bounds`` only) where one was written, else the elevations of already-normalised tiles; noise
+    classes dropped; tiles whose header bounds miss ``bounds`` are not opened."""
+    xs, ys, zs = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]
+    for t, b in zip(tiles, lidar.tile_bounds_in(tiles, crs)):
+        if b[0] > bounds[2] or b[2] < bounds[0] or b[1] > bounds[3] or b[3] < bounds[1]:
+            continue
         x, y, z, c = lidar.read_points(t.path, bounds=bounds, to_crs=crs, src_crs=t.crs)
         keep = ~np.isin(c, noise_classes)
         xs.append(x[keep]), ys.append(y[keep]), zs.append(z[keep])
     x, y, z = np.concatenate(xs), np.concatenate(ys), np.concatenate(zs)
-    if dtm_path is not None:
+    if dtm_path is not None and z.size:
         with rasterio.open(dtm_path) as src:
-            dtm = src.read(1, masked=True).astype("float64").filled(np.nan)
-            col, row = ~src.transform * (x, y)
+            f = from_bounds(*bounds, transform=src.transform)
+            c0, r0 = int(np.floor(f.col_off)) - 1, int(np.floor(f.row_off)) - 1
+            win = Window(c0, r0, int(np.ceil(f.col_off + f.width)) + 1 - c0, int(np.ceil(f.row_off + f.height)) + 1 - r0)
+            dtm = src.read(1, window=win, masked=True, boundless=True).astype("float64").filled(np.nan)
+            col, row = ~src.window_transform(win) * (x, y)
         z = z - ndimage.map_coordinates(dtm, [row - 0.5, col - 0.5], order=1, mode="nearest", cval=np.nan)
     return x, y, z
-
-
-def crowns_from_points(trees: pd.DataFrame, labels, transform, x, y, h) -> pd.DataFrame:
-    """Trees with ``n_points``, ``z_max_m`` and ``z_p95_m`` of the returns in their crown (NaN without any)."""
-    m = crown_point_metrics(labels, transform, x, y, h).set_index("label")
-    lab = trees["tree_index"].to_numpy() + 1
-    out = trees.copy()
-    out["n_points"] = m["n_points"].reindex(lab).fillna(0).astype(int).to_numpy()
-    out["z_max_m"] = m["z_max_m"].reindex(lab).to_numpy()
-    out["z_p95_m"] = m["z_p95_m"].reindex(lab).to_numpy()
-    return out
-
-
-def outlines(trees: pd.DataFrame, labels, transform, crs) -> list:
-    """The crown polygon of each tree (None where its crown has no cell)."""
-    polys = crown_polygons(labels, transform, crs).set_index("label").geometry
-    return list(polys.reindex(trees["tree_index"].to_numpy() + 1).to_numpy())
 
 
 def with_places(trees: gpd.GeoDataFrame, parcels: gpd.GeoDataFrame | None, villages: gpd.GeoDataFrame | None,
@@ -287,16 +328,12 @@ def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes
     """Trees of every CHM in the grid CRS, numbered across CHMs, with their crown outlines."""
     frames, crowns, offset = [], [], 0
     for s in sources:
-        chm, transform, crs = read_chm(s["chm"])
-        trees, labels = detect(chm, transform, det)
-        if not len(trees):
-            top = float(np.nanmax(chm)) if np.isfinite(chm).any() else float("nan")
-            log.warning("trees: no tree top at or above %g m in %s (highest CHM cell %.1f m)", det.min_height_m,
-                        s["chm"], top)
+        points = None
         if s.get("tiles"):
-            x, y, h = point_heights(s["tiles"], crs, s["bounds"], s.get("dtm"), noise_classes)
-            trees = crowns_from_points(trees, labels, transform, x, y, h)
-        polys = gpd.GeoSeries(outlines(trees, labels, transform, crs), crs=crs).to_crs(grid_crs)
+            _, chm_crs, _ = open_chm(s["chm"])
+            points = (lambda b, s=s, c=chm_crs: point_heights(s["tiles"], c, b, s.get("dtm"), noise_classes))
+        trees, polys, crs = detect_file(s["chm"], det, points)
+        polys = gpd.GeoSeries(polys, crs=crs).to_crs(grid_crs)
         pts = gpd.GeoDataFrame(trees.assign(chm_source=s["name"]),
                                geometry=gpd.points_from_xy(trees["x"], trees["y"]), crs=crs).to_crs(grid_crs)
         pts["x"], pts["y"] = pts.geometry.x, pts.geometry.y
@@ -307,8 +344,6 @@ def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes
         crowns += list(polys)
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=grid_crs)
     return gdf, crowns
-
-
 
 
 def register(sources: list[dict], det: Detection, car: CarbonSettings, registry: AllometryRegistry,

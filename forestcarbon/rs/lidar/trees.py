@@ -304,95 +304,122 @@ def match_detected_to_field(det_xy, det_h, field_xy, field_h, max_dist_m: float 
     return pd.DataFrame({"det_index": di[keep], "field_index": fi[keep], "dist_m": d[keep], "dh_m": dh[keep]})
 
 
-def _max_window_m(chm, ws, hmin_m: float) -> float:
-    """Largest window diameter any cell can get (raw heights; a smoothed CHM stays within their range)."""
-    h = np.asarray(chm, dtype="float64")
-    h = h[np.isfinite(h) & (h >= hmin_m)]
-    if h.size == 0:
+def _max_window_m(hmax_m: float, ws, hmin_m: float) -> float:
+    """Largest window diameter any cell can get, given the highest raw height (a smoothed CHM stays within
+    the raw range)."""
+    if not np.isfinite(hmax_m) or hmax_m < hmin_m:
         return 0.0
     if np.ndim(ws) == 0 and not callable(ws):
         return float(ws)
     if not callable(ws):
         return float(max(ws[2], ws[3]))
-    grid = np.r_[h.min(), h.max(), np.linspace(h.min(), h.max(), 1001)]
-    return float(max(window_size(h, ws).max(), window_size(grid, ws).max()))
+    grid = np.r_[hmin_m, hmax_m, np.linspace(hmin_m, hmax_m, 1001)]
+    return float(window_size(grid, ws).max())
 
 
 def _tiles(n: int, step: int):
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def detect_trees(chm, transform, ws, hmin_m: float = 2.0, tile_px: int = 1024, buffer_px: int | None = None,
-                 smooth: dict | None = None, segmentation: str | None = "dalponte2016", shape: str = "circular",
-                 **seg_kw):
-    """Tree tops and crowns of a CHM, tile by tile; the same trees and labels as one untiled run.
+def _nanmax(a) -> float:
+    a = np.asarray(a, dtype="float64")
+    return float(np.nanmax(a)) if np.isfinite(a).any() else float("nan")
 
-    ``smooth`` (e.g. ``{"size_px": 3, "method": "median"}``) goes to
-    :func:`smooth_chm`; detection (:func:`local_maxima`) and segmentation
-    (:func:`.crowns.segment_crowns`, keywords ``seg_kw``, ``res_m`` set from
-    the transform) run on the smoothed CHM.
 
-    Pass 1: each tile core, with a buffer of the smoothing half-width plus
-    the largest window radius (cells), yields the cells that have no higher
-    cell in their window (this is local, hence exact); lidR's tie rule
-    (first in row-major order wins) is then applied to all candidates at
-    once, so ties across tile edges resolve as in one run.  A tree belongs
-    to the tile whose core holds its top; trees are numbered in row-major
-    order (lidR's order) and crown labels are tree_index + 1.  Pass 2: each
-    tile core plus ``buffer_px`` is segmented with every tree top inside it
-    as a seed and the crowns of the core's trees are kept.  Default buffer:
-    smoothing half-width + window radius + 2 x max crown half-width + 2
-    cells, so every crown competing with a core crown grows in the window
-    with its own competitors.  dalponte2016's competition can in principle
-    chain further than that; the equality with untiled processing is tested
+def iter_tree_tiles(read, shape_px, transform, ws, hmin_m: float = 2.0, tile_px: int = 1024,
+                    buffer_px: int | None = None, smooth: dict | None = None, segmentation: str | None = "dalponte2016",
+                    shape: str = "circular", hmax_m: float | None = None, **seg_kw):
+    """Tree tops and crowns tile by tile, reading the CHM through ``read(r0, r1, c0, c1)`` (a float array of
+    those rows and columns, NaN = no data), so memory is bounded by the tile and its buffer, not the raster.
+
+    Pass 1: each tile core, with a buffer of the smoothing half-width plus the largest window radius (cells),
+    yields the cells that have no higher cell in their window (this is local, hence exact); lidR's tie rule
+    (first in row-major order wins) is then applied to all candidates at once, so ties across tile edges
+    resolve as in one run.  A tree belongs to the tile whose core holds its top; trees are numbered in
+    row-major order (lidR's order) and crown labels are tree_index + 1.  Pass 2: each tile core plus
+    ``buffer_px`` is segmented with every tree top inside it as a seed and the crowns of the core's trees are
+    kept.  Default buffer: smoothing half-width + window radius + 2 x max crown half-width + 2 cells, so every
+    crown competing with a core crown grows in the window with its own competitors.  dalponte2016's
+    competition can in principle chain further than that; the equality with untiled processing is tested
     (tests/test_trees_detect.py) rather than proven for pass 2.
 
-    Returns (trees, labels): trees has tree_index, x, y, row, col, height_m
-    (detection CHM), height_raw_m (input CHM), crown_area_m2,
-    crown_diameter_m; labels is the int32 crown raster (0 = none).
+    ``hmax_m``: the highest raw CHM value, for a callable ``ws`` (else one more pass reads it).
+
+    Returns (tops, tiles): tops has tree_index, x, y, row, col, height_m (detection CHM) for every tree;
+    tiles is a generator of (tree_index of the core's trees, window (r0, r1, c0, c1), the raw CHM of the
+    window, the window's crown labels owned by the core's trees (0 elsewhere)).  Without segmentation the
+    labels are all 0.
     """
     res = _check_grid(transform)
-    chm = np.asarray(chm, dtype="float64")
-    nr, nc = chm.shape
+    nr, nc = shape_px
     sm = dict(smooth) if smooth else None
     s_r = (int(sm.get("size_px", 3)) // 2) if sm else 0
-    k_ws = int(math.floor((_max_window_m(chm, ws, hmin_m) / 2 + EPSILON) / res)) + 1
+    tiles = [(r0, r1, c0, c1) for r0, r1 in _tiles(nr, tile_px) for c0, c1 in _tiles(nc, tile_px)]
+    if callable(ws) and hmax_m is None:
+        hmax_m = max((_nanmax(read(*t)) for t in tiles), default=float("nan"))
+    k_ws = int(math.floor((_max_window_m(np.inf if hmax_m is None else hmax_m, ws, hmin_m) / 2 + EPSILON) / res)) + 1
     max_cr_m = float(seg_kw.get("max_cr_m", 10.0))
     k_cr = int(math.ceil(max_cr_m / res))
     if buffer_px is None:
         buffer_px = s_r + k_ws + 2 * k_cr + 2
     b1 = s_r + k_ws
-    tiles = [(r0, r1, c0, c1) for r0, r1 in _tiles(nr, tile_px) for c0, c1 in _tiles(nc, tile_px)]
 
     def window(t, b):
         r0, r1, c0, c1 = t
         w = (max(r0 - b, 0), min(r1 + b, nr), max(c0 - b, 0), min(c1 + b, nc))
-        a = chm[w[0]:w[1], w[2]:w[3]]
-        return w, (smooth_chm(a, **sm) if sm else a)
+        raw = np.asarray(read(*w), dtype="float64")
+        return w, raw, (smooth_chm(raw, **sm) if sm else raw)
 
-    rows, cols, zs = [], [], []
+    rows, cols, zs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
     for t in tiles:
-        w, a = window(t, b1)
+        w, _, a = window(t, b1)
         core = (t[0] - w[0], t[1] - w[0], t[2] - w[2], t[3] - w[2])
         rr, cc = lm_candidates(a, res, ws, hmin_m, shape, core=core)
         rows.append(rr + w[0]), cols.append(cc + w[2]), zs.append(a[rr, cc])
     tops = _tops_table(np.concatenate(rows), np.concatenate(cols), np.concatenate(zs), transform, ws, hmin_m, shape)
     tops.insert(0, "tree_index", np.arange(len(tops), dtype=np.int64))
-    tops["height_raw_m"] = chm[tops["row"].to_numpy(), tops["col"].to_numpy()]
+    tr, tc = tops["row"].to_numpy(), tops["col"].to_numpy()
 
-    labels = np.zeros(chm.shape, np.int32)
-    if segmentation is not None and len(tops):
-        tr, tc = tops["row"].to_numpy(), tops["col"].to_numpy()
+    def per_tile():
         for t in tiles:
             core_ids = np.flatnonzero((tr >= t[0]) & (tr < t[1]) & (tc >= t[2]) & (tc < t[3]))
             if core_ids.size == 0:
                 continue
-            w, a = window(t, buffer_px)
-            inw = np.flatnonzero((tr >= w[0]) & (tr < w[1]) & (tc >= w[2]) & (tc < w[3]))
-            lab = segment_crowns(a, np.c_[tr[inw] - w[0], tc[inw] - w[2]], method=segmentation, res_m=res, **seg_kw)
-            gid = np.r_[0, inw + 1].astype(np.int32)[lab]
-            own = np.isin(gid, core_ids + 1)
-            labels[w[0]:w[1], w[2]:w[3]][own] = gid[own]
+            w, raw, a = window(t, buffer_px)
+            own = np.zeros(a.shape, np.int32)
+            if segmentation is not None:
+                inw = np.flatnonzero((tr >= w[0]) & (tr < w[1]) & (tc >= w[2]) & (tc < w[3]))
+                lab = segment_crowns(a, np.c_[tr[inw] - w[0], tc[inw] - w[2]], method=segmentation, res_m=res,
+                                     **seg_kw)
+                gid = np.r_[0, inw + 1].astype(np.int32)[lab]
+                own = np.where(np.isin(gid, core_ids + 1), gid, 0).astype(np.int32)
+            yield core_ids, w, raw, own
+
+    return tops, per_tile()
+
+
+def detect_trees(chm, transform, ws, hmin_m: float = 2.0, tile_px: int = 1024, buffer_px: int | None = None,
+                 smooth: dict | None = None, segmentation: str | None = "dalponte2016", shape: str = "circular",
+                 **seg_kw):
+    """Tree tops and crowns of an in-memory CHM, tile by tile (:func:`iter_tree_tiles`); the same trees and
+    labels as one untiled run.
+
+    ``smooth`` (e.g. ``{"size_px": 3, "method": "median"}``) goes to :func:`smooth_chm`; detection
+    (:func:`local_maxima`) and segmentation (:func:`.crowns.segment_crowns`, keywords ``seg_kw``, ``res_m``
+    set from the transform) run on the smoothed CHM.
+
+    Returns (trees, labels): trees has tree_index, x, y, row, col, height_m
+    (detection CHM), height_raw_m (input CHM), crown_area_m2,
+    crown_diameter_m; labels is the int32 crown raster (0 = none).
+    """
+    chm = np.asarray(chm, dtype="float64")
+    tops, tiles = iter_tree_tiles(lambda r0, r1, c0, c1: chm[r0:r1, c0:c1], chm.shape, transform, ws, hmin_m,
+                                  tile_px, buffer_px, smooth, segmentation, shape, hmax_m=_nanmax(chm), **seg_kw)
+    tops["height_raw_m"] = chm[tops["row"].to_numpy(), tops["col"].to_numpy()]
+    labels = np.zeros(chm.shape, np.int32)
+    for _, w, _, own in tiles:
+        sub = labels[w[0]:w[1], w[2]:w[3]]
+        sub[own > 0] = own[own > 0]
     ct = crown_table(labels, chm, transform)
     area = pd.Series(ct["crown_area_m2"].to_numpy(), index=ct["label"].to_numpy())
     tops["crown_area_m2"] = area.reindex(tops["tree_index"].to_numpy() + 1).fillna(0.0).to_numpy()
