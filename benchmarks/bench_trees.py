@@ -1,15 +1,18 @@
-"""Single-tree detection benchmark: the project's tree tops (lidR ``lmf`` transcription, variable window,
-tiled with buffers) and crowns (lidR ``dalponte2016``) against a plain scipy reference.
+"""Single-tree benchmark: the whole CHM file → register path (tops, crowns, heights, DBH, Monte Carlo carbon,
+totals, the register's GeoPackage and GeoParquet) against a plain scipy reference on the same CHM.
 
-    python benchmarks/bench_trees.py [--side-px 2000 --res 0.5]
+    python benchmarks/bench_trees.py [--side-px 2000 --res 0.5 --tile-px 512]
 
 The CHM is a synthetic forest of paraboloid crowns (heights 8-30 m, crown radius 0.15 h + 1 m, Poisson
-positions, NaN gaps).  The reference is the textbook local-maximum filter: a cell is a top when it equals
+positions, NaN gaps), written once as a GeoTIFF in EPSG:4549.  The project's path
+(:func:`forestcarbon.flows.single_trees.register` + ``write_outputs``) reads it tile by tile.  The reference is
+the textbook local-maximum filter on the whole array in memory: a cell is a top when it equals
 ``scipy.ndimage.maximum_filter`` over a disc of the window at its height class (one pass per class of the
-variable window, rounded to whole cells) and is >= hmin; it has no tie rule and no crowns.  Printed: top
-counts of both, the share of the project's tops the reference also finds, seconds of detection alone and of
-detection + crowns, the ratio to the reference, the throughput in km2 per hour at 0.5 m, and the peak memory
-of each path in a fresh process (it should grow with the tile, not the CHM).  Last line: JSON.
+variable window, rounded to whole cells) and is >= hmin; no tie rule, no crowns, no carbon.  Each path runs in
+a fresh process (peak resident memory of its own); the project's path also on a quarter of the area with the
+same tiles, and its memory beyond the trees' own table is what should not grow with the area.  Printed: tree
+counts, trees per second and CHM megapixels per second of both, the ratio of seconds, km² per hour, peak
+memory.  Last line: JSON.
 """
 
 from __future__ import annotations
@@ -69,52 +72,93 @@ def reference_tops(chm: np.ndarray, res: float) -> int:
     return int(tops.sum())
 
 
-def _run(kind: str, side_px: int, res: float, tile_px: int) -> float:
+def write_chm(path: Path, side_px: int, res: float) -> None:
+    import rasterio
     from rasterio.transform import from_origin
 
-    from forestcarbon.rs.lidar.trees import detect_trees
+    chm = forest_chm(side_px, res).astype("float32")
+    with rasterio.open(path, "w", driver="GTiff", width=side_px, height=side_px, count=1, dtype="float32",
+                       crs="EPSG:4549", transform=from_origin(500_000.0, 3_200_000.0 + side_px * res, res, res),
+                       nodata=float("nan"), tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+        dst.write(chm, 1)
 
-    chm = forest_chm(side_px, res)
+
+def field_trees(seed: int = 1) -> "object":
+    """Field trees for the DBH model: ln D = 0.3 + 1.0 ln H + N(0, 0.25) (a synthetic broadleaf relation)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    h = rng.uniform(5, 32, 400)
+    return pd.DataFrame({"species_group": "evergreen_broadleaf", "height_m": h, "status": "alive",
+                         "height_source": "measured", "dbh_cm": np.exp(0.3 + np.log(h) + rng.normal(0, 0.25, h.size))})
+
+
+def _run(kind: str, chm_path: str, res: float, tile_px: int, out: str):
+    import rasterio
+
     t0 = time.perf_counter()
     if kind == "reference":
-        reference_tops(chm, res)
+        with rasterio.open(chm_path) as src:
+            chm = src.read(1).astype("float64")
+        n = reference_tops(chm, res)
     else:
-        detect_trees(chm, from_origin(0, side_px * res, res, res), WINDOW, HMIN, tile_px=tile_px,
-                     smooth=None, segmentation="dalponte2016" if kind == "crowns" else None, max_cr_m=5.0)
-    return time.perf_counter() - t0
+        from pyproj import CRS
+
+        from forestcarbon.config import default_allometry_path
+        from forestcarbon.flows import single_trees as st
+        from forestcarbon.flows.layout import Layout
+        from forestcarbon.models.allometry import load_registry
+
+        det = st.Detection(window_m=WINDOW, min_height_m=HMIN, smooth="median", smooth_px=3, tile_px=tile_px)
+        car = st.CarbonSettings()
+        table, crowns, totals, models = st.register([{"name": "bench", "chm": Path(chm_path)}], det, car,
+                                                    load_registry(default_allometry_path()), field_trees(), "log_h",
+                                                    CRS.from_epsg(4549), None, None)
+        st.write_outputs(Layout(Path(out)), table, crowns, CRS.from_epsg(4549), totals, models)
+        n = len(table)
+    return time.perf_counter() - t0, n
 
 
 def main(argv=None) -> int:
+    import tempfile
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--side-px", type=int, default=2000)
     ap.add_argument("--res", type=float, default=0.5)
-    ap.add_argument("--tile-px", type=int, default=1024)
+    ap.add_argument("--tile-px", type=int, default=512)
     a = ap.parse_args(argv)
-    from rasterio.transform import from_origin
-
-    from forestcarbon.rs.lidar.trees import detect_trees
-
-    chm = forest_chm(a.side_px, a.res)
-    tf = from_origin(0, a.side_px * a.res, a.res, a.res)
-    tops, _ = detect_trees(chm, tf, WINDOW, HMIN, tile_px=a.tile_px, segmentation=None)
-    n_ref = reference_tops(chm, a.res)
-    del chm
-    t = {k: run_isolated(_run, k, a.side_px, a.res, a.tile_px) for k in ("reference", "tops", "crowns")}
-    # peak memory against the CHM's size: the same tiles on a quarter of the area
-    small = {k: run_isolated(_run, k, a.side_px // 2, a.res, a.tile_px)[1] for k in ("tops", "crowns")}
-    km2 = (a.side_px * a.res) ** 2 / 1e6
-    out = {"side_px": a.side_px, "res_m": a.res, "area_km2": km2, "tops": int(len(tops)), "reference_tops": n_ref,
-           "seconds": {k: v[0] for k, v in t.items()}, "peak_rss_mb": {k: v[1] for k, v in t.items()},
-           "peak_rss_mb_quarter_area": small,
-           "ratio_tops_to_reference": t["tops"][0] / t["reference"][0],
-           "ratio_tops_and_crowns_to_reference": t["crowns"][0] / t["reference"][0],
-           "km2_per_hour_tops_and_crowns": km2 / t["crowns"][0] * 3600}
-    print(f"{a.side_px} x {a.side_px} px at {a.res} m ({km2:.2f} km2): {out['tops']} tops (scipy maximum_filter "
-          f"reference: {n_ref})")
-    for k, (s, m) in t.items():
-        print(f"  {k:10s} {s:7.2f} s  peak {m:7.0f} MB")
-    print(f"ratio to reference: tops {out['ratio_tops_to_reference']:.2f}, tops + crowns "
-          f"{out['ratio_tops_and_crowns_to_reference']:.2f}; {out['km2_per_hour_tops_and_crowns']:.1f} km2/h with crowns")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        runs = {}
+        for tag, side in (("full", a.side_px), ("quarter", a.side_px // 2)):
+            chm = tmp / f"chm_{tag}.tif"
+            write_chm(chm, side, a.res)
+            kinds = ("reference", "register") if tag == "full" else ("register",)
+            for k in kinds:
+                (secs_n, peak) = run_isolated(_run, k, str(chm), a.res, a.tile_px, str(tmp / f"out_{tag}_{k}"))
+                runs[(tag, k)] = {"seconds": secs_n[0], "trees": secs_n[1], "peak_rss_mb": peak,
+                                  "mpx": side * side / 1e6, "km2": (side * a.res) ** 2 / 1e6}
+    full, ref, quarter = runs[("full", "register")], runs[("full", "reference")], runs[("quarter", "register")]
+    out = {"side_px": a.side_px, "res_m": a.res, "tile_px": a.tile_px, "area_km2": full["km2"], "chm_mpx": full["mpx"],
+           "trees": full["trees"], "reference_tops": ref["trees"],
+           "seconds": {"register": full["seconds"], "reference": ref["seconds"]},
+           "trees_per_s": {"register": full["trees"] / full["seconds"], "reference": ref["trees"] / ref["seconds"]},
+           "chm_mpx_per_s": {"register": full["mpx"] / full["seconds"], "reference": ref["mpx"] / ref["seconds"]},
+           "ratio_register_to_reference": full["seconds"] / ref["seconds"],
+           "km2_per_hour": full["km2"] / full["seconds"] * 3600,
+           "peak_rss_mb": {"register": full["peak_rss_mb"], "reference": ref["peak_rss_mb"],
+                           "register_quarter_area": quarter["peak_rss_mb"]},
+           "trees_quarter_area": quarter["trees"]}
+    print(f"{a.side_px} x {a.side_px} px at {a.res} m ({full['km2']:.2f} km2, {full['mpx']:.1f} Mpx), tiles of "
+          f"{a.tile_px} px")
+    print(f"  register (tops, crowns, DBH, carbon, files): {full['trees']} trees in {full['seconds']:.1f} s = "
+          f"{out['trees_per_s']['register']:.0f} trees/s, {out['chm_mpx_per_s']['register']:.2f} Mpx/s, "
+          f"peak {full['peak_rss_mb']:.0f} MB")
+    print(f"  reference (scipy maximum_filter tops only): {ref['trees']} tops in {ref['seconds']:.1f} s = "
+          f"{out['trees_per_s']['reference']:.0f} tops/s, {out['chm_mpx_per_s']['reference']:.2f} Mpx/s, "
+          f"peak {ref['peak_rss_mb']:.0f} MB")
+    print(f"  ratio {out['ratio_register_to_reference']:.1f}; {out['km2_per_hour']:.1f} km2/h; quarter area: "
+          f"{quarter['trees']} trees, peak {quarter['peak_rss_mb']:.0f} MB")
     print(json.dumps(out))
     return 0
 
