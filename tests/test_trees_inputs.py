@@ -27,13 +27,13 @@ X0, Y0 = 500_000.0, 3_200_000.0  # EPSG:4549 (CGCS2000 / 3-degree GK CM 120E) me
 TREES = [(X0 + 10.25, Y0 - 10.25, 18.0, 3.0), (X0 + 30.25, Y0 - 12.25, 12.0, 2.5), (X0 + 20.25, Y0 - 30.25, 24.0, 3.5)]
 
 
-def _chm(tmp_path, name="chm.tif", crs="EPSG:4549", flat=None, transform=None):
+def _chm(tmp_path, name="chm.tif", crs="EPSG:4549", flat=None, transform=None, trees=None):
     n = 80
     yy, xx = np.mgrid[0:n, 0:n]
     x = X0 + (xx + 0.5) * RES
     y = Y0 - (yy + 0.5) * RES
     chm = np.zeros((n, n), "float32")
-    for tx, ty, h, r in TREES:
+    for tx, ty, h, r in (TREES if trees is None else trees):
         d2 = (x - tx) ** 2 + (y - ty) ** 2
         chm = np.maximum(chm, np.where(d2 < r * r, h * (1 - 0.3 * d2 / (r * r)), 0))
     if flat is not None:
@@ -168,3 +168,32 @@ def test_streamed_file_detection_equals_the_in_memory_chain(tmp_path):
     cp = crown_polygons(labels, tf).set_index("label").geometry
     for k, g in zip(ref["tree_index"].to_numpy(), polys):
         assert g.symmetric_difference(cp[k + 1]).area < 1e-6
+
+
+def test_two_epochs_growth_new_and_lost_trees(tmp_path):
+    """Epoch 2: the first tree grew 1.5 m, the second was felled, a new one stands at (x0 + 32, y0 - 32)."""
+    field = _field(tmp_path)
+    one = _run([_chm(tmp_path, "e1.tif"), "--out", tmp_path / "e1", "--field-trees", field])
+    assert one.exit_code == 0, one.output
+    later = [(TREES[0][0], TREES[0][1], TREES[0][2] + 1.5, TREES[0][3]), TREES[2], (X0 + 32.25, Y0 - 32.25, 15.0, 2.5)]
+    prev = tmp_path / "e1" / "trees" / "trees.parquet"
+    two = _run([_chm(tmp_path, "e2.tif", trees=later), "--out", tmp_path / "e2", "--field-trees", field,
+                "--previous", prev])
+    assert two.exit_code == 0, two.output
+    assert "2 matched, 1 lost, 1 new" in two.output
+    a, b = pd.read_parquet(prev), pd.read_parquet(tmp_path / "e2" / "trees" / "trees.parquet")
+    ch = pd.read_csv(tmp_path / "e2" / "trees" / "changes.csv")
+
+    def near(df, xy):
+        return df.loc[np.hypot(df["x"] - xy[0], df["y"] - xy[1]) < 1.0, "tree_id"].item()
+
+    m = ch[ch["change"] == "matched"].set_index("id_a")
+    grown, still = near(a, TREES[0]), near(a, TREES[2])
+    assert m.loc[grown, "id_b"] == near(b, TREES[0]) and m.loc[still, "id_b"] == near(b, TREES[2])
+    assert m.loc[grown, "id_b"] == grown  # ids come from positions: same place, same id
+    # the apex cell holds the drawn top (apexes at cell centres), so the change is the drawn 1.5 m
+    assert m.loc[grown, "dheight_m"] == pytest.approx(1.5, abs=1e-4)
+    assert m.loc[still, "dheight_m"] == pytest.approx(0.0, abs=1e-4)
+    assert m.loc[grown, "dcarbon_kg"] > 0
+    assert ch.loc[ch["change"] == "lost", "id_a"].tolist() == [near(a, TREES[1])]
+    assert ch.loc[ch["change"] == "new", "id_b"].tolist() == [near(b, later[2])]

@@ -288,6 +288,8 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
                  species: Optional[Path] = typer.Option(None, help="species polygons: a tree inside takes their "
                                                          "species' group (before the parcel's dominant species)"),
                  species_field: str = typer.Option("species", help="species field of --species"),
+                 previous: Optional[Path] = typer.Option(None, help="an earlier epoch's trees.parquet: growth, "
+                                                         "new and lost trees (OUT/trees/changes.csv)"),
                  crs: Optional[str] = typer.Option(None, help="CRS for LAS/LAZ files whose header has none")):
     """Single trees and their carbon: tops, crowns, DBH, carbon with 90 % intervals, the register
     (OUT/trees/trees.gpkg, trees.parquet), totals per parcel, village and class (tree_totals.csv)."""
@@ -307,7 +309,7 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
         cfg = load_config(config) if config else None
         t = cfg.trees if cfg else TreesConfig()
         det, car = st.settings(t)
-        for p in [*sources, field_trees]:
+        for p in [*sources, field_trees, *([previous] if previous else [])]:
             if not p.exists():
                 raise InputNotFoundError(f"file not found: {p}")
         layout = Layout(out)
@@ -347,7 +349,9 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
             table, crowns, totals, models = st.register(
                 srcs, det, car, registry, field, t.dbh_form, grid_crs, pgdf, vgdf, fallback=fallback,
                 provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)}, species_layer=sgdf)
-            st.write_outputs(layout, table, crowns, grid_crs, totals, models,
+            changes = (st.changes_since(previous, table, t.match_distance_m, t.match_height_drop_m)
+                       if previous is not None else None)
+            st.write_outputs(layout, table, crowns, grid_crs, totals, models, changes,
                              chms=[s["chm"] for s in srcs if Path(s["chm"]).parent == work])
         finally:
             import shutil
@@ -358,6 +362,10 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
     ok = table["carbon_status"].eq("ok")
     typer.echo(f"wrote {layout.trees_gpkg}: {len(table)} trees ({int(table['village_tree'].sum())} outside forest "
                f"parcels), {table.loc[ok, 'carbon_kg'].sum() / 1000:,.2f} t C in {int(ok.sum())} trees with carbon")
+    if changes is not None:
+        n = changes["change"].value_counts()
+        typer.echo(f"changes since {previous}: {int(n.get('matched', 0))} matched, {int(n.get('lost', 0))} lost, "
+                   f"{int(n.get('new', 0))} new")
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Biomass models from tables of plot metrics.")
