@@ -161,6 +161,8 @@ def build_report(ctx) -> dict:
         pr = gpd.read_file(out.projects_gpkg, layer="projects_carbon")
         summary["projects"] = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
                                for r in pd.DataFrame(pr.drop(columns="geometry"))[[c for c in ("project_id", "area_ha", "n_parcels", "n_conflicts", "contested_ha", "ineligible_ha", "carbon_t", "carbon_sd_t", "carbon_lo_t", "carbon_hi_t", "rel_half_width", "co2e_t", "carbon_credited_t", "carbon_t_inside_boundary_all_land") if c in pr]].to_dict("records")]
+    if out.trees_totals.exists():
+        summary["single_trees"] = trees_summary(out)
     parcel_summary = out.parcels_gpkg.parent / "summary.json"
     county = json.loads(parcel_summary.read_text())["county"] if parcel_summary.exists() else {}
     summary["county"] = county
@@ -230,6 +232,21 @@ def build_report(ctx) -> dict:
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
         {"truth": summary["truth"]} if "truth" in summary else {})
+
+
+def trees_summary(out) -> dict:
+    """The tree register's class totals (village trees, forest-parcel trees: count, carbon with SD and 90 %
+    interval, kg) and, for synthetic scenes, its scores against the true trees."""
+    tot = pd.read_csv(out.trees_totals)
+    cls = tot[tot["level"] == "class"] if "level" in tot else tot.iloc[0:0]
+    res = {"register": str(out.trees_gpkg.relative_to(out.root)),
+           "classes": {r["label"]: {"n_trees": int(r["n_trees"]), "carbon_kg": float(r["carbon_kg"]),
+                                    "carbon_kg_sd": float(r["carbon_kg_sd"]),
+                                    "interval_90": [float(r["carbon_kg_p05"]), float(r["carbon_kg_p95"])]}
+                       for _, r in cls.iterrows()}}
+    if out.trees_validation.exists():
+        res["validation"] = json.loads(out.trees_validation.read_text())
+    return res
 
 
 def model_summary(card: dict) -> dict:
