@@ -50,12 +50,12 @@ def _correct_code(land_use: str, forest_type: str, trap: str) -> str:
     return {"young_plantation": "0141", "clearcut": "0161", "water": "0230", "village": "0250"}.get(land_use, "0210")
 
 
-def write_uav(out: Path, seed: int, frame: landscape.Frame, parcels, agb: np.ndarray, cells, stand, dem: np.ndarray,
-              villages) -> dict:
+def write_uav(out: Path, seed: int, frame: landscape.Frame, parcels, agb: np.ndarray, tcode: np.ndarray, cells, stand,
+              dem: np.ndarray, villages) -> dict:
     """UAV windows, their stem maps, LAZ tiles and the true tree list (:mod:`.trees`, :mod:`.uav_lidar`),
     on their own random stream so that nothing else in the scene changes with them; returns a summary."""
     rng = np.random.default_rng([seed, 11])
-    windows = stems.choose_windows(frame, cells.cover, stems.n_windows(frame.size_m / 1000))
+    windows = stems.choose_windows(frame, cells.cover, stems.n_windows(frame.size_m / 1000), tcode=tcode)
     stem_map = stems.stem_map(rng, frame, windows, parcels, agb, cells.cover, stand.height_m)
     registry = load_registry(default_allometry_path())
     table = stems.truth_table(stem_map, parcels, villages, registry)
@@ -139,7 +139,7 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0, uav: bool 
         (out / "villages").mkdir(exist_ok=True)
         villages.to_file(out / "villages" / "villages.gpkg", layer="villages", driver="GPKG")
         _write_truth_raster(truth / "dem_truth.tif", dem, frame, "the DEM the LiDAR ground returns lie on (m)")
-        trees_summary = write_uav(out, seed, frame, parcels, agb, cells, stand, dem, villages)
+        trees_summary = write_uav(out, seed, frame, parcels, agb, tcode, cells, stand, dem, villages)
     (truth / "README.json").write_text(json.dumps({
         "seed": seed, "size_km": size_km, "crs": landscape.CRS,
         "carbon_definition": "carbon_t = integral over the parcel of the pipeline's carbon conversion "

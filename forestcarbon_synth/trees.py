@@ -94,12 +94,13 @@ def village_height_m(dbh_cm):
 
 def crown_surface(shape, height_m, radius_m, length_m, r):
     """Height (m above ground) of a crown's top surface at horizontal distance ``r`` from the stem; NaN
-    outside the crown (``r >= radius``).  Cone: ``H - L r / R``; half-ellipsoid: ``H - L + L sqrt(1 -
+    outside the crown (``r >= radius``); ``shape``: ``"cone"`` / ``"ellipsoid"``, or True for a cone.  Cone: ``H - L r / R``; half-ellipsoid: ``H - L + L sqrt(1 -
     (r/R)²)``."""
     q = np.asarray(r, float) / radius_m
-    cone = height_m - length_m * q
-    ell = height_m - length_m + length_m * np.sqrt(np.clip(1 - q**2, 0, None))
-    return np.where(q < 1, np.where(np.asarray(shape) == "cone", cone, ell), np.nan)
+    shape = np.asarray(shape)
+    is_cone = shape if shape.dtype == bool else shape == "cone"
+    z = np.where(is_cone, height_m - length_m * q, height_m - length_m + length_m * np.sqrt(np.clip(1 - q * q, 0, None)))
+    return np.where(q < 1, z, np.nan)
 
 
 # ------------------------------------------------------------------ windows
@@ -107,10 +108,13 @@ def n_windows(size_km: float) -> int:
     return 1 if size_km < 5 else 3
 
 
-def choose_windows(frame: Frame, cover: np.ndarray, n: int, side_m: float = WINDOW_M) -> gpd.GeoDataFrame:
+def choose_windows(frame: Frame, cover: np.ndarray, n: int, side_m: float = WINDOW_M,
+                   tcode: np.ndarray | None = None) -> gpd.GeoDataFrame:
     """``n`` non-overlapping square windows (snapped to the 10 m grid, so to whole metres) that hold both
     forest and open land (farmland, built-up, village groves), with village groves where the county has
-    them: score = min(forest share, open share) + grove share, best first, at least 100 m apart."""
+    them and several forest types (``tcode``, the forest-type index per cell): score = min(forest share,
+    open share) + grove share + 0.5 if any grove + 0.15 per forest type covering >= 5 % of the window,
+    best first, at least 100 m apart."""
     k = int(round(side_m / frame.res))
     forest = cover == COVER["forest"].code
     grove = cover == COVER["village_trees"].code
@@ -124,6 +128,9 @@ def choose_windows(frame: Frame, cover: np.ndarray, n: int, side_m: float = WIND
     cells = k * k
     f, o, g = sums(forest) / cells, sums(open_) / cells, sums(grove) / cells
     score = np.minimum(f, o) + g + 0.5 * (g > 0.01)
+    if tcode is not None:
+        for i, _ in enumerate(FOREST_TYPES):
+            score += 0.15 * (sums(forest & (tcode == i)) / cells >= 0.05)
     margin = 2  # cells kept clear of the frame's edge
     rows, cols = np.meshgrid(np.arange(score.shape[0]), np.arange(score.shape[1]), indexing="ij")
     ok = (rows >= margin) & (cols >= margin) & (rows <= score.shape[0] - 1 - margin) & (cols <= score.shape[1] - 1 - margin)

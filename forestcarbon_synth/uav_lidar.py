@@ -47,7 +47,7 @@ class Canopy:
         self.h = t["height_m"].to_numpy(float)
         self.r = t["crown_diameter_m"].to_numpy(float) / 2
         self.ln = t["crown_length_m"].to_numpy(float)
-        self.shape = t["crown_shape"].to_numpy()
+        self.shape = t["crown_shape"].to_numpy() == "cone"  # True: cone
         self.gap = np.array([CROWNS[k].gap for k in t["type"]]) if len(t) else np.zeros(0)
         pad = float(self.r.max()) + 1 if len(t) else 1.0
         self.x0, self.y0 = bounds[0] - pad, bounds[1] - pad
@@ -182,28 +182,33 @@ def write_windows(rng, frame: Frame, dem: np.ndarray, land, trees: pd.DataFrame,
     for wi, w in enumerate(windows.itertuples()):
         b = w.geometry.bounds
         pts = window_points(rng, frame, dem, land, trees[trees["window"] == w.window], b, density_per_m2)
-        for tx in np.arange(b[0], b[2] - 1e-6, tile_m):
-            for ty in np.arange(b[1], b[3] - 1e-6, tile_m):
-                sel = (pts["x"] >= tx) & (pts["x"] < tx + tile_m) & (pts["y"] >= ty) & (pts["y"] < ty + tile_m)
-                p = {k: v[sel] for k, v in pts.items()}
-                nb, nl = 10, 5  # birds above, multipath below ground
-                ox, oy = rng.uniform(tx, tx + tile_m, nb + nl), rng.uniform(ty, ty + tile_m, nb + nl)
-                oz = _dem_at(dem, frame, ox, oy) + np.r_[rng.uniform(40, 200, nb), -rng.uniform(1, 5, nl)]
-                m = int(sel.sum()) + nb + nl
-                header = laspy.LasHeader(point_format=6, version="1.4")
-                header.offsets = np.array([tx, ty, 0.0])
-                header.scales = np.array([0.01, 0.01, 0.01])
-                header.add_crs(PCRS.from_user_input(CRS))
-                las = laspy.LasData(header)
-                las.x = np.r_[p["x"], ox]
-                las.y = np.r_[p["y"], oy]
-                las.z = np.r_[p["z"], oz]
-                las.classification = np.r_[p["classification"], np.full(nb + nl, 7, "uint8")]
-                las.return_number = np.r_[p["return_number"], np.ones(nb + nl, "uint8")]
-                las.number_of_returns = np.r_[p["number_of_returns"], np.ones(nb + nl, "uint8")]
-                las.intensity = np.r_[p["intensity"], np.full(nb + nl, 50, "uint16")]
-                las.point_source_id = np.full(m, wi + 1, "uint16")
-                path = out / f"uav_{w.window}_{int(tx)}_{int(ty)}.laz"
-                las.write(path)
-                paths.append(path)
+        ntx = int(np.ceil((b[2] - b[0]) / tile_m - 1e-9))
+        kx = np.minimum(((pts["x"] - b[0]) // tile_m).astype(int), ntx - 1)
+        ky = np.minimum(((pts["y"] - b[1]) // tile_m).astype(int), int(np.ceil((b[3] - b[1]) / tile_m - 1e-9)) - 1)
+        key = kx * 1000 + ky
+        order = np.argsort(key, kind="stable")
+        uniq, start = np.unique(key[order], return_index=True)
+        for u, sl in zip(uniq, np.split(order, start[1:])):
+            tx, ty = b[0] + (u // 1000) * tile_m, b[1] + (u % 1000) * tile_m
+            p = {k: v[sl] for k, v in pts.items()}
+            nb, nl = 10, 5  # birds above, multipath below ground
+            ox, oy = rng.uniform(tx, tx + tile_m, nb + nl), rng.uniform(ty, ty + tile_m, nb + nl)
+            oz = _dem_at(dem, frame, ox, oy) + np.r_[rng.uniform(40, 200, nb), -rng.uniform(1, 5, nl)]
+            m = len(p["x"]) + nb + nl
+            header = laspy.LasHeader(point_format=6, version="1.4")
+            header.offsets = np.array([tx, ty, 0.0])
+            header.scales = np.array([0.01, 0.01, 0.01])
+            header.add_crs(PCRS.from_user_input(CRS))
+            las = laspy.LasData(header)
+            las.x = np.r_[p["x"], ox]
+            las.y = np.r_[p["y"], oy]
+            las.z = np.r_[p["z"], oz]
+            las.classification = np.r_[p["classification"], np.full(nb + nl, 7, "uint8")]
+            las.return_number = np.r_[p["return_number"], np.ones(nb + nl, "uint8")]
+            las.number_of_returns = np.r_[p["number_of_returns"], np.ones(nb + nl, "uint8")]
+            las.intensity = np.r_[p["intensity"], np.full(nb + nl, 50, "uint16")]
+            las.point_source_id = np.full(m, wi + 1, "uint16")
+            path = out / f"uav_{w.window}_{int(tx)}_{int(ty)}.laz"
+            las.write(path)
+            paths.append(path)
     return paths
