@@ -258,7 +258,8 @@ def _stand_trees(rng, t, age, part, frame, agb, height_m, parcel_id, window) -> 
     xy = _positions(rng, PATTERN[t.key], part, n, lambda x, y: _field_at(agb, frame, x, y) / amax, a.sum() / amax)
     dbh, hgt = dbh[:n], hgt[:n]
     local = _field_at(height_m, frame, xy[:, 0], xy[:, 1]).astype(float)
-    hgt = np.clip(hgt * np.where(local > 0, local, htop_stand) / htop_stand, 1.5, None)  # the stem's cell's canopy
+    # the canopy top of the stem's cell (within 0.6-1.4 of the stand's: an edge cell may be the neighbour's)
+    hgt = np.clip(hgt * np.clip(np.where(local > 0, local, htop_stand) / htop_stand, 0.6, 1.4), 1.5, None)
     out = _rows(xy[:, 0], xy[:, 1], t.key, t.species, dbh, hgt, parcel_id, window)
     out["age_du"] = du[:n] if du is not None else np.nan
     return out
