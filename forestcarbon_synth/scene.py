@@ -1,4 +1,12 @@
-"""Write a whole synthetic county: inputs, truth and a ready ``config.yaml``."""
+"""Write a whole synthetic county: inputs, truth and a ready ``config.yaml``.
+
+With ``uav=True`` (the default) the county also gets UAV LiDAR windows for the pipeline's single-tree
+stage (``lidar_uav/``, :mod:`.uav_lidar`), every tree in them (``truth/trees.csv``, :mod:`.trees`), the
+windows (``truth/uav_windows.gpkg``), the DEM the ground returns lie on (``truth/dem_truth.tif``) and the
+village polygons (``villages/villages.gpkg``, :mod:`.villages`).  These draw from their own random stream
+(seed, 11), so every other input and truth file of a seed is the same with or without them (config.yaml and
+truth/README.json gain their entries).
+"""
 
 from __future__ import annotations
 
