@@ -72,8 +72,11 @@ def write_uav(out: Path, seed: int, frame: landscape.Frame, parcels, agb: np.nda
     windows.to_file(truth / "uav_windows.gpkg", layer="uav_windows", driver="GPKG")
     uav_lidar.write_windows(rng, frame, dem, cells, stem_map, windows, out / "lidar_uav")
     vt = table["village_tree"].to_numpy(bool)
+    use = dict(zip(parcels["parcel_id"], parcels["land_use"]))
+    margin = table["parcel_id"].map(use).isin(["cropland", "paddy"]).to_numpy()
     return {"windows": windows["window"].tolist(), "window_side_m": stems.WINDOW_M,
             "trees": int(len(table)), "forest_parcel_trees": int((~vt).sum()), "village_trees": int(vt.sum()),
+            "field_margin_trees_not_in_agb_raster": int(margin.sum()),
             "visible_share": float(table["visible"].mean()) if len(table) else None,
             "trees_by_type": {k: int(v) for k, v in table["type"].value_counts().items()},
             "carbon_kg_village_trees": float(table.loc[vt, "carbon_kg"].sum()),
