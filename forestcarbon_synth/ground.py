@@ -174,20 +174,34 @@ def make_plots(rng, frame: Frame, parcels: gpd.GeoDataFrame, agb: np.ndarray, co
     return gpd.GeoDataFrame(plots, crs=CRS), pd.concat(trees, ignore_index=True)
 
 
+def draw_dbh_height(rng, t, age: int, htop_m: float, n: int):
+    """``n`` trees of forest type ``t`` (:class:`~forestcarbon_synth.forest_types.ForestType`) at stand age
+    ``age`` under a canopy top height ``htop_m``: (DBH cm, height m, culm age in du or None).
+
+    DBH: moso bamboo N(10, 1.5) clipped to 5-16 cm; other types Gamma(8, dq/8) with the quadratic-mean-like
+    scale ``dq = min(dbh_max, 3 + dbh_per_year · age)``, clipped to 1.5 cm - 1.3 ``dbh_max``.  Height:
+    ``htop · (D / D95)^0.6 · N(1, 0.08)`` (at least 1.5 m), D95 the sample's 95th DBH percentile, so the
+    larger trees reach the canopy top LiDAR sees.  Culm age (bamboo): 1-3 du (1 du = 2 years).  All
+    synthetic; shared by the plots' tree lists (:func:`make_plots`) and the UAV windows' stem maps
+    (:mod:`forestcarbon_synth.trees`)."""
+    if t.key == "moso_bamboo":
+        dbh = rng.normal(10.0, 1.5, n).clip(5, 16)
+    else:
+        dq = min(t.dbh_max, 3.0 + t.dbh_per_year * age)
+        dbh = rng.gamma(8.0, dq / 8.0, n).clip(1.5, t.dbh_max * 1.3)
+    htop = max(2.0, float(htop_m))
+    d95 = np.quantile(dbh, 0.95)
+    hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
+    du = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)
+    return dbh, hgt, du
+
+
 def _tree_list(rng, plot_id: str, t, species: str, age: int, target_mg_ha: float, area_m2: float,
                htop_m: float) -> pd.DataFrame:
     """Trees drawn (DBH, height up to the canopy top ``htop_m``; culm age for bamboo) and kept while their
     summed true AGB comes closest to the plot's target (possibly none)."""
     target_kg = target_mg_ha * area_m2 / 10_000 * 1000
-    if t.key == "moso_bamboo":
-        dbh = rng.normal(10.0, 1.5, 4000).clip(5, 16)
-    else:
-        dq = min(t.dbh_max, 3.0 + t.dbh_per_year * age)
-        dbh = rng.gamma(8.0, dq / 8.0, 4000).clip(1.5, t.dbh_max * 1.3)
-    htop = max(2.0, float(htop_m))
-    d95 = np.quantile(dbh, 0.95)
-    hgt = np.clip(htop * (dbh / d95) ** 0.6 * rng.normal(1, 0.08, dbh.size), 1.5, None)
-    du = rng.integers(1, 4, dbh.size) if t.key == "moso_bamboo" else None  # culm age in du (1 du = 2 years)
+    dbh, hgt, du = draw_dbh_height(rng, t, age, htop_m, 4000)
     kg = tree_agb_kg(t.key, dbh, hgt, du)
     n = int(np.argmin(np.abs(np.concatenate([[0.0], np.cumsum(kg)]) - target_kg)))
     rows = pd.DataFrame({

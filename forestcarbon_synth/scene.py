@@ -1,4 +1,12 @@
-"""Write a whole synthetic county: inputs, truth and a ready ``config.yaml``."""
+"""Write a whole synthetic county: inputs, truth and a ready ``config.yaml``.
+
+With ``uav=True`` (the default) the county also gets UAV LiDAR windows for the pipeline's single-tree
+stage (``lidar_uav/``, :mod:`.uav_lidar`), every tree in them (``truth/trees.csv``, :mod:`.trees`), the
+windows (``truth/uav_windows.gpkg``), the DEM the ground returns lie on (``truth/dem_truth.tif``) and the
+village polygons (``villages/villages.gpkg``, :mod:`.villages`).  These draw from their own random stream
+(seed, 11), so every other input and truth file of a seed is the same with or without them (config.yaml and
+truth/README.json gain their entries).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import numpy as np
 import rasterio
 import yaml
 
-from . import ground, land, landscape, lidar, sentinel2, structure
+from . import ground, land, landscape, lidar, sentinel2, structure, trees as stems, uav_lidar, villages as vil
 from forestcarbon.config import default_allometry_path
 from forestcarbon.models.allometry import load_registry
 
@@ -50,8 +58,37 @@ def _correct_code(land_use: str, forest_type: str, trap: str) -> str:
     return {"young_plantation": "0141", "clearcut": "0161", "water": "0230", "village": "0250"}.get(land_use, "0210")
 
 
-def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
-    """Generate the scene into ``out`` and return the path of its ``config.yaml``."""
+def write_uav(out: Path, seed: int, frame: landscape.Frame, parcels, agb: np.ndarray, tcode: np.ndarray, cells, stand,
+              dem: np.ndarray, villages) -> dict:
+    """UAV windows, their stem maps, LAZ tiles and the true tree list (:mod:`.trees`, :mod:`.uav_lidar`),
+    on their own random stream so that nothing else in the scene changes with them; returns a summary."""
+    rng = np.random.default_rng([seed, 11])
+    windows = stems.choose_windows(frame, cells.cover, stems.n_windows(frame.size_m / 1000), tcode=tcode)
+    stem_map = stems.stem_map(rng, frame, windows, parcels, agb, cells.cover, stand.height_m)
+    registry = load_registry(default_allometry_path())
+    table = stems.truth_table(stem_map, parcels, villages, registry)
+    truth = out / "truth"
+    table.to_csv(truth / "trees.csv", index=False)
+    windows.to_file(truth / "uav_windows.gpkg", layer="uav_windows", driver="GPKG")
+    uav_lidar.write_windows(rng, frame, dem, cells, stem_map, windows, out / "lidar_uav")
+    vt = table["village_tree"].to_numpy(bool)
+    use = dict(zip(parcels["parcel_id"], parcels["land_use"]))
+    margin = table["parcel_id"].map(use).isin(["cropland", "paddy"]).to_numpy()
+    return {"windows": windows["window"].tolist(), "window_side_m": stems.WINDOW_M,
+            "trees": int(len(table)), "forest_parcel_trees": int((~vt).sum()), "village_trees": int(vt.sum()),
+            "field_margin_trees_not_in_agb_raster": int(margin.sum()),
+            "visible_share": float(table["visible"].mean()) if len(table) else None,
+            "trees_by_type": {k: int(v) for k, v in table["type"].value_counts().items()},
+            "carbon_kg_village_trees": float(table.loc[vt, "carbon_kg"].sum()),
+            "carbon_kg_forest_parcel_trees": float(table.loc[~vt, "carbon_kg"].sum())}
+
+
+def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0, uav: bool = True) -> Path:
+    """Generate the scene into ``out`` and return the path of its ``config.yaml``.
+
+    ``uav``: also the UAV windows (``lidar_uav/``, ``truth/trees.csv``, ``truth/uav_windows.gpkg``) and
+    the village polygons (``villages/villages.gpkg``), wired into the config (``inputs.tree_lidar``,
+    ``inputs.villages``, ``truth.trees``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -107,6 +144,13 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
                                                                          parcels.di_lei_trap)]
     ptruth.to_csv(truth / "parcel_carbon_truth.csv", index=False)
     nf = ~np.isin(cells.cover, [c.code for c in land.COVERS if c.forest])
+    trees_summary = None
+    if uav:
+        villages = vil.make_villages(parcels)
+        (out / "villages").mkdir(exist_ok=True)
+        villages.to_file(out / "villages" / "villages.gpkg", layer="villages", driver="GPKG")
+        _write_truth_raster(truth / "dem_truth.tif", dem, frame, "the DEM the LiDAR ground returns lie on (m)")
+        trees_summary = write_uav(out, seed, frame, parcels, agb, tcode, cells, stand, dem, villages)
     (truth / "README.json").write_text(json.dumps({
         "seed": seed, "size_km": size_km, "crs": landscape.CRS,
         "carbon_definition": "carbon_t = integral over the parcel of the pipeline's carbon conversion "
@@ -120,6 +164,23 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
         "landcover_input": {"file": f"landcover/{LANDCOVER_FILE}", "classes": land.WORLDCOVER,
                             "accuracy_against_truth_on_target_grid": wc_accuracy},
         "di_lei_codes": land.DI_LEI_CODES,
+        **({"trees": {
+            "file": "truth/trees.csv", "windows": "truth/uav_windows.gpkg", "uav_lidar": "lidar_uav",
+            "carbon_definition": "carbon_kg = the pipeline's carbon conversion (forestcarbon registry.conversion."
+                                 "tree_pools: agb_kg x carbon_fraction_above + agb_kg x R x carbon_fraction_below, "
+                                 "rule by the group the registry resolves the tree's species to) applied to the "
+                                 "tree's true AGB (forestcarbon_synth.ground.tree_agb_kg, the county's own "
+                                 "allometry; village trees by its broadleaf equation), R picked by the true AGB "
+                                 "density of the 10 m cell holding the stem (column stand_agb_mg_ha), as "
+                                 "carbon_truth does for that cell. The pipeline's trees stage converts every "
+                                 "detected tree with the low-density ratio (a tree standing alone).",
+            "agb_definition": "trees >= 5 cm DBH; in forest stands and village groves their AGB sums to the true "
+                              "AGB raster over each parcel's part of the window; field-margin trees on farmland "
+                              "are not in the raster (its farmland cells are 0)",
+            "village_tree": "the stem lies outside every parcel whose truth land_class is forest",
+            "visible": "no other crown's surface rises above the tree's apex within 0.5 m of its stem",
+            "dem": "truth/dem_truth.tif",
+            **trees_summary}} if trees_summary else {}),
     }, indent=1, ensure_ascii=False))
 
     cfg = {
@@ -146,6 +207,10 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0) -> Path:
         "output": "output",
         "truth": {"agb": "truth/agb_truth.tif", "parcels": "truth/parcel_carbon_truth.csv"},
     }
+    if uav:
+        cfg["inputs"].update({"tree_lidar": "lidar_uav", "villages": "villages/villages.gpkg",
+                              "villages_layer": "villages", "village_id": "village_id"})
+        cfg["truth"]["trees"] = "truth/trees.csv"
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return path
