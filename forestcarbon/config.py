@@ -89,6 +89,7 @@ class InputsConfig(_Strict):
     villages: Path | None = None  # village (村) polygons: per-village tree counts and carbon
     villages_layer: str | None = None
     village_id: str = "village_id"
+    village_field_trees: Path | None = None  # measured open-grown trees (species, dbh_cm, height_m): DBH models of village trees
     tree_species: Path | None = None  # species polygons for single trees (before the parcels' dominant species)
     tree_species_layer: str | None = None
     tree_species_field: str = "species"
@@ -218,7 +219,10 @@ class TreesConfig(_Strict):
     ``previous_register``: an earlier run's ``trees/trees.parquet``; trees are matched one to one by position
     within ``match_distance_m`` unless the height dropped by more than ``match_height_drop_m``.
     ``dbh_form``: ``log_h`` (ln D ~ ln H) or ``log_h_cd`` (with the crown diameter, which the field trees
-    must then carry as ``crown_diameter_m``)."""
+    must then carry as ``crown_diameter_m``); ``village_dbh_form`` the same for the models fitted on
+    ``inputs.village_field_trees`` (measured open-grown trees), which the trees outside forest parcels take.
+    ``exclude_classes``: ASPRS classes left out of the CHM built from points besides the LiDAR noise classes
+    (building 6, water 9, bridge deck 17: a roof is a local maximum too)."""
 
     chm_resolution_m: float = Field(0.5, gt=0, le=2.0)
     from_lidar_stage: bool = False
@@ -231,6 +235,8 @@ class TreesConfig(_Strict):
     species_group: str = "evergreen_broadleaf"
     no_single_tree_groups: tuple[str, ...] = ("moso_bamboo",)
     dbh_form: Literal["log_h", "log_h_cd"] = "log_h"
+    village_dbh_form: Literal["log_h", "log_h_cd"] = "log_h"
+    exclude_classes: tuple[int, ...] = (6, 9, 17)
     height_sd_m: float = Field(1.0, ge=0)
     draws: int = Field(500, ge=50, le=100_000)
     seed: int = 0
@@ -490,7 +496,8 @@ def _resolve_paths(node, base: Path):
     """Resolve relative path-valued keys of the raw YAML tree against ``base``."""
     path_keys = {
         "aoi", "like", "stac_items", "laz", "lidar_metrics_raster", "dem", "landcover", "plots", "trees", "parcels", "projects",
-        "allometry", "output", "agb", "tree_lidar", "tree_chm", "villages", "tree_species", "previous_register",
+        "allometry", "output", "agb", "tree_lidar", "tree_chm", "villages", "tree_species", "village_field_trees",
+        "previous_register",
     }
     if isinstance(node, dict):
         out = {}

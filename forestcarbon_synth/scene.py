@@ -71,6 +71,7 @@ def write_uav(out: Path, seed: int, frame: landscape.Frame, parcels, agb: np.nda
     table.to_csv(truth / "trees.csv", index=False)
     windows.to_file(truth / "uav_windows.gpkg", layer="uav_windows", driver="GPKG")
     uav_lidar.write_windows(rng, frame, dem, cells, stem_map, windows, out / "lidar_uav")
+    stems.village_survey(np.random.default_rng([seed, 12])).to_csv(out / "ground" / "village_trees.csv", index=False)
     vt = table["village_tree"].to_numpy(bool)
     use = dict(zip(parcels["parcel_id"], parcels["land_use"]))
     margin = table["parcel_id"].map(use).isin(["cropland", "paddy"]).to_numpy()
@@ -209,7 +210,8 @@ def make_scene(out: Path | str, seed: int = 0, size_km: float = 10.0, uav: bool 
     }
     if uav:
         cfg["inputs"].update({"tree_lidar": "lidar_uav", "villages": "villages/villages.gpkg",
-                              "villages_layer": "villages", "village_id": "village_id"})
+                              "villages_layer": "villages", "village_id": "village_id",
+                              "village_field_trees": "ground/village_trees.csv"})
         cfg["truth"]["trees"] = "truth/trees.csv"
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))

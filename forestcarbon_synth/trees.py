@@ -265,6 +265,22 @@ def _stand_trees(rng, t, age, part, frame, agb, height_m, parcel_id, window) -> 
     return out
 
 
+def village_survey(rng, n: int = 60) -> pd.DataFrame:
+    """A field survey of village trees elsewhere in the county (the bureau measures a sample of the trees it
+    registers): trees drawn from the same population as the windows' village trees, measured as a crew
+    would -- DBH by tape to 0.1 cm (SD 0.3 cm), height by hypsometer (SD 4 % of the height), crown diameter
+    as the mean of two perpendicular tape readings (SD 0.5 m); all error levels synthetic."""
+    dbh, hgt, species = _village_draw(rng, n)
+    c = CROWNS["village"]
+    cd = (c.a + c.b * dbh) * np.exp(rng.normal(0, c.sd, n))
+    return pd.DataFrame({
+        "tree_id": [f"VS{i + 1:03d}" for i in range(n)], "species": species,
+        "dbh_cm": (dbh + rng.normal(0, 0.3, n)).round(1),
+        "height_m": (hgt * (1 + rng.normal(0, 0.04, n))).round(1),
+        "crown_diameter_m": (cd + rng.normal(0, 0.5, n)).clip(0.5).round(1),
+    })
+
+
 def _village_draw(rng, n):
     dbh = np.clip(np.exp(rng.normal(np.log(32.0), 0.4, n)), 15.0, 80.0)
     hgt = np.clip(village_height_m(dbh) * rng.normal(1, 0.08, n), 3.0, None)

@@ -58,7 +58,8 @@ def test_codes_no_parcel_carries_fail_in_one_line(small_scene, tmp_path):
     """Codes written unlike the layer's (here 'forest' land coded 'Forest') would zero every pixel: refused."""
     raw = yaml.safe_load(small_scene.read_text())
     base = small_scene.parent
-    for k in ("stac_items", "laz", "plots", "trees", "parcels", "projects", "landcover", "tree_lidar", "villages"):
+    for k in ("stac_items", "laz", "plots", "trees", "parcels", "projects", "landcover", "tree_lidar", "villages",
+                "village_field_trees"):
         if raw["inputs"].get(k):
             raw["inputs"][k] = str(base / raw["inputs"][k])
     raw.pop("truth", None)

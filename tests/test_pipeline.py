@@ -176,7 +176,8 @@ def _edited(scene_cfg: Path, tmp: Path, edit) -> Path:
     raw = yaml.safe_load(scene_cfg.read_text())
     edit(raw)
     p = tmp / "bad.yaml"
-    for key in ("stac_items", "laz", "plots", "trees", "parcels", "projects", "landcover", "tree_lidar", "villages"):
+    for key in ("stac_items", "laz", "plots", "trees", "parcels", "projects", "landcover", "tree_lidar", "villages",
+                "village_field_trees"):
         v = raw["inputs"].get(key)
         if v and not Path(v).is_absolute():
             raw["inputs"][key] = str(scene_cfg.parent / v)

@@ -288,6 +288,9 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
                  species: Optional[Path] = typer.Option(None, help="species polygons: a tree inside takes their "
                                                          "species' group (before the parcel's dominant species)"),
                  species_field: str = typer.Option("species", help="species field of --species"),
+                 village_field_trees: Optional[Path] = typer.Option(None, help="measured open-grown trees (species, "
+                                                                   "dbh_cm, height_m): DBH models for trees outside "
+                                                                   "forest parcels"),
                  previous: Optional[Path] = typer.Option(None, help="an earlier epoch's trees.parquet: growth, "
                                                          "new and lost trees (OUT/trees/changes.csv)"),
                  crs: Optional[str] = typer.Option(None, help="CRS for LAS/LAZ files whose header has none")):
@@ -300,6 +303,7 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
     from ..config import TreesConfig, default_allometry_path, load_config
     from ..models.allometry import load_registry
     from ..rs import lidar
+    from ..vector.inventory import read_table
     from ..vector.layers import read_attribute_layer, read_layer
     from ..vector.parcels import read_parcels
     from . import single_trees as st
@@ -309,7 +313,8 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
         cfg = load_config(config) if config else None
         t = cfg.trees if cfg else TreesConfig()
         det, car = st.settings(t)
-        for p in [*sources, field_trees, *([previous] if previous else [])]:
+        for p in [*sources, field_trees, *([previous] if previous else []),
+                  *([village_field_trees] if village_field_trees else [])]:
             if not p.exists():
                 raise InputNotFoundError(f"file not found: {p}")
         layout = Layout(out)
@@ -337,18 +342,21 @@ def trees_detect(sources: list[Path] = typer.Argument(..., help="a CHM GeoTIFF (
         vgdf = (read_layer(vpath, None, vid, grid_crs.to_wkt()).rename(columns={vid: "village_id"})
                 if vpath is not None else None)
         field = pd.read_csv(field_trees)
+        vmodels = (st.village_dbh_models(read_table(village_field_trees), registry, t.village_dbh_form,
+                                         str(village_field_trees), fallback) if village_field_trees else None)
+        noise = (tuple(cfg.lidar.noise_classes) if cfg else (7, 18)) + tuple(t.exclude_classes)
         work.mkdir(parents=True, exist_ok=True)
         try:
             if chm_given:
                 srcs = [{"name": sources[0].stem, "chm": sources[0]}]
             else:
-                opts = lidar.Options(chm_algorithm="pitfree", **({"noise_classes": tuple(cfg.lidar.noise_classes)}
-                                                               if cfg else {}))
+                opts = lidar.Options(chm_algorithm="pitfree", noise_classes=noise)
                 srcs = st.chms_from_points(tiles, lambda sel: lidar.geobox_over_tiles(sel, t.chm_resolution_m), opts,
                                            work)
             table, crowns, totals, models = st.register(
-                srcs, det, car, registry, field, t.dbh_form, grid_crs, pgdf, vgdf, fallback=fallback,
-                provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)}, species_layer=sgdf)
+                srcs, det, car, registry, field, t.dbh_form, grid_crs, pgdf, vgdf, noise, fallback=fallback,
+                provenance={"run": "trees-detect", "dbh_models_from": str(field_trees)}, species_layer=sgdf,
+                village_models=vmodels)
             changes = (st.changes_since(previous, table, t.match_distance_m, t.match_height_drop_m)
                        if previous is not None else None)
             st.write_outputs(layout, table, crowns, grid_crs, totals, models, changes,

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from ..errors import FieldError, LidarError
 from ..fileio import write_json, write_table
-from ..models.allometry import AllometryRegistry, resolve_species
+from ..models.allometry import AllometryRegistry, resolve_species, species_groups, validate_trees
 from ..models.tree_carbon import tree_carbon
 from ..models.tree_dbh import DbhModel, fit_dbh_models
 from ..models.tree_match import match_epochs
@@ -282,8 +282,9 @@ def species_groups_of(trees: pd.DataFrame, parcels: pd.DataFrame | None, registr
 def carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: dict[str, DbhModel], c: CarbonSettings,
            levels: tuple[str, ...] = ("parcel_id", "village_id")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """DBH, carbon and 90 % intervals of the single trees (:func:`~forestcarbon.models.tree_carbon.tree_carbon`),
-    and totals with intervals from the summed draws per parcel, per village and for the village trees and the
-    forest-parcel trees as wholes (``level`` = ``parcel_id``, ``village_id``, ``class``).  Trees of
+    and totals with intervals from the summed draws per parcel, per village, for the village trees of each
+    village and for the village trees and the forest-parcel trees as wholes (``level`` = ``parcel_id``,
+    ``village_id``, ``village_id_village_trees``, ``class``).  Trees of
     ``no_single_tree_groups`` (bamboo: a LiDAR top is a clump, not a culm) get ``carbon_status`` saying so and
     no carbon."""
     bad = [g for g in c.no_single_tree_groups if g not in registry.groups]
@@ -296,11 +297,36 @@ def carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: dict[st
     ok = t["carbon_status"].eq("ok").to_numpy()
     sub = t[ok]
     labels = pd.DataFrame({lev: sub[lev].to_numpy(dtype=object) for lev in levels if lev in sub})
-    labels["class"] = np.where(sub["village_tree"].to_numpy(bool), "village_trees", "forest_parcel_trees")
+    vt = sub["village_tree"].to_numpy(bool)
+    labels["class"] = np.where(vt, "village_trees", "forest_parcel_trees")
+    if "village_id" in sub:  # the village trees of each village: the assets a village sells
+        labels[VILLAGE_TREES_LEVEL] = np.where(vt, sub["village_id"].to_numpy(dtype=object), None)
+    if any(k.startswith(VILLAGE_SET) for k in dbh_models):
+        sub = sub.assign(dbh_set=np.where(sub["village_tree"].to_numpy(bool), VILLAGE_SET, ""))
     done, totals = tree_carbon(sub, registry, dbh_models, height_sd_m=c.height_sd_m, draws=c.draws, seed=c.seed,
-                               totals_by=labels)
+                               totals_by=labels, dbh_set_col="dbh_set")
+    done = done.drop(columns=["dbh_set"], errors="ignore")
     t = pd.concat([done, t[~ok]], ignore_index=True).sort_values("tree_index", kind="stable") if len(t[~ok]) else done
     return t.reset_index(drop=True), totals
+
+
+VILLAGE_TREES_LEVEL = "village_id_village_trees"  # totals level: village trees per village
+VILLAGE_SET = "village:"  # DBH models of open-grown trees outside forest parcels, keyed "village:<group>"
+
+
+def village_dbh_models(field: pd.DataFrame, registry: AllometryRegistry, form: str, source: str,
+                       fallback: dict | None = None) -> dict[str, DbhModel]:
+    """DBH models of open-grown trees (``VILLAGE_SET`` + group, and ``VILLAGE_SET*`` pooled) from measured
+    village trees: ``species_group`` or ``species`` (a name no group maps is an error naming its rows),
+    ``dbh_cm``, ``height_m`` (and ``crown_diameter_m`` for ``log_h_cd``).  A tree grown in the open is
+    thicker at a given height than one grown in a stand, so forest plots' models would understate it."""
+    t = field.copy()
+    if "species_group" not in t:
+        if "species" not in t:
+            raise FieldError(f"{source}: needs a column 'species_group' or 'species' (have {list(t.columns)})")
+        t["species_group"], _ = species_groups(t["species"], registry, fallback, source)
+    validate_trees(t.assign(species=t["species_group"]), source)
+    return {f"{VILLAGE_SET}{k}": m for k, m in fit_dbh_models(t, form=form).items()}
 
 
 def register_ids(trees: pd.DataFrame, crs: CRS) -> pd.Series:
@@ -349,15 +375,16 @@ def detect_all(sources: list[dict], det: Detection, grid_crs: CRS, noise_classes
 def register(sources: list[dict], det: Detection, car: CarbonSettings, registry: AllometryRegistry,
              field_trees: pd.DataFrame, dbh_form: str, grid_crs: CRS, parcels, villages, noise_classes=(7, 18),
              fallback: dict | None = None, provenance: dict | None = None,
-             species_layer: gpd.GeoDataFrame | None = None):
+             species_layer: gpd.GeoDataFrame | None = None, village_models: dict[str, DbhModel] | None = None):
     """The register of the trees in ``sources``: (trees table, crown outlines in its order, totals, DBH
     models).  DBH models are fitted on ``field_trees`` (the plots stage's tree list: measured heights);
+    trees outside forest parcels take ``village_models`` (:func:`village_dbh_models`) where given;
     ``species_layer``: polygons with ``species_group`` (:func:`species_layer_groups`)."""
     bad = [g for g in (car.default_group, *car.no_single_tree_groups) if g not in registry.groups]
     if bad:
         raise FieldError(f"trees.species_group / no_single_tree_groups: {bad} are not species groups of "
                          f"{registry.source_path} ({sorted(registry.groups)})")
-    dbh_models = fit_dbh_models(field_trees, form=dbh_form)
+    dbh_models = fit_dbh_models(field_trees, form=dbh_form) | (village_models or {})
     trees, crowns = detect_all(sources, det, grid_crs, noise_classes)
     trees = with_places(trees, parcels, villages)
     trees = species_groups_of(trees, parcels, registry, car.default_group, fallback, species_layer)

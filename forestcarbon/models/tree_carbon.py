@@ -72,19 +72,23 @@ def _groups(trees: pd.DataFrame, group_col: str, registry: AllometryRegistry) ->
     return out
 
 
-def _model_keys(groups: np.ndarray, dbh_models: dict[str, DbhModel]) -> np.ndarray:
-    keys = np.array([g if g in dbh_models else "*" for g in groups], dtype=object)
-    if "*" in keys and "*" not in dbh_models:
-        missing = sorted(set(groups[keys == "*"]))
-        raise ModelError(f"no DBH model for species groups {missing} and no pooled model '*' "
-                         f"(models: {sorted(dbh_models)})")
+def _model_keys(groups: np.ndarray, dbh_models: dict[str, DbhModel], prefixes=None) -> np.ndarray:
+    """The DBH model of each tree: ``<prefix><group>``, else ``<prefix>*``, else ``*`` (pooled)."""
+    pre = np.full(len(groups), "", dtype=object) if prefixes is None else np.asarray(prefixes, dtype=object)
+    keys = np.empty(len(groups), dtype=object)
+    for p, g in set(zip(pre, groups)):
+        k = next((c for c in (f"{p}{g}", f"{p}*", "*") if c in dbh_models), None)
+        if k is None:
+            raise ModelError(f"no DBH model for species group {g!r}{f' (set {p!r})' if p else ''} and no pooled model "
+                             f"'*' (models: {sorted(dbh_models)})")
+        keys[(pre == p) & (groups == g)] = k
     return keys
 
 
 def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: dict[str, DbhModel], *,
                 height_sd_m: float, group_col: str = "species_group", draws: int = 500, seed: int = 0,
                 totals_by=None, dbh_error: bool = True, dbh_coef_error: bool = True, model_error: bool = True,
-                batch_trees: int = 2000):
+                batch_trees: int = 2000, dbh_set_col: str | None = None):
     """Per-tree DBH, AGB, BGB, carbon and CO2e with Monte Carlo intervals; optional totals by label.
 
     Parameters
@@ -94,7 +98,11 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
         registry resolves to one), ``crown_diameter_m`` where a DBH model uses it; optional
         ``age`` (bamboo equations) and ``wood_density_g_cm3``.
     dbh_models
-        From :func:`~forestcarbon.models.tree_dbh.fit_dbh_models` (group → model, ``"*"`` pooled).
+        From :func:`~forestcarbon.models.tree_dbh.fit_dbh_models` (group → model, ``"*"`` pooled); with
+        ``dbh_set_col``, also models of other sets of field trees under ``<set><group>`` and ``<set>*``.
+    dbh_set_col
+        A column naming the set of DBH models each tree takes (e.g. ``"village:"`` for open-grown trees,
+        whose stems are thicker at a given height than forest-grown ones); empty for the plain keys.
     height_sd_m
         SD (m) of a detected tree's height error, per tree and draw; 0 for none.
     totals_by
@@ -125,7 +133,8 @@ def tree_carbon(trees: pd.DataFrame, registry: AllometryRegistry, dbh_models: di
         raise FieldError(f"detected trees: height_m must be >= 1.3 m (breast height); rows "
                          f"{(np.flatnonzero(bad)[:5] + 1).tolist()} have {h[bad][:5].tolist()}")
     groups = _groups(t, group_col, registry)
-    keys = _model_keys(groups, dbh_models)
+    keys = _model_keys(groups, dbh_models, t[dbh_set_col].fillna("").astype(str).to_numpy(object)
+                       if dbh_set_col is not None and dbh_set_col in t else None)
     needs_cd = any(dbh_models[k].form == "log_h_cd" for k in set(keys))
     if needs_cd and "crown_diameter_m" not in t:
         raise FieldError("detected trees lack column 'crown_diameter_m', which a log_h_cd DBH model needs")

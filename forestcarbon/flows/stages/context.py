@@ -82,7 +82,8 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
     if "terrain" in names and i.dem is not None:
         must.append(("inputs.dem", i.dem))
     if "trees" in names:
-        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages", "tree_species")
+        must += [(f"inputs.{k}", getattr(i, k)) for k in ("tree_lidar", "tree_chm", "villages", "tree_species",
+                                                            "village_field_trees")
                  if getattr(i, k) is not None]
         if cfg.trees.previous_register is not None:
             must.append(("trees.previous_register", cfg.trees.previous_register))

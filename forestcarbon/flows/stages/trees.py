@@ -23,6 +23,7 @@ from ...errors import StageInputError
 from ...models.allometry import load_registry
 from ...rs import lidar
 from ...rs.lidar.trees import match_detected_to_field
+from ...vector.inventory import read_table
 from ...vector.layers import read_attribute_layer, read_layer
 from .. import single_trees as st
 from .context import Context, log, read_parcel_layer
@@ -45,7 +46,7 @@ def chm_sources(ctx: Context, work: Path) -> list[dict]:
                              max_height_m=cfg.lidar.max_height_m, chm_algorithm="pitfree",
                              pitfree_thresholds_m=tuple(cfg.lidar.pitfree_thresholds_m),
                              pitfree_max_edge_m=tuple(cfg.lidar.pitfree_max_edge_m),
-                             noise_classes=tuple(cfg.lidar.noise_classes),
+                             noise_classes=tuple(cfg.lidar.noise_classes) + tuple(t.exclude_classes),
                              tiles_without_ground=cfg.lidar.tiles_without_ground)
         return st.chms_from_points(tiles, lambda sel: chm_geobox(sel, ctx.gbox, t.chm_resolution_m), opts, work)
     if t.from_lidar_stage and ctx.out.lidar_chm.exists():
@@ -53,38 +54,75 @@ def chm_sources(ctx: Context, work: Path) -> list[dict]:
     return []
 
 
-def validate(trees: pd.DataFrame, truth_path: Path, sources: list[dict], totals: pd.DataFrame) -> dict:
+def _interval(r) -> dict:
+    return {"estimated": float(r["carbon_kg"]), "sd": float(r["carbon_kg_sd"]),
+            "interval_90": [float(r["carbon_kg_p05"]), float(r["carbon_kg_p95"])]}
+
+
+def validate(trees: pd.DataFrame, truth_path: Path, sources: list[dict], totals: pd.DataFrame,
+             no_single_tree_groups: tuple[str, ...] = ()) -> dict:
     """Detection, height, DBH and carbon scores against the true tree list inside the searched CHMs' bounds,
     by :func:`~forestcarbon.rs.lidar.trees.match_detected_to_field` (within 3 m and 20 % of the true height,
-    closest pairs first, one to one; trees >= 10 m)."""
+    closest pairs first, one to one; trees >= 10 m).  With the truth's ``type``: detection per type and
+    without ``no_single_tree_groups`` (bamboo culms are not single crowns); with ``village_tree``: the village
+    trees' detection and DBH, and their carbon per village (``village_id``) and in all against the truth."""
     truth = pd.read_csv(truth_path)
     inside = np.zeros(len(truth), bool)
     for s in sources:
         b = s.get("bounds") or st.chm_bounds(s["chm"])
         inside |= truth["x"].between(b[0], b[2]) & truth["y"].between(b[1], b[3])
-    tr = truth[inside & (truth["height_m"] >= VALIDATION_MIN_HEIGHT_M)].reset_index(drop=True)
+    tall = inside & (truth["height_m"] >= VALIDATION_MIN_HEIGHT_M)
+    tr = truth[tall].reset_index(drop=True)
     det = trees[trees["height_m"] >= VALIDATION_MIN_HEIGHT_M].reset_index(drop=True)
     m = match_detected_to_field(det[["x", "y"]].to_numpy(), det["height_m"].to_numpy(), tr[["x", "y"]].to_numpy(),
                                 tr["height_m"].to_numpy())
     d_det, d_true = det["dbh_cm"].to_numpy(float)[m["det_index"]], tr["dbh_cm"].to_numpy(float)[m["field_index"]]
     ok = np.isfinite(d_det)
+
+    def dbh_scores(sel):
+        e = (d_det - d_true)[ok & sel]
+        return {"dbh_rmse_cm": float(np.sqrt(np.mean(e ** 2))) if e.size else None,
+                "dbh_bias_cm": float(np.mean(e)) if e.size else None}
+
+    matched = np.zeros(len(tr), bool)
+    matched[m["field_index"].to_numpy()] = True
     out = {"rule": "one-to-one, closest first, within 3 m and 20 % of the true height; trees >= 10 m",
            "true_trees": int(len(tr)), "detected_trees": int(len(det)), "matched": int(len(m)),
            "detection_rate": float(len(m) / len(tr)) if len(tr) else None,
            "commission_rate": float(1 - len(m) / len(det)) if len(det) else None,
            "height_rmse_m": float(np.sqrt(np.mean(m["dh_m"] ** 2))) if len(m) else None,
-           "height_bias_m": float(m["dh_m"].mean()) if len(m) else None,
-           "dbh_rmse_cm": float(np.sqrt(np.mean((d_det[ok] - d_true[ok]) ** 2))) if ok.any() else None,
-           "dbh_bias_cm": float(np.mean(d_det[ok] - d_true[ok])) if ok.any() else None}
-    if "village_tree" in truth and len(totals):
-        vt = totals[(totals["level"] == "class") & (totals["label"] == "village_trees")]
-        true_c = float(truth.loc[inside & truth["village_tree"].astype(bool), "carbon_kg"].sum())
-        if len(vt):
-            r = vt.iloc[0]
-            out["village_trees_carbon_kg"] = {"estimated": float(r["carbon_kg"]), "sd": float(r["carbon_kg_sd"]),
-                                              "interval_90": [float(r["carbon_kg_p05"]), float(r["carbon_kg_p95"])],
-                                              "true": true_c,
-                                              "inside": bool(r["carbon_kg_p05"] <= true_c <= r["carbon_kg_p95"])}
+           "height_bias_m": float(m["dh_m"].mean()) if len(m) else None, **dbh_scores(np.ones(len(m), bool))}
+    if "type" in tr:
+        out["by_type"] = {k: {"true_trees": int(len(g)), "detection_rate": float(matched[g.index].mean()),
+                              **({"visible_share": float(g["visible"].mean())} if "visible" in g else {})}
+                          for k, g in tr.groupby("type")}
+        single = ~tr["type"].isin(no_single_tree_groups).to_numpy()
+        out["detection_rate_single_stems"] = float(matched[single].mean()) if single.any() else None
+    if "village_tree" in truth:
+        vt_true = tr["village_tree"].astype(bool).to_numpy()
+        vt_m = vt_true[m["field_index"].to_numpy()]
+        out["village_trees"] = {"true_trees": int(vt_true.sum()),
+                                "detection_rate": float(matched[vt_true].mean()) if vt_true.any() else None,
+                                **dbh_scores(vt_m)}
+        if len(totals):
+            vt_all = inside & truth["village_tree"].astype(bool)
+            cls = totals[(totals["level"] == "class") & (totals["label"] == "village_trees")]
+            if len(cls):
+                true_c = float(truth.loc[vt_all, "carbon_kg"].sum())
+                r = _interval(cls.iloc[0])
+                out["village_trees_carbon_kg"] = {**r, "true": true_c,
+                                                  "inside": r["interval_90"][0] <= true_c <= r["interval_90"][1]}
+            per = totals[totals["level"] == st.VILLAGE_TREES_LEVEL].set_index("label")
+            if "village_id" in truth and len(per):
+                true_v = truth[vt_all].groupby(truth["village_id"].astype(str))["carbon_kg"].sum()
+                rows = []
+                for vid in sorted(set(per.index.astype(str)) | set(true_v.index)):
+                    r = _interval(per.loc[vid]) if vid in per.index.astype(str) else {
+                        "estimated": 0.0, "sd": 0.0, "interval_90": [0.0, 0.0]}
+                    t = float(true_v.get(vid, 0.0))
+                    rows.append({"village_id": vid, **r, "true": t,
+                                 "inside": r["interval_90"][0] <= t <= r["interval_90"][1]})
+                out["village_trees_carbon_kg_by_village"] = rows
     return out
 
 
@@ -112,17 +150,22 @@ def stage_trees(ctx: Context) -> dict:
     villages = (read_layer(i.villages, i.villages_layer, i.village_id, grid_crs.to_wkt())
                 .rename(columns={i.village_id: "village_id"}) if i.villages is not None else None)
     field_trees = pd.read_csv(ctx.out.trees)
+    village_models = (st.village_dbh_models(read_table(i.village_field_trees), registry, t.village_dbh_form,
+                                            f"inputs.village_field_trees {i.village_field_trees}",
+                                            cfg.allometry_fallback)
+                      if i.village_field_trees is not None else None)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         sources = chm_sources(ctx, work)
         table, crowns, totals, dbh_models = st.register(
             sources, det, car, registry, field_trees, t.dbh_form, grid_crs, parcels, villages,
-            tuple(cfg.lidar.noise_classes), fallback=cfg.allometry_fallback,
-            provenance={"run": cfg.name, "dbh_models_from": str(ctx.out.trees)}, species_layer=species)
+            tuple(cfg.lidar.noise_classes) + tuple(t.exclude_classes), fallback=cfg.allometry_fallback,
+            provenance={"run": cfg.name, "dbh_models_from": str(ctx.out.trees)}, species_layer=species,
+            village_models=village_models)
         changes = (st.changes_since(t.previous_register, table, t.match_distance_m, t.match_height_drop_m)
                    if t.previous_register is not None else None)
-        validation = (validate(table, cfg.truth.trees, sources, totals)
+        validation = (validate(table, cfg.truth.trees, sources, totals, tuple(t.no_single_tree_groups))
                       if cfg.truth is not None and cfg.truth.trees is not None else None)
         st.write_outputs(ctx.out, table, crowns, grid_crs, totals, dbh_models, changes, validation,
                          [s["chm"] for s in sources if Path(s["chm"]).parent == work])
