@@ -147,19 +147,21 @@ def nightly(config: Path = typer.Argument(..., help="configuration YAML"),
 
 @app.command()
 def serve(config: Path = typer.Argument(..., help="configuration YAML")):
-    """Serve the nightly mosaic deployment on its cron schedule; needs PREFECT_API_URL of a running `prefect server start`."""
+    """Serve the deployments (the nightly mosaic on its cron; the pipeline and each stage group on demand); needs
+    PREFECT_API_URL of a running `prefect server start`."""
     _setup_logging()
     if not os.environ.get("PREFECT_API_URL"):
         _fail(RuntimeError("PREFECT_API_URL is not set: start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api; a temporary server cannot hold schedules"))
     from prefect import serve as prefect_serve
 
-    from .pipeline import nightly_deployment
+    from .pipeline import deployments
 
     try:
-        dep = nightly_deployment(str(config))
+        deps = deployments(str(config))
     except ForestCarbonError as err:
         _fail(err)
-    prefect_serve(dep)
+    typer.echo(f"serving {', '.join(d.name for d in deps)} on {os.environ['PREFECT_API_URL']}")
+    prefect_serve(*deps)
 
 
 @app.command()

@@ -9,8 +9,10 @@ figures must come from this run's inputs, never from a stored result.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import dask
 from prefect import flow, task
@@ -74,8 +76,13 @@ def _as_task(name: str, ctx: Context) -> dict:
     return run_stage.with_options(name=f"stage-{name}")(name, ctx)
 
 
+StageName = Literal["mosaic", "lidar", "terrain", "plots", "model", "map", "parcels", "projects", "trees", "report"]
+if set(get_args(StageName)) != set(STAGES):  # the UI's stage picker must list exactly the stages
+    raise ImportError(f"StageName {get_args(StageName)} differs from the stages {list(STAGES)}")
+
+
 @flow(name="forestcarbon-pipeline", persist_result=False, log_prints=True)
-def pipeline_flow(config_path: str, stages: list[str] | None = None, out: str | None = None) -> dict:
+def pipeline_flow(config_path: str, stages: list[StageName] | None = None, out: str | None = None) -> dict:
     """Prefect flow: load the configuration at ``config_path`` and run the stages."""
     cfg = load_config(config_path)
     if out is not None:
@@ -84,18 +91,33 @@ def pipeline_flow(config_path: str, stages: list[str] | None = None, out: str | 
 
 
 @flow(name="forestcarbon-nightly-mosaic", persist_result=False, log_prints=True)
-def nightly_flow(config_path: str, date: str | None = None) -> dict:
-    """Prefect flow: update the tiled mosaic for the window ending at ``date`` (YYYY-MM-DD, default today)."""
-    import datetime as dt
-
+def nightly_flow(config_path: str, date: dt.date | None = None) -> dict:
+    """Prefect flow: update the tiled mosaic for the window ending at ``date`` (default today)."""
     from .nightly import nightly_update
 
     cfg = load_config(config_path)
-    day = dt.date.fromisoformat(date) if date else None
+    day = dt.date.fromisoformat(date) if isinstance(date, str) else date
     with dask_scheduler(cfg):
         report = nightly_update(cfg, day)
     log.info("nightly: %d tiles updated, %d unchanged, %d failed", len(report["updated"]), len(report["unchanged"]), len(report["failed"]))
     return report
+
+
+STAGE_GROUPS = {
+    "inputs": ["mosaic", "lidar", "terrain", "plots"],
+    "estimate": ["model", "map"],
+    "accounts": ["parcels", "projects", "trees", "report"],
+}
+
+
+def _deployment(fl, name: str, parameters: dict, description: str, tags: list[str], schedule=None):
+    """A runner deployment whose runs import the flow by module path (``forestcarbon.flows.pipeline:...``):
+    a served run loads its entrypoint afresh, and a file path with the package's relative imports fails."""
+    from prefect.deployments.runner import EntrypointType
+
+    return fl.to_deployment(name=name, parameters=parameters, description=description, tags=tags,
+                            entrypoint_type=EntrypointType.MODULE_PATH,
+                            **({"schedule": schedule} if schedule is not None else {}))
 
 
 def nightly_deployment(config_path: str):
@@ -103,10 +125,22 @@ def nightly_deployment(config_path: str):
     from prefect.schedules import Cron
 
     cfg = load_config(config_path)
-    return nightly_flow.to_deployment(
-        name=f"{cfg.name}-nightly",
-        schedule=Cron(cfg.mosaic.nightly_cron, timezone=cfg.mosaic.nightly_timezone),
-        parameters={"config_path": str(Path(config_path).resolve())},
-        description="Nightly cloud-free mosaic update (only tiles with new scenes are recomputed)",
-        tags=["forestcarbon", "mosaic", "nightly"],
-    )
+    return _deployment(nightly_flow, f"{cfg.name}-nightly", {"config_path": str(Path(config_path).resolve())},
+                       "Nightly cloud-free mosaic update (only tiles with new scenes are recomputed)",
+                       ["forestcarbon", "mosaic", "nightly"],
+                       Cron(cfg.mosaic.nightly_cron, timezone=cfg.mosaic.nightly_timezone))
+
+
+def deployments(config_path: str) -> list:
+    """Everything ``forestcarbon serve`` serves: the nightly mosaic on its cron, and on demand the whole
+    pipeline and each stage group (:data:`STAGE_GROUPS`)."""
+    cfg = load_config(config_path)
+    path = str(Path(config_path).resolve())
+    out = [nightly_deployment(config_path),
+           _deployment(pipeline_flow, f"{cfg.name}-pipeline", {"config_path": path},
+                       "The whole pipeline: mosaic, LiDAR, plots, model, map, parcels, projects, trees, report",
+                       ["forestcarbon", "pipeline"])]
+    for group, stages in STAGE_GROUPS.items():
+        out.append(_deployment(pipeline_flow, f"{cfg.name}-{group}", {"config_path": path, "stages": stages},
+                               f"Stages {', '.join(stages)}", ["forestcarbon", "pipeline", group]))
+    return out
