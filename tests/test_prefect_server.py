@@ -163,3 +163,15 @@ def test_triggered_runs_complete_and_write_their_outputs(served):
     fr = _run_and_wait(api, deps[f"{name}-pipeline"], {"stages": ["plots"]}, 600, home)
     assert (out / "plots" / "plots.gpkg").exists() and (out / "plots" / "trees.csv").exists()
     assert fr["deployment_id"] == deps[f"{name}-pipeline"]["id"]
+    # what the UI shows: the run named from the config, forestcarbon's own log lines, the summary artifacts
+    assert fr["name"].startswith(f"{name}-pipeline-"), fr["name"]
+    logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [fr["id"]]}}, "limit": 200},
+                      timeout=10).json()
+    assert any("stage plots: done" in x["message"] for x in logs), [x["message"] for x in logs][:20]
+    arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [fr["id"]]}}},
+                      timeout=10).json()
+    kinds = {a["key"]: a["type"] for a in arts}
+    key = "".join(c if c.isalnum() else "-" for c in name.lower())
+    assert kinds.get(f"{key}-summary") == "markdown" and kinds.get(f"{key}-stage-timings") == "table", kinds
+    md = next(a["data"] for a in arts if a["key"] == f"{key}-summary")
+    assert "| plots |" in md and str(out) in md

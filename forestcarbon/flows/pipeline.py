@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -20,7 +22,10 @@ from prefect.cache_policies import NO_CACHE
 
 from ..config import Config, load_config
 from ..errors import ConfigError
+from ..fileio import write_json
 from ..rs.cog import gdal_cache
+from . import prefect_io
+from .layout import Layout
 from .stages import STAGES, Context, preflight
 
 log = logging.getLogger("forestcarbon")
@@ -61,14 +66,39 @@ def _plain(name: str, ctx: Context) -> dict:
     return STAGES[name](ctx)
 
 
+def _peak_rss_mb(reset: bool = False) -> float:
+    """This process's peak resident set (MiB); ``reset`` starts a new peak (Linux ``clear_refs`` 5)."""
+    import resource
+
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = next(int(ln.split()[1]) / 1024 for ln in status.splitlines() if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if reset:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+    return peak
+
+
 def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain) -> dict:
-    """Run (some) stages in order.  The default runner is plain Python (no Prefect)."""
+    """Run (some) stages in order.  The default runner is plain Python (no Prefect).  Each stage's seconds and
+    peak memory of this process are in the result's ``timings`` and, when the report ran, in
+    ``report/summary.json`` (``stages``)."""
     names = select_stages(stages)
     ctx = preflight(cfg, names)
-    results = {}
+    results, timings = {}, {}
     with dask_scheduler(cfg):
         for name in names:
+            _peak_rss_mb(reset=True)
+            t0 = time.perf_counter()
             results[name] = runner(name, ctx)
+            timings[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    if "report" in names and ctx.out.summary.exists():
+        summary = json.loads(ctx.out.summary.read_text())
+        summary["stages"] = timings
+        write_json(summary, ctx.out.summary)
+    results["timings"] = timings
     return results
 
 
@@ -81,23 +111,28 @@ if set(get_args(StageName)) != set(STAGES):  # the UI's stage picker must list e
     raise ImportError(f"StageName {get_args(StageName)} differs from the stages {list(STAGES)}")
 
 
-@flow(name="forestcarbon-pipeline", persist_result=False, log_prints=True)
+@flow(name="forestcarbon-pipeline", persist_result=False, log_prints=True, flow_run_name=prefect_io.run_name)
 def pipeline_flow(config_path: str, stages: list[StageName] | None = None, out: str | None = None) -> dict:
     """Prefect flow: load the configuration at ``config_path`` and run the stages."""
     cfg = load_config(config_path)
     if out is not None:
         cfg = cfg.with_output(Path(out))
-    return run_pipeline(cfg, stages, runner=_as_task)
+    with prefect_io.api_logs():
+        results = run_pipeline(cfg, stages, runner=_as_task)
+    layout = Layout(cfg.output)
+    summary = json.loads(layout.summary.read_text()) if "report" in select_stages(stages) else None
+    prefect_io.publish(cfg.name, layout.root, results, summary, results["timings"])
+    return results
 
 
-@flow(name="forestcarbon-nightly-mosaic", persist_result=False, log_prints=True)
+@flow(name="forestcarbon-nightly-mosaic", persist_result=False, log_prints=True, flow_run_name=prefect_io.run_name)
 def nightly_flow(config_path: str, date: dt.date | None = None) -> dict:
     """Prefect flow: update the tiled mosaic for the window ending at ``date`` (default today)."""
     from .nightly import nightly_update
 
     cfg = load_config(config_path)
     day = dt.date.fromisoformat(date) if isinstance(date, str) else date
-    with dask_scheduler(cfg):
+    with prefect_io.api_logs(), dask_scheduler(cfg):
         report = nightly_update(cfg, day)
     log.info("nightly: %d tiles updated, %d unchanged, %d failed", len(report["updated"]), len(report["unchanged"]), len(report["failed"]))
     return report
