@@ -430,3 +430,95 @@ def test_plots_without_mosaic_features_dropped_with_a_count_or_refused(run, tmp_
     card = json.loads((dst / "model/model_card.json").read_text())
     assert card["plots_without_mosaic_features"] == moved
     assert card["models"]["optical"]["n_training_rows"] == len(plots) - len(moved)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on loopback."""
+    import os
+    import signal
+    import socket
+    import time
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    bin_ = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    logdir = tmp_path_factory.mktemp("dask")
+    procs = [subprocess.Popen([str(bin_ / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, stdout=open(logdir / "scheduler.log", "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)]
+    time.sleep(1)
+    for k in range(2):
+        procs.append(subprocess.Popen([str(bin_ / "dask"), "worker", addr, "--nthreads", "1", "--no-dashboard",
+                                       "--name", f"w{k}", "--memory-limit", "3GB"], env=env,
+                                      stdout=open(logdir / f"worker{k}.log", "w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True, cwd=logdir))
+    try:
+        with Client(addr, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield addr
+    finally:
+        for p in procs[::-1]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_lidar_and_map_on_a_real_cluster_equal_the_local_run(run, dask_cluster, tmp_path):
+    """The LiDAR and map stages attached to a running scheduler (compute.dask_address): their tasks ran on
+    both workers, and every band of their rasters equals the local run's."""
+    import shutil
+
+    from distributed import Client
+
+    from tests.dask_counter import TaskCounter, counts
+
+    cfg, out, _ = run
+    here = tmp_path / "cluster"
+    shutil.copytree(out, here, ignore=shutil.ignore_patterns("lidar", "maps", "report"))
+    with Client(dask_cluster) as client:
+        client.register_plugin(TaskCounter(), name=TaskCounter.name)
+        c = cfg.with_output(here)
+        c = c.model_copy(update={"compute": c.compute.model_copy(update={"dask_address": dask_cluster})})
+        run_pipeline(c, ["lidar", "map"])
+        per_worker = client.run(counts)
+    assert len(per_worker) == 2
+    for prefix in ("process_tile", ):  # the LiDAR tiles
+        assert all(n.get(prefix, 0) > 0 for n in per_worker.values()), per_worker
+    assert all(sum(n.values()) > 5 for n in per_worker.values()), per_worker
+    for rel in ("lidar/metrics.tif", "lidar/chm.tif", "lidar/dtm.tif", "maps/agb.tif", "maps/agb_sd.tif",
+                "maps/carbon.tif", "maps/model_source.tif", "maps/aoa.tif"):
+        with rasterio.open(out / rel) as a, rasterio.open(here / rel) as b:
+            assert a.count == b.count and a.transform == b.transform
+            np.testing.assert_array_equal(a.read(), b.read(), err_msg=rel)
+
+
+def test_tree_register_written_and_scored(run):
+    """The trees stage on the scene's UAV windows: register layers agree, the trees it calls village trees
+    stand outside every forest parcel (checked here with geopandas on the delivered parcel layer and the
+    configured forest codes), per-village totals add up to the class total, and the scores exist."""
+    cfg, out, _ = run
+    pts = gpd.read_file(out / "trees/trees.gpkg", layer="trees")
+    crowns = gpd.read_file(out / "trees/trees.gpkg", layer="crowns")
+    assert len(pts) > 500 and len(crowns) == len(pts)
+    parcels = gpd.read_file(cfg.inputs.parcels).to_crs(pts.crs)
+    forest = parcels[parcels[cfg.parcels.land_class_field].astype(str).isin(cfg.parcels.forest_codes)]
+    inside = gpd.sjoin(pts[["tree_id", "geometry"]], forest[["geometry"]], predicate="intersects")["tree_id"]
+    assert set(pts.loc[pts["village_tree"], "tree_id"]).isdisjoint(set(inside))
+    assert set(pts.loc[~pts["village_tree"], "tree_id"]) <= set(inside)
+    tot = pd.read_csv(out / "trees/tree_totals.csv")
+    per_village = tot[tot["level"] == "village_id_village_trees"]
+    cls = tot[(tot["level"] == "class") & (tot["label"] == "village_trees")].iloc[0]
+    assert per_village["carbon_kg"].sum() == pytest.approx(cls["carbon_kg"], rel=1e-9)
+    assert per_village["n_trees"].sum() == cls["n_trees"] == (pts["village_tree"] & (pts["carbon_status"] == "ok")).sum()
+    v = json.loads((out / "trees/validation.json").read_text())
+    assert 0 < v["detection_rate"] <= 1 and v["village_trees"]["true_trees"] > 0
+    assert v["village_trees_carbon_kg_by_village"]

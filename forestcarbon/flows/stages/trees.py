@@ -86,12 +86,25 @@ def validate(trees: pd.DataFrame, truth_path: Path, sources: list[dict], totals:
 
     matched = np.zeros(len(tr), bool)
     matched[m["field_index"].to_numpy()] = True
+    # per-tree carbon of the matched trees against their true carbon: what a buyer of one tree relies on
+    dm, tm = det.iloc[m["det_index"].to_numpy()], tr.iloc[m["field_index"].to_numpy()]
+    has_c = dm["carbon_status"].eq("ok").to_numpy() if "carbon_status" in dm else np.isfinite(dm["carbon_kg"])
+    c_true = tm["carbon_kg"].to_numpy(float)
+    within = (c_true >= dm["carbon_kg_p05"].to_numpy(float)) & (c_true <= dm["carbon_kg_p95"].to_numpy(float))
+
+    def carbon_scores(sel):
+        sel = sel & has_c
+        return {"trees": int(sel.sum()),
+                "interval_90_coverage": float(within[sel].mean()) if sel.any() else None,
+                "carbon_kg_estimated": float(dm["carbon_kg"].to_numpy(float)[sel].sum()),
+                "carbon_kg_true": float(c_true[sel].sum())}
     out = {"rule": "one-to-one, closest first, within 3 m and 20 % of the true height; trees >= 10 m",
            "true_trees": int(len(tr)), "detected_trees": int(len(det)), "matched": int(len(m)),
            "detection_rate": float(len(m) / len(tr)) if len(tr) else None,
            "commission_rate": float(1 - len(m) / len(det)) if len(det) else None,
            "height_rmse_m": float(np.sqrt(np.mean(m["dh_m"] ** 2))) if len(m) else None,
-           "height_bias_m": float(m["dh_m"].mean()) if len(m) else None, **dbh_scores(np.ones(len(m), bool))}
+           "height_bias_m": float(m["dh_m"].mean()) if len(m) else None, **dbh_scores(np.ones(len(m), bool)),
+           "matched_trees_carbon": carbon_scores(np.ones(len(m), bool))}
     if "type" in tr:
         out["by_type"] = {k: {"true_trees": int(len(g)), "detection_rate": float(matched[g.index].mean()),
                               **({"visible_share": float(g["visible"].mean())} if "visible" in g else {})}
@@ -103,7 +116,7 @@ def validate(trees: pd.DataFrame, truth_path: Path, sources: list[dict], totals:
         vt_m = vt_true[m["field_index"].to_numpy()]
         out["village_trees"] = {"true_trees": int(vt_true.sum()),
                                 "detection_rate": float(matched[vt_true].mean()) if vt_true.any() else None,
-                                **dbh_scores(vt_m)}
+                                **dbh_scores(vt_m), "matched_trees_carbon": carbon_scores(vt_m)}
         if len(totals):
             vt_all = inside & truth["village_tree"].astype(bool)
             cls = totals[(totals["level"] == "class") & (totals["label"] == "village_trees")]
