@@ -522,3 +522,74 @@ def test_tree_register_written_and_scored(run):
     v = json.loads((out / "trees/validation.json").read_text())
     assert 0 < v["detection_rate"] <= 1 and v["village_trees"]["true_trees"] > 0
     assert v["village_trees_carbon_kg_by_village"]
+
+
+def _manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "run_manifest.json").read_text())["stages"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return {}
+
+
+def _kill_during(cmd, out: Path, stage: str, tmp: Path, timeout: float = 600) -> None:
+    """Start ``cmd``, SIGKILL its process group once ``stage`` has started (per the manifest) and run a moment."""
+    import os
+    import signal
+    import time
+
+    p = subprocess.Popen(cmd, stdout=open(tmp / f"kill_{stage}.out", "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and p.poll() is None:
+        rec = _manifest(out).get(stage)
+        if rec and rec.get("finished") is None:
+            time.sleep(1.5)
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, (tmp / f"kill_{stage}.out").read_text()[-2000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def test_killed_runs_resume_and_equal_an_uninterrupted_run(run, small_scene, tmp_path):
+    """SIGKILL in the middle of the LiDAR stage, then in the middle of the map stage; the next run skips the
+    finished stages (said in its log), removes the staging leftovers, and its outputs equal the module's
+    uninterrupted run.  A second run into a folder in use is refused in one line."""
+    _, ref, _ = run
+    out = tmp_path / "out"
+    stages = ["mosaic", "lidar", "terrain", "plots", "model", "map"]
+    cmd = [str(Path(sys.executable).parent / "forestcarbon"), "run", str(small_scene), "--out", str(out)]
+    cmd += [a for s in stages for a in ("--stage", s)]
+    _kill_during(cmd, out, "lidar", tmp_path)
+    m = _manifest(out)
+    assert m["mosaic"]["finished"] and m["lidar"]["finished"] is None
+    _kill_during(cmd, out, "map", tmp_path)
+    m = _manifest(out)
+    assert all(m[s]["finished"] for s in stages[:-1]) and m["map"]["finished"] is None
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = [s for s in stages if f"stage {s}: unchanged since" in done.stderr]
+    assert skipped == stages[:-1], done.stderr[-3000:]
+    leftovers = [p for d in ("mosaic", "lidar", "maps", "model", "plots", "terrain") for p in (out / d).rglob(".*")]
+    assert not leftovers, leftovers[:5]
+    for rel in ("mosaic/reflectance.tif", "lidar/metrics.tif", "lidar/chm.tif", "terrain/terrain.tif",
+                "maps/agb.tif", "maps/agb_sd.tif", "maps/carbon.tif", "maps/carbon_p95.tif"):
+        with rasterio.open(ref / rel) as a, rasterio.open(out / rel) as b:
+            np.testing.assert_array_equal(a.read(), b.read(), err_msg=rel)
+    # and a re-run with nothing changed computes nothing
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and all(f"stage {s}: unchanged since" in again.stderr for s in stages)
+    # a run into a folder in use: one line
+    import time
+    first = subprocess.Popen(cmd + ["--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    for _ in range(300):
+        lock = out / ".forestcarbon.lock"
+        if lock.exists() and lock.read_text().startswith("pid"):
+            break
+        time.sleep(0.1)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    first.kill()
+    first.wait()
+    assert second.returncode == 2 and "is in use by another forestcarbon run" in second.stderr, second.stderr
+    assert len([ln for ln in second.stderr.splitlines() if ln.startswith("error")]) == 1

@@ -90,11 +90,14 @@ def run(config: Path = typer.Argument(..., help="configuration YAML"),
         out: Optional[Path] = typer.Option(None, help="output folder (overrides the configuration)"),
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
         prefect: bool = typer.Option(False, "--prefect", help="run as the Prefect flow (a temporary server unless "
-                                                              "PREFECT_API_URL is set, which also implies this)")):
-    """Run the pipeline, or only the named stages (in this process unless --prefect or PREFECT_API_URL)."""
+                                                              "PREFECT_API_URL is set, which also implies this)"),
+        force: bool = typer.Option(False, "--force", help="recompute stages whose inputs, configuration and code "
+                                                          "are unchanged since they finished")):
+    """Run the pipeline, or only the named stages (in this process unless --prefect or PREFECT_API_URL).
+    Stages unchanged since they last finished in the output folder are skipped (resume after a crash)."""
     _setup_logging()
     try:
-        result = _run(config, stage, out, prefect)
+        result = _run(config, stage, out, prefect, force)
     except ForestCarbonError as err:
         _fail(err)
     except Exception as err:  # noqa: BLE001 -- one line, the traceback to a file
@@ -103,7 +106,7 @@ def run(config: Path = typer.Argument(..., help="configuration YAML"),
     typer.echo(json.dumps(result, indent=1, default=str))
 
 
-def _run(config: Path, stages, out, use_prefect: bool = False):
+def _run(config: Path, stages, out, use_prefect: bool = False, force: bool = False):
     """Preflight, then the stages: in this process, or as the Prefect flow when asked (``--prefect``) or
     when a Prefect server is configured (``PREFECT_API_URL``)."""
     import os
@@ -117,9 +120,9 @@ def _run(config: Path, stages, out, use_prefect: bool = False):
         cfg = cfg.with_output(out)
     names = select_stages(stages)
     if not (use_prefect or os.environ.get("PREFECT_API_URL")):
-        return run_pipeline(cfg, names)
+        return run_pipeline(cfg, names, force=force)
     preflight(cfg, names)
-    return pipeline_flow(str(config.resolve()), stages or None, str(cfg.output))
+    return pipeline_flow(str(config.resolve()), stages or None, str(cfg.output), force)
 
 
 @app.command()
@@ -132,11 +135,12 @@ def nightly(config: Path = typer.Argument(..., help="configuration YAML"),
     from ..config import load_config
     from .nightly import nightly_update
     from .pipeline import dask_scheduler
+    from .run_state import output_lock
 
     try:
         cfg = load_config(config)
         day = dt.date.fromisoformat(date) if date else None
-        with dask_scheduler(cfg):
+        with output_lock(Path(cfg.output)), dask_scheduler(cfg):
             report = nightly_update(cfg, day)
     except (ForestCarbonError, ValueError) as err:
         _fail(err)

@@ -24,7 +24,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..rs.cog import gdal_cache
-from . import prefect_io
+from . import prefect_io, run_state
 from .layout import Layout
 from .stages import STAGES, Context, preflight
 
@@ -81,23 +81,44 @@ def _peak_rss_mb(reset: bool = False) -> float:
     return peak
 
 
-def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain) -> dict:
-    """Run (some) stages in order.  The default runner is plain Python (no Prefect).  Each stage's seconds and
-    peak memory of this process are in the result's ``timings`` and, when the report ran, in
-    ``report/summary.json`` (``stages``)."""
+def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain, force: bool = False) -> dict:
+    """Run (some) stages in order.  The default runner is plain Python (no Prefect).
+
+    The run holds the output folder's lock, removes staging files an unfinished run left, and skips a stage
+    whose manifest entry has the same key (inputs, configuration, code, earlier stages: :mod:`.run_state`)
+    and a finish time, unless ``force``.  Each stage's seconds and peak memory of this process are in the
+    result's ``timings`` and, when the report ran, in ``report/summary.json`` (``stages``)."""
+    import uuid
+
     names = select_stages(stages)
     ctx = preflight(cfg, names)
     results, timings = {}, {}
-    with dask_scheduler(cfg):
-        for name in names:
-            _peak_rss_mb(reset=True)
-            t0 = time.perf_counter()
-            results[name] = runner(name, ctx)
-            timings[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_mb(), 1)}
-    if "report" in names and ctx.out.summary.exists():
-        summary = json.loads(ctx.out.summary.read_text())
-        summary["stages"] = timings
-        write_json(summary, ctx.out.summary)
+    with run_state.output_lock(ctx.out.root):
+        run_state.clean_staging(ctx.out.root)
+        manifest = run_state.Manifest(ctx.out.root, uuid.uuid4().hex[:12])
+        inputs_hash = run_state.inputs_fingerprint(cfg)
+        ran = False
+        with dask_scheduler(cfg):
+            for name in names:
+                key = run_state.stage_key(name, inputs_hash, manifest.data, list(STAGES))
+                rec = None if (force or ran) else manifest.unchanged(name, key)
+                if rec is not None:
+                    log.info("stage %s: unchanged since %s (key %s), skipped; --force recomputes", name,
+                             rec["finished"], key)
+                    results[name] = rec.get("result")
+                    continue
+                ran = True
+                manifest.start(name, key)
+                _peak_rss_mb(reset=True)
+                t0 = time.perf_counter()
+                results[name] = runner(name, ctx)
+                timings[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                                 "peak_rss_mb": round(_peak_rss_mb(), 1)}
+                manifest.finish(name, results[name], timings[name]["seconds"])
+        if "report" in timings and ctx.out.summary.exists():
+            summary = json.loads(ctx.out.summary.read_text())
+            summary["stages"] = timings
+            write_json(summary, ctx.out.summary)
     results["timings"] = timings
     return results
 
@@ -112,15 +133,16 @@ if set(get_args(StageName)) != set(STAGES):  # the UI's stage picker must list e
 
 
 @flow(name="forestcarbon-pipeline", persist_result=False, log_prints=True, flow_run_name=prefect_io.run_name)
-def pipeline_flow(config_path: str, stages: list[StageName] | None = None, out: str | None = None) -> dict:
+def pipeline_flow(config_path: str, stages: list[StageName] | None = None, out: str | None = None,
+                  force: bool = False) -> dict:
     """Prefect flow: load the configuration at ``config_path`` and run the stages."""
     cfg = load_config(config_path)
     if out is not None:
         cfg = cfg.with_output(Path(out))
     with prefect_io.api_logs():
-        results = run_pipeline(cfg, stages, runner=_as_task)
+        results = run_pipeline(cfg, stages, runner=_as_task, force=force)
     layout = Layout(cfg.output)
-    summary = json.loads(layout.summary.read_text()) if "report" in select_stages(stages) else None
+    summary = json.loads(layout.summary.read_text()) if "report" in results["timings"] else None
     prefect_io.publish(cfg.name, layout.root, results, summary, results["timings"])
     return results
 
@@ -132,7 +154,7 @@ def nightly_flow(config_path: str, date: dt.date | None = None) -> dict:
 
     cfg = load_config(config_path)
     day = dt.date.fromisoformat(date) if isinstance(date, str) else date
-    with prefect_io.api_logs(), dask_scheduler(cfg):
+    with prefect_io.api_logs(), run_state.output_lock(Path(cfg.output)), dask_scheduler(cfg):
         report = nightly_update(cfg, day)
     log.info("nightly: %d tiles updated, %d unchanged, %d failed", len(report["updated"]), len(report["unchanged"]), len(report["failed"]))
     return report
