@@ -85,7 +85,7 @@ def served(server, small_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("served_out")
     raw = yaml.safe_load(small_scene.read_text())
     for k, v in raw["inputs"].items():
-        if isinstance(v, str) and (small_scene.parent / v).exists():
+        if isinstance(v, str) and not k.endswith(("_layer", "_id", "_field", "_crs")) and (small_scene.parent / v).exists():
             raw["inputs"][k] = str(small_scene.parent / v)
     raw["truth"] = {k: str(small_scene.parent / v) for k, v in raw["truth"].items()}
     raw["output"] = str(out)

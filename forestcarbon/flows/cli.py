@@ -600,3 +600,4 @@ from . import cli_accounts  # noqa: E402,F401  (mounts `accounts` and `loss` on 
 
 def main():  # pragma: no cover
     sys.exit(app())
+from . import cli_ops  # noqa: E402,F401  (mounts `init`, `validate`, `status` and `--version` on app)

@@ -50,18 +50,29 @@ def _now() -> str:
 
 @contextmanager
 def output_lock(root: Path):
-    """Hold ``root``'s lock for the duration; one line when another process holds it."""
+    """Hold ``root``'s lock for the duration; one line when another process holds it.  The lock file is
+    removed on release (while still locked); a process that opened it before then finds, once it holds the
+    lock, that the path names another file or none, and tries again."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown process"
+    path = root / LOCK
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            f.close()
+            raise OutputInUseError(f"{root} is in use by another forestcarbon run ({holder}); wait for it to finish "
+                                   "or write to another folder") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
         f.close()
-        raise OutputInUseError(f"{root} is in use by another forestcarbon run ({holder}); wait for it to finish or "
-                               "write to another folder") from None
     try:
         f.seek(0)
         f.truncate()
@@ -69,8 +80,7 @@ def output_lock(root: Path):
         f.flush()
         yield
     finally:
-        f.seek(0)
-        f.truncate()
+        path.unlink(missing_ok=True)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
 

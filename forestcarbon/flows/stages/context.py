@@ -16,7 +16,8 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from ...config import Config, default_allometry_path
-from ...errors import (AllometryError, ConfigError, CRSError, InputNotFoundError, LidarError, StageInputError)
+from ...errors import (AllometryError, ConfigError, CRSError, ForestCarbonError, InputNotFoundError, LidarError,
+                        StageInputError)
 from ...models.allometry import (load_registry, resolve_fallback)
 from ...rs import lidar
 from ...rs.forest_mask import land_class_text
@@ -55,14 +56,47 @@ STAGE_NEEDS = {
 """Input keys each stage needs (LiDAR, projects, truth and the parcels' species field are optional)."""
 
 
-def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
+class Problems:
+    """Collects the one-line errors of independent checks (``with problems:`` around each) when ``collect``,
+    else lets the first one through; ``bad`` remembers the input keys already found missing or unreadable,
+    so checks of their contents are skipped rather than reported twice."""
+
+    def __init__(self, collect: bool):
+        self.collect, self.found, self.bad = collect, [], set()
+        self._key = None
+
+    def on(self, key: str | None = None) -> "Problems":
+        self._key = key
+        return self
+
+    def ok(self, *keys: str) -> bool:
+        return not (set(keys) & self.bad)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        key, self._key = self._key, None
+        if ev is None or not isinstance(ev, ForestCarbonError) or not self.collect:
+            return False
+        if key:
+            self.bad.add(key)
+        if str(ev) not in self.found:
+            self.found.append(str(ev))
+        return True
+
+
+def preflight(cfg: Config, stages: list[str] | None = None, problems: list[str] | None = None) -> Context | None:
     """Check the inputs the requested stages (default: all) need, before any computation; return the run
     context.
 
     Missing files, layers without their id field, unparsable CRSs and the contents checked by
     :func:`check_inventory` and :func:`~forestcarbon.vector.layers.check_layer_contents` fail here with
     one line naming the file, field or value.  A stage run on its own is checked for its own inputs only.
+    With a ``problems`` list, every independent check runs and each failure's line is appended to it
+    (``forestcarbon validate``); the context is then None when any failed.
     """
+    p = Problems(problems is not None)
     names = list(STAGE_NEEDS) if not stages else [s for s in STAGE_NEEDS if s in stages]
     i = cfg.inputs
     needed = {k for n in names for k in STAGE_NEEDS[n]}
@@ -71,10 +105,11 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
     if "map" in names and (cfg.carbon.group_field or cfg.forest_mask.parcel_field):
         needed.add("parcels")
     for key in sorted(needed):
-        if getattr(i, key) is None:
-            stage = next((n for n in names if key in STAGE_NEEDS[n]), "map")
-            raise ConfigError(f"inputs.{key} is required by stage {stage!r}")
-    must = [(f"inputs.{k}", getattr(i, k)) for k in sorted(needed)]
+        with p.on(f"inputs.{key}"):
+            if getattr(i, key) is None:
+                stage = next((n for n in names if key in STAGE_NEEDS[n]), "map")
+                raise ConfigError(f"inputs.{key} is required by stage {stage!r}")
+    must = [(f"inputs.{k}", getattr(i, k)) for k in sorted(needed) if getattr(i, k) is not None]
     if "lidar" in names:
         must += [(f"inputs.{k}", getattr(i, k)) for k in ("laz", "lidar_metrics_raster") if getattr(i, k) is not None]
     if "projects" in names and i.projects is not None:
@@ -97,66 +132,98 @@ def preflight(cfg: Config, stages: list[str] | None = None) -> Context:
         must += [("truth.agb", cfg.truth.agb), ("truth.parcels", cfg.truth.parcels)]
     if cfg.grid.aoi is not None:
         must.append(("grid.aoi", cfg.grid.aoi))
-    for key, p in must:
-        if not Path(p).exists():
-            raise InputNotFoundError(f"{key}: file not found: {p}")
-    check_output_folder(cfg, [p for _, p in must])
-    if "parcels" in needed:
-        fields = tuple(f for f in (cfg.carbon.group_field, cfg.forest_mask.parcel_field) if f)
-        check_layer(i.parcels, i.parcels_layer, fields)
-        check_parcels(i.parcels, cfg.parcels.fields(), i.parcels_layer)
-        info = pyogrio.read_info(i.parcels, layer=i.parcels_layer, force_total_bounds=True)
-        if info.get("total_bounds") is not None:
-            require_area_crs(cfg.grid.crs, info["total_bounds"], info["crs"], cfg.parcels.max_areal_scale_error,
-                             where=f"{i.parcels}: grid CRS")
-        if "map" in names and cfg.forest_mask.parcel_field:
-            check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field, cfg.forest_mask.forest_codes)
+    for key, path in dict(must).items():
+        with p.on(key):
+            if not Path(path).exists():
+                raise InputNotFoundError(f"{key}: file not found: {path}")
+    with p:
+        check_output_folder(cfg, [q for _, q in must])
+    if "parcels" in needed and p.ok("inputs.parcels"):
+        with p.on("inputs.parcels"):
+            fields = tuple(f for f in (cfg.carbon.group_field, cfg.forest_mask.parcel_field) if f)
+            check_layer(i.parcels, i.parcels_layer, fields)
+            check_parcels(i.parcels, cfg.parcels.fields(), i.parcels_layer)
+        if p.ok("inputs.parcels"):
+            with p:
+                info = pyogrio.read_info(i.parcels, layer=i.parcels_layer, force_total_bounds=True)
+                if info.get("total_bounds") is not None:
+                    require_area_crs(cfg.grid.crs, info["total_bounds"], info["crs"],
+                                     cfg.parcels.max_areal_scale_error, where=f"{i.parcels}: grid CRS")
+            with p:
+                if "map" in names and cfg.forest_mask.parcel_field:
+                    check_forest_codes(i.parcels, i.parcels_layer, cfg.forest_mask.parcel_field,
+                                       cfg.forest_mask.forest_codes)
     if "trees" in names:
-        if i.villages is not None:
-            check_layer_contents(i.villages, i.villages_layer, i.village_id)
-        if i.tree_species is not None:
-            check_layer(i.tree_species, i.tree_species_layer, (i.tree_species_field,))
-    if "map" in names and i.landcover is not None:
-        check_categorical_raster(i.landcover, "inputs.landcover")
-    if "plots" in needed:
-        if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
-            if cfg.ground.plots_crs is None:
-                raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its x/y columns)")
-        else:
-            check_layer(i.plots, i.plots_layer, (i.plot_id,))
-    if "projects" in names and i.projects is not None:
-        check_layer_contents(i.projects, i.projects_layer, i.project_id)
-    if "terrain" in names and i.dem is not None:
-        check_dem(i.dem)
+        if i.villages is not None and p.ok("inputs.villages"):
+            with p:
+                check_layer_contents(i.villages, i.villages_layer, i.village_id)
+        if i.tree_species is not None and p.ok("inputs.tree_species"):
+            with p:
+                check_layer(i.tree_species, i.tree_species_layer, (i.tree_species_field,))
+    if "map" in names and i.landcover is not None and p.ok("inputs.landcover"):
+        with p:
+            check_categorical_raster(i.landcover, "inputs.landcover")
+    if "plots" in needed and p.ok("inputs.plots"):
+        with p.on("inputs.plots"):
+            if Path(i.plots).suffix.lower() in (".csv", ".txt", ".xlsx", ".xls", ".xlsm"):
+                if cfg.ground.plots_crs is None:
+                    raise ConfigError(f"inputs.plots: {i.plots} is a table; set ground.plots_crs (the CRS of its "
+                                      "x/y columns)")
+            else:
+                check_layer(i.plots, i.plots_layer, (i.plot_id,))
+    if "projects" in names and i.projects is not None and p.ok("inputs.projects"):
+        with p:
+            check_layer_contents(i.projects, i.projects_layer, i.project_id)
+    if "terrain" in names and i.dem is not None and p.ok("inputs.dem"):
+        with p:
+            check_dem(i.dem)
     if "lidar" in names:
-        if i.lidar_crs is not None:
-            from pyproj import CRS
-            from pyproj.exceptions import CRSError as PyprojCRSError
+        with p.on("inputs.lidar_crs"):
+            if i.lidar_crs is not None:
+                from pyproj import CRS
+                from pyproj.exceptions import CRSError as PyprojCRSError
 
-            try:
-                CRS.from_user_input(i.lidar_crs)
-            except PyprojCRSError:
-                raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
-        if i.laz is not None and i.lidar_metrics_raster is None:
-            tiles = lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
-            check_tiles_on_grid(tiles, geobox_from_config(cfg.grid))
+                try:
+                    CRS.from_user_input(i.lidar_crs)
+                except PyprojCRSError:
+                    raise CRSError(f"inputs.lidar_crs: {i.lidar_crs!r} is not a CRS that parses") from None
+        if i.laz is not None and i.lidar_metrics_raster is None and p.ok("inputs.laz", "inputs.lidar_crs", "grid.aoi"):
+            with p:
+                tiles = lidar.index_tiles(lidar.find_tiles(i.laz), i.lidar_crs)  # headers and file sizes only
+                check_tiles_on_grid(tiles, geobox_from_config(cfg.grid))
     if "mosaic" in names:
         m = cfg.mosaic
-        missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(m.bands)
-        if missing_bands:
-            raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
-        read_scenes(i.stac_items, m.bands, m.start, m.end, m.asset_keys)  # item JSONs only: asset keys, sensors
-    ctx = Context(cfg, geobox_from_config(cfg.grid))
-    if {"plots", "map", "parcels"} & set(names):
-        registry = load_registry(cfg.allometry or default_allometry_path())
-        try:
-            resolve_fallback(cfg.allometry_fallback, registry)
-        except AllometryError as err:
-            raise ConfigError(str(err)) from None
-        if "plots" in names:
+        with p:
+            missing_bands = {"blue", "red", "nir", "nir08", "swir16", "swir22"} - set(m.bands)
+            if missing_bands:
+                raise ConfigError(f"mosaic.bands must include {sorted(missing_bands)} for the spectral indices")
+        if p.ok("inputs.stac_items"):
+            with p:
+                read_scenes(i.stac_items, m.bands, m.start, m.end, m.asset_keys)  # item JSONs: asset keys, sensors
+    if not p.ok("grid.aoi"):  # no grid without its area of interest: the checks on the grid cannot run
+        problems.extend(p.found)
+        return None
+    with p.on("grid"):
+        ctx = Context(cfg, geobox_from_config(cfg.grid))
+    if not p.ok("grid"):
+        problems.extend(p.found)
+        return None
+    if {"plots", "map", "parcels"} & set(names) and p.ok("allometry"):
+        registry = None
+        with p.on("allometry"):
+            registry = load_registry(cfg.allometry or default_allometry_path())
+            try:
+                resolve_fallback(cfg.allometry_fallback, registry)
+            except AllometryError as err:
+                raise ConfigError(str(err)) from None
+        if "plots" in names and registry is not None and p.ok("inputs.plots", "inputs.trees", "allometry"):
             from .plots import check_inventory  # the plots stage's own biomass step
 
-            check_inventory(ctx, registry)
+            with p:
+                check_inventory(ctx, registry)
+    if problems is not None:
+        problems.extend(p.found)
+        return None if p.found else ctx
     return ctx
 
 
