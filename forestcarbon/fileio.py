@@ -61,14 +61,34 @@ def sha256(path: Path | str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def fingerprint(paths) -> list[dict]:
-    """Path, size and SHA-256 of each file (folders expanded)."""
+HASH_MAX_BYTES = 256 * 2**20  # larger files (scenes, LiDAR tiles) are identified by size and modification time
+
+
+def fingerprint(paths, relative_to: Path | None = None, skip=()) -> list[dict]:
+    """Path (relative to ``relative_to`` when given), size and SHA-256 of each file (folders expanded; files
+    larger than :data:`HASH_MAX_BYTES` get their modification time instead of a hash); paths in ``skip``
+    and below them are left out."""
+    import datetime as dt
+    import os
+
+    skip = [Path(q).resolve() for q in skip]
     out = []
     for p in paths:
         p = Path(p)
+        if not p.exists():
+            continue
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for q in files:
-            out.append({"path": str(q), "bytes": q.stat().st_size, "sha256": sha256(q)})
+            rq = q.resolve()
+            if any(rq == k or k in rq.parents for k in skip):
+                continue
+            st = q.stat()
+            rec = {"path": os.path.relpath(q, relative_to) if relative_to is not None else str(q), "bytes": st.st_size}
+            if st.st_size <= HASH_MAX_BYTES:
+                rec["sha256"] = sha256(q)
+            else:
+                rec["modified"] = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
+            out.append(rec)
     return out
 
 

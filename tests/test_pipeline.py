@@ -593,3 +593,27 @@ def test_killed_runs_resume_and_equal_an_uninterrupted_run(run, small_scene, tmp
     first.wait()
     assert second.returncode == 2 and "is in use by another forestcarbon run" in second.stderr, second.stderr
     assert len([ln for ln in second.stderr.splitlines() if ln.startswith("error")]) == 1
+
+
+def test_provenance_lists_every_output_with_its_hash(run):
+    """report/provenance.json: every file of the output folder but the report's own, by a path relative to
+    the folder, with the SHA-256 computed here; the allometry table's version and hash; the code version."""
+    import hashlib
+
+    cfg, out, _ = run
+    prov = json.loads((out / "report/provenance.json").read_text())
+    listed = {r["path"]: r for r in prov["outputs"]}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] != "report"
+               and p.name not in ("run_manifest.json", ".forestcarbon.lock")}
+    assert set(listed) == on_disk
+    for rel in ("maps/agb.tif", "parcels/parcels_carbon.gpkg", "trees/trees.parquet", "model/model_card.json"):
+        assert listed[rel]["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+    assert all(not Path(r["path"]).is_absolute() for r in prov["inputs"])
+    assert any(r["path"].endswith("ground/trees.csv") for r in prov["inputs"])
+    from forestcarbon.config import default_allometry_path
+    from forestcarbon.models.allometry import load_registry
+
+    assert prov["allometry"]["version"] == load_registry(default_allometry_path()).version
+    table = next(r for r in prov["allometry"]["files"] if r["path"].endswith("allometry.yaml"))
+    assert table["sha256"] == hashlib.sha256(default_allometry_path().read_bytes()).hexdigest()
+    assert prov["forestcarbon"] and len(prov["source_sha256"]) == 64

@@ -27,6 +27,7 @@ import rasterio  # noqa: E402
 from .. import __version__  # noqa: E402
 
 log = logging.getLogger("forestcarbon")
+from ..config import default_allometry_path  # noqa: E402
 from ..fileio import atomic_path, fingerprint, sha256, write_json  # noqa: E402
 
 PACKAGES = ("numpy", "xarray", "dask", "rasterio", "odc-geo", "odc-stac", "geopandas", "shapely", "exactextract",
@@ -169,15 +170,22 @@ def build_report(ctx) -> dict:
     if cfg.truth is not None:
         summary["truth"] = truth_comparison(parcels, cfg.truth.parcels, out.agb, cfg.truth.agb,
                                             county.get("all_parcels"))
-    inputs = [cfg.inputs.stac_items, cfg.inputs.plots, cfg.inputs.trees, cfg.inputs.parcels]
-    inputs += [p for p in (cfg.inputs.laz, cfg.inputs.projects, cfg.allometry) if p is not None]
+    from ..models.allometry import load_registry
+    from .run_state import LOCK, MANIFEST, _paths, code_hash
+
+    allometry = Path(cfg.allometry or default_allometry_path())
+    registry = load_registry(allometry)
+    tables = [allometry] + [allometry.parent / t for t in ("species.csv",) if (allometry.parent / t).exists()]
+    inputs = sorted({Path(p) for p in _paths(cfg.model_dump(exclude={"output", "compute"}))}, key=str)
     provenance = {
-        "forestcarbon": __version__, "git_commit": _git_commit(),
+        "forestcarbon": __version__, "git_commit": _git_commit(), "source_sha256": code_hash(),
         "packages": {p: _version(p) for p in PACKAGES},
         "config": json.loads(cfg.model_dump_json()),
+        "allometry": {"version": registry.version, "files": fingerprint(tables, out.root)},
         "model_card_sha256": sha256(out.model_card),
-        "inputs": fingerprint(inputs),
-        "outputs": fingerprint([out.reflectance, out.indices, out.agb, out.carbon, out.parcels_gpkg, out.model]),
+        "paths_relative_to": str(out.root),
+        "inputs": fingerprint(inputs, out.root),
+        "outputs": fingerprint([out.root], out.root, skip=[rep, out.root / LOCK, out.root / MANIFEST]),
     }
     write_json(provenance, rep / "provenance.json")
     summary["provenance"] = "provenance.json"
