@@ -150,3 +150,22 @@ def test_area_of_lines_is_an_error(db, tmp_path):
     gpd.GeoDataFrame(geometry=[shapely.LineString([(X0, Y0 - 40), (X0 + 10, Y0 - 30)])], crs=CRS).to_file(p)
     r = CliRunner().invoke(app, ["loss", "--area", str(p), "--from", "2023", "--to", "2024", "--db", str(db)])
     assert r.exit_code == 2 and "the features are not polygons (['LineString'])" in r.output
+
+
+def test_carbon_for_a_boundary_from_the_latest_epoch_or_a_named_one(db, tmp_path):
+    """The 'carbon for this boundary' answer: the latest epoch by default (2024), or the one named; the
+    boundary as a file or as GeoJSON text in WGS 84 (as an upload form sends it)."""
+    from forestcarbon.flows.boundary import boundary_carbon
+
+    c1, c2, s1, s2, _, _ = hand(0.0)
+    z = NormalDist().inv_cdf(0.95)
+    geojson = gpd.GeoSeries([POLY], crs=CRS).to_crs("EPSG:4326").to_json()
+    with SQLiteStore(db, create=False) as st:
+        latest = boundary_carbon(st, geojson)
+        named = boundary_carbon(st, str(area_file(tmp_path)), epoch="2023")
+    assert latest["epoch"] == "2024" and named["epoch"] == "2023"
+    assert latest["carbon_t"] == pytest.approx(c2, rel=1e-6) and latest["carbon_sd_t"] == pytest.approx(s2, rel=1e-6)
+    assert latest["carbon_lo_t"] == pytest.approx(max(c2 - z * s2, 0), rel=1e-6)
+    assert latest["carbon_hi_t"] == pytest.approx(c2 + z * s2, rel=1e-6)
+    assert latest["co2e_t"] == pytest.approx(c2 * CO2_PER_C, rel=1e-9)
+    assert named["carbon_t"] == pytest.approx(c1, rel=1e-6) and named["carbon_sd_t"] == pytest.approx(s1, rel=1e-6)
