@@ -100,7 +100,7 @@ def served(server, small_scene, tmp_path_factory):
             r = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
             r.raise_for_status()
             got = {d["name"]: d for d in r.json()}
-            return got if len(got) >= 5 else None
+            return got if len(got) >= 6 else None
         deps = _wait(deployments, 120, "forestcarbon serve to register its deployments", procs=[proc])
         yield api, deps, out, raw["name"], home
     finally:
@@ -128,10 +128,11 @@ def _run_and_wait(api: str, dep: dict, parameters: dict, timeout: float, home: P
 
 def test_deployments_registered_by_module_path_with_typed_parameters(served):
     api, deps, _, name, _ = served
-    assert set(deps) == {f"{name}-{k}" for k in ("nightly", "pipeline", "inputs", "estimate", "accounts")}
+    assert set(deps) == {f"{name}-{k}" for k in ("nightly", "pipeline", "inputs", "estimate", "accounts",
+                                                 "boundary-carbon")}
     for d in deps.values():  # a module path (Prefect writes module.function), never a file path
-        assert d["entrypoint"] in ("forestcarbon.flows.pipeline.pipeline_flow",
-                                   "forestcarbon.flows.pipeline.nightly_flow"), d["entrypoint"]
+        assert d["entrypoint"] in ("forestcarbon.flows.pipeline.pipeline_flow", "forestcarbon.flows.pipeline.nightly_flow",
+                                   "forestcarbon.flows.pipeline.boundary_flow"), d["entrypoint"]
     stages = deps[f"{name}-pipeline"]["parameter_openapi_schema"]["properties"]["stages"]
     assert "mosaic" in str(stages) and "report" in str(stages)  # the UI renders a stage picker
     assert deps[f"{name}-estimate"]["parameters"]["stages"] == ["model", "map"]
@@ -175,3 +176,33 @@ def test_triggered_runs_complete_and_write_their_outputs(served):
     assert kinds.get(f"{key}-summary") == "markdown" and kinds.get(f"{key}-stage-timings") == "table", kinds
     md = next(a["data"] for a in arts if a["key"] == f"{key}-summary")
     assert "| plots |" in md and str(out) in md
+
+
+def test_carbon_for_an_uploaded_boundary(served, tmp_path):
+    """The boundary deployment with GeoJSON text pasted in its form: the run's artifact gives the carbon inside
+    from the latest epoch of an accounts database (the loss tests' 4 x 4 grid, computed here by hand)."""
+    import geopandas as gpd
+    import numpy as np
+    import shapely
+    from typer.testing import CliRunner
+
+    from forestcarbon.flows.cli import app
+
+    from .accounts_outputs import CRS, X0, Y0, make_output, squares
+
+    api, deps, _, name, home = served
+    c = np.arange(16, dtype=float).reshape(4, 4) + 50.0  # Mg C/ha
+    db = tmp_path / "acc.sqlite"
+    out = make_output(tmp_path / "o", squares(), [10.0, 20.0], sd_t=[1.0, 1.0], scene_dates=("2024-07-01",),
+                      carbon_mg_ha=c, carbon_sd_mg_ha=0.1 * c)
+    r = CliRunner().invoke(app, ["accounts", "commit", str(out), "--epoch", "2024", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    poly = shapely.box(X0, Y0 - 40, X0 + 20, Y0 - 20)  # the bottom-left 2 x 2 pixels
+    expect_t = (c[2, 0] + c[2, 1] + c[3, 0] + c[3, 1]) * 0.01  # Mg C/ha x 0.01 ha per pixel
+    geojson = gpd.GeoSeries([poly], crs=CRS).to_crs("EPSG:4326").to_json()
+    fr = _run_and_wait(api, deps[f"{name}-boundary-carbon"], {"boundary": geojson, "accounts_db": str(db)}, 300,
+                       home)
+    arts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [fr["id"]]}}},
+                      timeout=10).json()
+    md = next(a["data"] for a in arts if a["key"].endswith("-boundary-carbon"))
+    assert f"**{expect_t:,.1f} t C**" in md and "epoch **2024**" in md, md

@@ -177,6 +177,32 @@ def _deployment(fl, name: str, parameters: dict, description: str, tags: list[st
                             **({"schedule": schedule} if schedule is not None else {}))
 
 
+@flow(name="forestcarbon-boundary-carbon", persist_result=False, log_prints=True, flow_run_name=prefect_io.run_name)
+def boundary_flow(config_path: str, boundary: str, accounts_db: str | None = None, epoch: str | None = None,
+                  level: float = 0.90) -> dict:
+    """Prefect flow: carbon (t C, CO2e) inside ``boundary`` (a polygon file path, or GeoJSON text pasted into
+    the form) with SD and interval, from ``epoch`` of the carbon accounts (default: the latest).
+    ``accounts_db``: the accounts database (default: ``$FORESTCARBON_ACCOUNTS_DB``, else
+    ``forestcarbon-accounts.sqlite`` beside the configuration)."""
+    import os
+
+    from ..accounts.sqlite_store import SQLiteStore
+    from .boundary import boundary_carbon
+
+    cfg_path = Path(config_path)
+    db = Path(accounts_db or os.environ.get("FORESTCARBON_ACCOUNTS_DB")
+              or cfg_path.resolve().parent / "forestcarbon-accounts.sqlite")
+    if not db.exists():
+        raise ConfigError(f"accounts database not found: {db}; commit an epoch first "
+                          "(forestcarbon accounts commit OUT --epoch ... --db DB)")
+    with prefect_io.api_logs(), SQLiteStore(db, create=False) as store:
+        res = boundary_carbon(store, boundary, epoch, level)
+    log.info("boundary: %.1f t C (90 %% interval %.1f - %.1f) in %.2f ha, epoch %s", res["carbon_t"],
+             res["carbon_lo_t"], res["carbon_hi_t"], res["area_ha"], res["epoch"])
+    prefect_io.publish_boundary(load_config(config_path).name, res)
+    return res
+
+
 def nightly_deployment(config_path: str):
     """The nightly flow as a deployment with the configured cron schedule (default 02:00 Asia/Shanghai)."""
     from prefect.schedules import Cron
@@ -190,13 +216,16 @@ def nightly_deployment(config_path: str):
 
 def deployments(config_path: str) -> list:
     """Everything ``forestcarbon serve`` serves: the nightly mosaic on its cron, and on demand the whole
-    pipeline and each stage group (:data:`STAGE_GROUPS`)."""
+    pipeline, each stage group (:data:`STAGE_GROUPS`) and the carbon inside an uploaded boundary."""
     cfg = load_config(config_path)
     path = str(Path(config_path).resolve())
     out = [nightly_deployment(config_path),
            _deployment(pipeline_flow, f"{cfg.name}-pipeline", {"config_path": path},
                        "The whole pipeline: mosaic, LiDAR, plots, model, map, parcels, projects, trees, report",
                        ["forestcarbon", "pipeline"])]
+    out.append(_deployment(boundary_flow, f"{cfg.name}-boundary-carbon", {"config_path": path},
+                           "Carbon for this boundary: an uploaded polygon -> its carbon with SD and interval, "
+                           "from the latest epoch of the carbon accounts", ["forestcarbon", "accounts", "boundary"]))
     for group, stages in STAGE_GROUPS.items():
         out.append(_deployment(pipeline_flow, f"{cfg.name}-{group}", {"config_path": path, "stages": stages},
                                f"Stages {', '.join(stages)}", ["forestcarbon", "pipeline", group]))

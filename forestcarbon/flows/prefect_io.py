@@ -117,3 +117,17 @@ def publish(cfg_name: str, out: Path, results: dict, summary: dict | None, timin
                               description="seconds and peak resident memory per stage")
     if summary and summary.get("projects"):
         create_table_artifact(key=f"{key}-projects", table=summary["projects"], description="per-project totals")
+
+
+def publish_boundary(cfg_name: str, res: dict) -> None:
+    """The boundary answer as a markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "".join(c if c.isalnum() else "-" for c in cfg_name.lower()).strip("-")
+    md = (f"# Carbon inside the boundary\n\n- epoch **{res['epoch']}** ({res['epoch_date']}), area "
+          f"{res['area_ha']:,.2f} ha, mapped {res['mapped_fraction']:.0%}\n- carbon **{res['carbon_t']:,.1f} t C** "
+          f"(SD {res['carbon_sd_t']:,.1f}; {res['level']:.0%} interval {res['carbon_lo_t']:,.1f} – "
+          f"{res['carbon_hi_t']:,.1f})\n- CO2e {res['co2e_t']:,.1f} t ({res['co2e_lo_t']:,.1f} – "
+          f"{res['co2e_hi_t']:,.1f})\n- method: {res['method']}\n- maps: `{res['carbon_map']}`, "
+          f"`{res['carbon_sd_map']}`\n")
+    create_markdown_artifact(key=f"{key}-boundary-carbon", markdown=md, description="carbon for this boundary")
