@@ -76,3 +76,10 @@ class SpatialCVWarning(ForestCarbonWarning):
 
 class LedgerError(ForestCarbonError, LookupError):
     """The parcel carbon accounts lack an epoch or a parcel asked for, or the accounts database is unusable."""
+
+
+class DiskFullError(ForestCarbonError, OSError):
+    """An output could not be written: its file system is full."""
+
+    def __str__(self) -> str:
+        return " ".join(str(a) for a in self.args)

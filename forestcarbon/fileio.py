@@ -7,12 +7,28 @@ failed run never leaves a half-written file under its final name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def disk_full(path: Path, partial: Path | None = None):
+    """The one-line error for a full file system: the file, what it had written, and the space left."""
+    from .errors import DiskFullError
+
+    written = partial.stat().st_size if partial is not None and partial.exists() else 0
+    try:
+        free = shutil.disk_usage(next(p for p in (path.parent, *path.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        free = 0
+    return DiskFullError(f"{path}: the disk is full ({written / 2**20:,.1f} MB of it written, "
+                         f"{free / 2**20:,.1f} MB free on its file system); free space or write elsewhere "
+                         "(the file is not left half-written)")
 
 
 @contextmanager
@@ -24,8 +40,13 @@ def atomic_path(path: Path | str, suffix: str | None = None):
     os.close(fd)
     os.unlink(tmp)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except Exception as err:  # GDAL reports ENOSPC as a rasterio error with the C library's message
+            if not (getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)):
+                raise
+            raise disk_full(path, Path(tmp)) from None
     finally:
         for leftover in Path(tmp).parent.glob(Path(tmp).name + "*"):
             leftover.unlink(missing_ok=True)

@@ -282,3 +282,22 @@ def test_png_size_and_class_colours_at_parcel_centroids(tmp_path):
     # a sequential ramp: relative luminance (ITU-R BT.709) falls from the lowest class to the highest
     lum = [np.dot(to_rgb(h), (0.2126, 0.7152, 0.0722)) for h in img.classes.colours]
     assert all(a > b for a, b in zip(lum[:-1], lum[1:]))
+
+
+def test_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path):
+    """ENOSPC while an output is written (raised here where the write would fail): one line naming the file,
+    what was written and the space left; no partial file under any name."""
+    import errno as _errno
+
+    from forestcarbon.errors import DiskFullError
+    from forestcarbon.fileio import atomic_path
+
+    target = tmp_path / "maps" / "agb.tif"
+    with pytest.raises(DiskFullError) as e:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"x" * 3 * 2**20)
+            raise OSError(_errno.ENOSPC, "No space left on device")
+    msg = str(e.value)
+    assert str(target) in msg and "3.0 MB of it written" in msg and "MB free" in msg and "\n" not in msg
+    assert isinstance(e.value, OSError)
+    assert list((tmp_path / "maps").iterdir()) == []

@@ -617,3 +617,19 @@ def test_provenance_lists_every_output_with_its_hash(run):
     table = next(r for r in prov["allometry"]["files"] if r["path"].endswith("allometry.yaml"))
     assert table["sha256"] == hashlib.sha256(default_allometry_path().read_bytes()).hexdigest()
     assert prov["forestcarbon"] and len(prov["source_sha256"]) == 64
+
+
+def test_every_raster_band_has_a_unit(run):
+    """Units on every band of every raster the run wrote (QGIS and gdalinfo show them), reflectance with
+    its RGB colour interpretation so it opens in true colour."""
+    _, out, _ = run
+    missing = []
+    for p in sorted(out.rglob("*.tif")):
+        with rasterio.open(p) as src:
+            missing += [f"{p.relative_to(out)}:{d}" for d, u in zip(src.descriptions, src.units) if not u]
+    assert not missing, missing
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(out / "mosaic/reflectance.tif") as src:
+        assert src.colorinterp[:3] == (ColorInterp.blue, ColorInterp.green, ColorInterp.red)
+        assert src.units[0] == "surface reflectance"

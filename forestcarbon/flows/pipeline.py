@@ -21,7 +21,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ..config import Config, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, ForestCarbonError
 from ..fileio import write_json
 from ..rs.cog import gdal_cache
 from . import prefect_io, run_state
@@ -31,7 +31,22 @@ from .stages import STAGES, Context, preflight
 log = logging.getLogger("forestcarbon")
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
+def _transient_io(task, task_run, state) -> bool:
+    """Retry a stage only for I/O errors that may pass (network file systems, object stores), never for
+    forestcarbon's own input errors or a full disk."""
+    try:
+        state.result()
+    except ForestCarbonError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient_io)
 def run_stage(name: str, ctx: Context) -> dict:
     log.info("stage %s: start", name)
     result = STAGES[name](ctx)

@@ -29,7 +29,7 @@ def write_cog(
     *,
     nodata: float | int | None = np.nan,
     descriptions: list[str] | None = None,
-    units: str | None = None,
+    units: str | list[str] | None = None,
     tags: dict | None = None,
     block: int = 1024,
 ) -> Path:
@@ -61,13 +61,62 @@ def write_cog(
                 dst.write(blockdata, window=win)
             for i, d in enumerate(descriptions or [], start=1):
                 dst.set_band_description(i, d)
-            if units:
-                for i in range(1, nb + 1):
-                    dst.set_band_unit(i, units)
+            _set_units(dst, units, descriptions)
             if tags:
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
         _copy_as_cog(stage_tmp, final_tmp, dtype)
     return path
+
+
+_UNIT_OF = {
+    # spectral indices, shape statistics, direction cosines, dissimilarity: dimensionless
+    **{k: "1" for k in ("ndvi", "evi", "ndmi", "nbr", "northness", "eastness", "dissimilarity_index")},
+    "valid_count": "count (clear observations)", "lidar_coverage": "0/1 (flown)", "forest": "0/1 (forest)",
+    "inside_aoa": "0/1 (inside the area of applicability)", "non_forest_reasons": "bit flags (see README)",
+    "model_source": "class (1 LiDAR + optical, 2 optical, 0 none)", "carbon_rule": "class (conversion rule code)",
+}
+_REFLECTANCE = ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
+                "swir16", "swir22")
+
+
+def band_unit(name: str | None) -> str | None:
+    """The unit of a band from its name: the LiDAR metrics' own table
+    (:data:`forestcarbon.rs.lidar.metrics.METRIC_UNITS`), the project's fixed names, and its naming rule
+    (units in names: ``_m``, ``_deg``, ``_mg_ha``, ``_days_since_1970``); None when unknown."""
+    from .lidar.metrics import METRIC_UNITS
+
+    if not name:
+        return None
+    n = name.lower()
+    if n in METRIC_UNITS:
+        return METRIC_UNITS[n]
+    if n in _UNIT_OF:
+        return _UNIT_OF[n]
+    if n in _REFLECTANCE:
+        return "surface reflectance"
+    if n.endswith("_mg_ha"):
+        return "Mg C/ha" if n.startswith("carbon") else "Mg/ha"
+    if n.endswith("_deg"):
+        return "degree"
+    if n.endswith("_m"):
+        return "m"
+    if n.endswith("_days_since_1970"):
+        return "days since 1970-01-01"
+    return None
+
+
+def _set_units(ds, units, names) -> None:
+    """Per band: ``units`` (one string for all, or one per band) else the unit its name implies."""
+    for i in range(1, ds.count + 1):
+        u = (units if isinstance(units, str) else units[i - 1]) if units else None
+        u = u or band_unit(names[i - 1] if names and i <= len(names) else None)
+        if u:
+            ds.set_band_unit(i, u)
+    if names and [n.lower() for n in names[:3]] == ["blue", "green", "red"]:
+        from rasterio.enums import ColorInterp
+
+        rest = [ColorInterp.undefined] * (ds.count - 3)
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, *rest]
 
 
 def _copy_as_cog(src, dst, dtype) -> None:
@@ -81,7 +130,7 @@ def _copy_as_cog(src, dst, dtype) -> None:
 
 
 def cog_from_windows(path: Path | str, gbox: GeoBox, sources: list[tuple[GeoBox, Path]], descriptions: list[str], *,
-                     units: str | None = None, tags: dict | None = None) -> Path:
+                     units: str | list[str] | None = None, tags: dict | None = None) -> Path:
     """Mosaic float32 window rasters of ``gbox`` (NaN where a window has no value) into one COG.
 
     The windows may overlap; a value is never covered by another window's NaN.
@@ -96,9 +145,7 @@ def cog_from_windows(path: Path | str, gbox: GeoBox, sources: list[tuple[GeoBox,
         vrt = Path(sdir) / "mosaic.vrt"
         write_vrt(vrt, gbox, sources, descriptions, "float32", np.nan, overlapping=True)
         with rasterio.open(vrt, "r+") as ds:
-            if units:
-                for i in range(1, ds.count + 1):
-                    ds.set_band_unit(i, units)
+            _set_units(ds, units, descriptions)
             if tags:
                 ds.update_tags(**{k: str(v) for k, v in tags.items()})
         _copy_as_cog(vrt, final_tmp, "float32")
