@@ -62,8 +62,8 @@ def write_table(df, path: Path | str, **kw) -> Path:
     """Write a (Geo)DataFrame atomically; the format follows the suffix (.csv, .parquet, .gpkg)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix == ".csv":
-            df.to_csv(tmp, index=False, **kw)
+        if path.suffix == ".csv":  # UTF-8 with a BOM: Excel on Chinese Windows reads 小班 names right
+            df.to_csv(tmp, index=False, **{"encoding": "utf-8-sig", **kw})
         elif path.suffix == ".parquet":
             df.to_parquet(tmp, index=False, **kw)
         elif path.suffix == ".gpkg":
