@@ -113,3 +113,31 @@ def test_serve_needs_a_real_server(small_scene, monkeypatch):
     res = subprocess.run([str(exe), "serve", str(small_scene)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2
     assert "PREFECT_API_URL is not set" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_nightly_stac_items_valid_with_their_window(scene_copy):
+    """Every tile item and the collection validate against the STAC 1.1.0 core schemas pystac ships (offline;
+    the projection extension's schema is remote, so its fields are checked here by hand): datetime null with
+    start/end the compositing window, proj:code, shape and transform those of the tile's COG."""
+    from pystac.validation import validate_dict
+
+    cfg, _ = scene_copy
+    out = Path(cfg.output)
+    nightly_update(cfg, DAY)
+    start = (DAY - dt.timedelta(days=cfg.mosaic.window_days)).isoformat()
+    items = sorted((out / "mosaic" / "tiles").glob("*/*.json"))
+    assert len(items) == 9
+    for p in items:
+        item = json.loads(p.read_text())
+        core = {**item, "stac_extensions": []}
+        assert validate_dict(core, href=str(p))
+        pr = item["properties"]
+        assert pr["datetime"] is None
+        assert pr["start_datetime"] == f"{start}T00:00:00Z" and pr["end_datetime"] == f"{DAY.isoformat()}T23:59:59Z"
+        with rasterio.open(p.parent / "reflectance.tif") as src:
+            assert pr["proj:code"] == f"EPSG:{src.crs.to_epsg()}"
+            assert pr["proj:shape"] == [src.height, src.width]
+            assert pr["proj:transform"] == list(src.transform)[:6]
+    coll = json.loads((out / "mosaic" / "collection.json").read_text())
+    assert validate_dict({**coll, "stac_extensions": []}, href=str(out / "mosaic" / "collection.json"))
+    assert coll["extent"]["temporal"]["interval"] == [[f"{start}T00:00:00Z", f"{DAY.isoformat()}T23:59:59Z"]]

@@ -109,37 +109,63 @@ def nightly_update(cfg: Config, date: dt.date | None = None) -> dict:
             log.error("nightly %s: tile %s failed, previous mosaic kept: %s", date, name, msg)
             failed.append({"tile": name, "error": msg})
     if updated:
-        _write_layers(ctx, grid, tiles_dir, root, list(m.bands), m.method == "nearest_to_median")
+        _write_layers(ctx, grid, tiles_dir, root, list(m.bands), m.method == "nearest_to_median", (start, date),
+                      set(updated))
         write_json(new_state, state_path)
     return {"date": date.isoformat(), "window": [start.isoformat(), date.isoformat()], "scenes": len(scenes),
             "updated": updated, "unchanged": unchanged, "failed": failed, "empty": empty}
 
 
-def _write_layers(ctx: Context, grid, tiles_dir: Path, root: Path, bands: list[str], with_date: bool) -> None:
-    """VRTs over all tiles present, and a STAC collection with one item per tile."""
+STAC_VERSION = "1.1.0"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+def _window_of(item_path: Path | None, window) -> tuple[str, str]:
+    """The compositing window of a tile: this run's for a tile it updated (``item_path`` None) or one without
+    an item yet, else the one its item already records."""
+    if item_path is not None and item_path.exists():
+        try:
+            props = json.loads(item_path.read_text())["properties"]
+            if props.get("start_datetime") and props.get("end_datetime"):
+                return props["start_datetime"], props["end_datetime"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return f"{window[0].isoformat()}T00:00:00Z", f"{window[1].isoformat()}T23:59:59Z"
+
+
+def _write_layers(ctx: Context, grid, tiles_dir: Path, root: Path, bands: list[str], with_date: bool,
+                  window: tuple[dt.date, dt.date], updated: set[str]) -> None:
+    """VRTs over all tiles present, and a STAC 1.1 collection with one item per tile: ``datetime`` null with
+    ``start_datetime``/``end_datetime`` the tile's compositing window (STAC's rule for composites), the
+    projection extension (``proj:code``, shape, transform)."""
     present = [(name, tg) for name, _, tg in iter_tiles(grid) if (tiles_dir / name / "reflectance.tif").exists()]
     layers = [("reflectance", bands, "float32", float("nan")), ("valid_count", ["valid_count"], "uint16", None)]
     if with_date:
         layers.append(("source_date", ["source_date_days_since_1970"], "int32", -1))
     for layer, desc, dtype, nodata in layers:
         write_vrt(root / f"{layer}.vrt", ctx.gbox, [(tg, tiles_dir / n / f"{layer}.tif") for n, tg in present], desc, dtype, nodata)
-    items = []
+    items, spans = [], []
     for name, tg in present:
         foot = lonlat_footprint(tg)
+        path = tiles_dir / name / f"{name}.json"
+        t0, t1 = _window_of(None if name in updated else path, window)
+        spans.append((t0, t1))
         item = {
-            "type": "Feature", "stac_version": "1.0.0", "id": name,
-            "stac_extensions": ["https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
+            "type": "Feature", "stac_version": STAC_VERSION, "id": name, "collection": f"{ctx.cfg.name}-mosaic",
+            "stac_extensions": [PROJECTION],
             "geometry": json.loads(json.dumps(foot.__geo_interface__)), "bbox": list(foot.bounds),
-            "properties": {"datetime": None, "start_datetime": None, "end_datetime": None,
-                           "proj:epsg": ctx.gbox.crs.epsg, "proj:shape": list(tg.shape), "proj:transform": list(tg.affine)[:6]},
+            "properties": {"datetime": None, "start_datetime": t0, "end_datetime": t1,
+                           "proj:code": f"EPSG:{ctx.gbox.crs.epsg}" if ctx.gbox.crs.epsg else None,
+                           "proj:shape": list(tg.shape), "proj:transform": list(tg.affine)[:6]},
             "links": [{"rel": "collection", "href": "../../collection.json"}],
             "assets": {layer: {"href": f"./{layer}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                                "roles": ["data"]} for layer, *_ in layers},
         }
-        write_json(item, tiles_dir / name / f"{name}.json")
-        items.append({"rel": "item", "href": f"./tiles/{name}/{name}.json"})
-    coll = {"type": "Collection", "stac_version": "1.0.0", "id": f"{ctx.cfg.name}-mosaic", "license": "proprietary",
+        write_json(item, path)
+        items.append({"rel": "item", "href": f"./tiles/{name}/{name}.json", "type": "application/geo+json"})
+    interval = [min(a for a, _ in spans), max(b for _, b in spans)] if spans else [None, None]
+    coll = {"type": "Collection", "stac_version": STAC_VERSION, "id": f"{ctx.cfg.name}-mosaic", "license": "proprietary",
             "description": "Cloud-free surface reflectance mosaic tiles (forestcarbon nightly)",
-            "extent": {"spatial": {"bbox": [list(lonlat_footprint(ctx.gbox).bounds)]}, "temporal": {"interval": [[None, None]]}},
+            "extent": {"spatial": {"bbox": [list(lonlat_footprint(ctx.gbox).bounds)]}, "temporal": {"interval": [interval]}},
             "links": items}
     write_json(coll, root / "collection.json")
