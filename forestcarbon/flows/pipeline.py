@@ -26,6 +26,7 @@ from ..fileio import write_json
 from ..rs.cog import gdal_cache
 from . import prefect_io, run_state
 from .layout import Layout
+from .progress import stage_progress
 from .stages import STAGES, Context, preflight
 
 log = logging.getLogger("forestcarbon")
@@ -126,7 +127,8 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain, fo
                 manifest.start(name, key)
                 _peak_rss_mb(reset=True)
                 t0 = time.perf_counter()
-                results[name] = runner(name, ctx)
+                with stage_progress(f"stage {name}"):
+                    results[name] = runner(name, ctx)
                 timings[name] = {"seconds": round(time.perf_counter() - t0, 2),
                                  "peak_rss_mb": round(_peak_rss_mb(), 1)}
                 manifest.finish(name, results[name], timings[name]["seconds"])
