@@ -4,6 +4,7 @@ bad-input handling of the CLI, and the Prefect flow."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -531,8 +532,9 @@ def _manifest(out: Path) -> dict:
         return {}
 
 
-def _kill_during(cmd, out: Path, stage: str, tmp: Path, timeout: float = 600) -> None:
-    """Start ``cmd``, SIGKILL its process group once ``stage`` has started (per the manifest) and run a moment."""
+def _kill_during(cmd, out: Path, stage: str, tmp: Path, timeout: float = 600, ready=None) -> None:
+    """Start ``cmd``, SIGKILL its process group once ``stage`` has started (per the manifest) and run a moment,
+    or, with ``ready``, once ``ready()`` holds within the stage."""
     import os
     import signal
     import time
@@ -542,8 +544,8 @@ def _kill_during(cmd, out: Path, stage: str, tmp: Path, timeout: float = 600) ->
     end = time.monotonic() + timeout
     while time.monotonic() < end and p.poll() is None:
         rec = _manifest(out).get(stage)
-        if rec and rec.get("finished") is None:
-            time.sleep(1.5)
+        if rec and rec.get("finished") is None and (ready is None or ready()):
+            time.sleep(0.2 if ready else 1.5)
             break
         time.sleep(0.2)
     assert p.poll() is None, (tmp / f"kill_{stage}.out").read_text()[-2000:]
@@ -560,12 +562,19 @@ def test_killed_runs_resume_and_equal_an_uninterrupted_run(run, small_scene, tmp
     stages = ["mosaic", "lidar", "terrain", "plots", "model", "map"]
     cmd = [str(Path(sys.executable).parent / "forestcarbon"), "run", str(small_scene), "--out", str(out)]
     cmd += [a for s in stages for a in ("--stage", s)]
-    _kill_during(cmd, out, "lidar", tmp_path)
+    results = out / "lidar" / ".work" / "results"
+    _kill_during(cmd, out, "lidar", tmp_path, ready=lambda: any(results.glob("tile_*.pkl")))
     m = _manifest(out)
     assert m["mosaic"]["finished"] and m["lidar"]["finished"] is None
+    n_done = len(list(results.glob("tile_*.pkl")))
+    assert n_done >= 1
     _kill_during(cmd, out, "map", tmp_path)
     m = _manifest(out)
     assert all(m[s]["finished"] for s in stages[:-1]) and m["map"]["finished"] is None
+    # the second run skipped the mosaic and resumed the LiDAR stage at its unfinished tiles
+    log2 = (tmp_path / "kill_map.out").read_text()
+    assert "stage mosaic: unchanged since" in log2
+    assert re.search(rf"LiDAR: {n_done} of \d+ tiles finished by an interrupted run", log2), log2[-3000:]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     skipped = [s for s in stages if f"stage {s}: unchanged since" in done.stderr]

@@ -110,7 +110,7 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain, fo
     ctx = preflight(cfg, names)
     results, timings = {}, {}
     with run_state.output_lock(ctx.out.root):
-        run_state.clean_staging(ctx.out.root)
+        run_state.clean_staging(ctx.out.root, keep=[ctx.out.lidar_work] if "lidar" in names else [])
         manifest = run_state.Manifest(ctx.out.root, uuid.uuid4().hex[:12])
         inputs_hash = run_state.inputs_fingerprint(cfg)
         ran = False
@@ -124,6 +124,7 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain, fo
                     results[name] = rec.get("result")
                     continue
                 ran = True
+                ctx.stage_keys[name] = key
                 manifest.start(name, key)
                 _peak_rss_mb(reset=True)
                 t0 = time.perf_counter()

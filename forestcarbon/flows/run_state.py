@@ -85,8 +85,10 @@ def output_lock(root: Path):
         f.close()
 
 
-def clean_staging(root: Path) -> list[Path]:
-    """Remove the staging leftovers of unfinished runs under the stage folders; returns what was removed."""
+def clean_staging(root: Path, keep=()) -> list[Path]:
+    """Remove the staging leftovers of unfinished runs under the stage folders, except the folders in ``keep``
+    (a stage's resumable work, which the stage itself checks against its key); returns what was removed."""
+    keep = {Path(k).resolve() for k in keep}
     removed = []
     for sub in STAGE_DIRS.values():
         d = Path(root) / sub
@@ -95,6 +97,8 @@ def clean_staging(root: Path) -> list[Path]:
         for p in sorted(d.rglob(".*"), key=lambda q: len(q.parts)):
             if not p.exists() and not p.is_symlink():
                 continue  # inside a folder removed already
+            if any(p.resolve() == k or k in p.resolve().parents for k in keep):
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -4,7 +4,7 @@ checks that run before any heavy work."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -38,6 +38,7 @@ LIDAR_FEATURES = ("zmax", "zmean", "zsd", "zq50", "zq95", "pzabove2")
 class Context:
     cfg: Config
     gbox: GeoBox
+    stage_keys: dict = field(default_factory=dict)  # this run's key of each stage (resumable work folders)
 
     @property
     def out(self) -> Layout:

@@ -42,7 +42,8 @@ def stage_lidar(ctx: Context) -> dict:
                          tiles_without_ground=cfg.lidar.tiles_without_ground)
     out = {"metrics": ctx.out.lidar_metrics, "chm": ctx.out.lidar_chm, "dtm": ctx.out.lidar_dtm}
     try:
-        run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work)
+        run = lidar.lidar_products(tiles, targets, opts, out, workdir=ctx.out.lidar_work,
+                                   resume_key=ctx.stage_keys.get("lidar"))
     finally:
         shutil.rmtree(ctx.out.lidar_work, ignore_errors=True)
     n_points = rioxarray.open_rasterio(ctx.out.lidar_metrics, chunks={"x": cfg.compute.chunk_px, "y": cfg.compute.chunk_px})

@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,14 +106,40 @@ def _tile_scheduler(n_tiles: int):
         pool.shutdown(wait=True)
 
 
+def _finished_tiles(work: Path, resume_key: str | None) -> dict[int, TileResult]:
+    """Tiles an earlier, interrupted run with the same ``resume_key`` finished in ``work`` (their results and
+    window rasters intact); any other content of ``work`` is removed and the key recorded."""
+    key_file, res_dir = work / "RESUME_KEY", work / "results"
+    done: dict[int, TileResult] = {}
+    if resume_key and key_file.exists() and key_file.read_text() == resume_key and res_dir.is_dir():
+        for p in sorted(res_dir.glob("tile_*.pkl")):
+            try:
+                r = pickle.loads(p.read_bytes())
+            except Exception:  # a result cut short by the kill: the tile runs again
+                continue
+            if all(Path(f).exists() for f, _ in r.files.values()):
+                done[r.index] = r
+    else:
+        for p in list(work.iterdir()) if work.exists() else []:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    res_dir.mkdir(exist_ok=True)
+    if resume_key:
+        key_file.write_text(resume_key)
+    return done
+
+
 def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: dict[str, Path],
-                   workdir: Path | str | None = None, batch: int | None = None) -> LidarRun:
+                   workdir: Path | str | None = None, batch: int | None = None,
+                   resume_key: str | None = None) -> LidarRun:
     """Run every tile and write the COGs named in ``out`` (keys ``metrics``, ``chm``, ``dtm``).
 
     ``metrics``: one band per lidR stdmetrics_z metric on ``targets.metrics``;
     ``chm``: highest normalised return per cell on ``targets.chm`` (m);
     ``dtm``: ground TIN at cell centres, slope and aspect (deg) on ``targets.dtm``.
     Plot-footprint metrics (one row per plot with returns) come back in the summary.
+    ``resume_key``: with a ``workdir`` kept from an interrupted run under the same key (the stage's key:
+    same inputs, configuration and code), the tiles it finished are not run again.
     """
     gbox = targets.metrics or targets.chm or targets.dtm
     crs = CRS.from_user_input(gbox.crs.to_wkt())
@@ -125,16 +153,24 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
     results: list[TileResult] = []
     with contextlib.ExitStack() as stack:
         work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lidar-")))
-        spill_dir, win_dir = work / "points", work / "windows"
+        finished = _finished_tiles(work, resume_key) if workdir else {}
+        if finished:
+            log.info("LiDAR: %d of %d tiles finished by an interrupted run with the same inputs: not run again",
+                     len(finished), len(tiles))
+        results.extend(finished[i] for i in sorted(finished))
+        order = [i for i in plan.order if i not in finished]
+        spill_dir, win_dir, res_dir = work / "points", work / "windows", work / "results"
         spill_dir.mkdir(parents=True, exist_ok=True)
         win_dir.mkdir(parents=True, exist_ok=True)
-        kw, workers = stack.enter_context(_tile_scheduler(len(tiles)))
+        res_dir.mkdir(parents=True, exist_ok=True)
+        kw, workers = stack.enter_context(_tile_scheduler(len(order)))
         batch = batch or max(8, 16 * workers)  # tiles per graph: spilled points live at most a batch long
-        needs = {j: len(plan.users[j]) + (len(plan.near[j]) > 1) for j in range(len(tiles))}
+        needs = {j: sum(u not in finished for u in plan.users[j]) + (len(plan.near[j]) > 1)
+                 for j in range(len(tiles))}
         plots_of = _plots_by_tile(targets.plots, plan, opts.buffer_m)
         spilled: dict = {}
-        for k in range(0, len(plan.order), batch):
-            todo = plan.order[k:k + batch]
+        for k in range(0, len(order), batch):
+            todo = order[k:k + batch]
             spill_tasks = {}
             for i in todo:
                 if len(plan.near[i]) > 1:
@@ -153,6 +189,10 @@ def lidar_products(tiles: list[TileInfo], targets: Targets, opts: Options, out: 
             done = dask.compute(*[spill_tasks[j] for j in keys], *tasks, **kw)
             spilled.update(zip(keys, done[:len(keys)]))
             results.extend(done[len(keys):])
+            for r in done[len(keys):]:  # each finished tile survives a kill (written whole, then renamed)
+                tmp = res_dir / f".tile_{r.index}.pkl"
+                tmp.write_bytes(pickle.dumps(r))
+                os.replace(tmp, res_dir / f"tile_{r.index}.pkl")
             for i in todo:  # points no remaining tile needs are deleted
                 if len(plan.near[i]) > 1:
                     for j in plan.near[i]:
