@@ -642,3 +642,24 @@ def test_every_raster_band_has_a_unit(run):
     with rasterio.open(out / "mosaic/reflectance.tif") as src:
         assert src.colorinterp[:3] == (ColorInterp.blue, ColorInterp.green, ColorInterp.red)
         assert src.units[0] == "surface reflectance"
+
+
+def test_report_page_formatted_with_units_intervals_and_warnings(run):
+    """report/index.html (Jinja2): the totals as the summary has them, formatted with thousands separators
+    and units, the county's 90 % interval, the models' CV figures, the warnings; no raw float outside the
+    collapsed summary.json."""
+    _, out, _ = run
+    page = (out / "report/index.html").read_text(encoding="utf-8")
+    s = json.loads((out / "report/summary.json").read_text())
+    visible = re.sub(r"<details>.*?</details>", "", page, flags=re.S)
+    visible = re.sub(r"<style>.*?</style>", "", visible, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", visible)
+    assert f"{s['total_carbon_t']:,.0f} t C" in text and f"{s['total_co2e_t']:,.0f} t CO2e" in text
+    county = s["county"]["forest_parcels"]
+    assert f"{county['carbon_p05_t']:,.0f} – {county['carbon_p95_t']:,.0f} t C" in text
+    for name, m in s["model"]["models"].items():
+        assert f"{m['spatial_cv']['rmse']:.1f}" in text
+    if s["equations"].get("tree_share_equation_verified", 1) < 1:
+        assert "not verified" in text
+    assert not re.search(r"\d+\.\d{5,}", text), re.findall(r"\d+\.\d{5,}", text)[:5]
+    assert "Mg/ha" in text and "<script" not in page.lower()  # self-contained, nothing to fetch or run

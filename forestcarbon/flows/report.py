@@ -346,18 +346,30 @@ def _conversion_html(conv: dict) -> str:
             f"{rows}</table>")
 
 
+def _num(v, digits: int = 0) -> str:
+    """A number as people read it: thousands separated, ``digits`` decimals; '–' for none."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{float(v):,.{digits}f}" if isinstance(v, (int, float, np.number)) else str(v)
+
+
 def _write_html(path: Path, summary: dict, pngs: list[str]) -> None:
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td><pre>{html.escape(json.dumps(v, indent=1, ensure_ascii=False, default=str))}</pre></td></tr>"
-                   for k, v in summary.items())
-    imgs = "".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>' for p in pngs)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>forestcarbon report: {html.escape(summary['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em}}img{{max-width:520px}}
-table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:4px;text-align:left;vertical-align:top}}pre{{margin:0}}</style></head>
-<body><h1>forestcarbon report: {html.escape(summary['name'])}</h1>
-<p>Total carbon over forest parcels: <b>{summary['total_carbon_t']:,.0f} t C</b> ({summary['total_co2e_t']:,.0f} t CO2e) in {summary['forest_parcels']} forest parcels,
-{summary['total_carbon_above_t']:,.0f} t above ground and {summary['total_carbon_below_t']:,.0f} t below;
-{summary['forest_parcels_without_estimate']} forest parcels ({summary['forest_area_ha_without_estimate']:,.1f} ha) have no mapped pixel and are not in the total;
-{summary['forest_parcels_under_half_mapped']} are less than half mapped (their carbon extrapolates the mapped part).</p>
-{_conversion_html(summary.get("carbon_conversion", {}))}{imgs}<h2>Summary</h2><table>{rows}</table></body></html>"""
+    """report/index.html from the Jinja2 template ``templates/report.html`` (autoescaped): totals with units
+    and intervals, warnings, the models' spatial CV, projects, single trees, truth, conversion, stage timings,
+    the quicklooks and the whole summary."""
+    import jinja2
+
+    from .prefect_io import run_warnings
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined)
+    env.filters["num"] = _num
+    county = (summary.get("county") or {}).get("forest_parcels") or (summary.get("county") or {}).get("all_parcels") or {}
+    county = {k: v for k, v in county.items() if not isinstance(v, dict)}
+    models = [(k, m.get("spatial_cv") or {}) for k, m in ((summary.get("model") or {}).get("models") or {}).items()]
+    page = env.get_template("report.html").render(
+        s=summary, county=county, models=models, warnings=run_warnings(summary), pngs=pngs,
+        conversion=_conversion_html(summary.get("carbon_conversion", {})),
+        raw=json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
