@@ -664,3 +664,25 @@ def test_report_page_formatted_with_units_intervals_and_warnings(run):
     raw_float = r"(?<![\w./])\d+\.\d{5,}(?![\w.])"  # not inside a DOI or file name (...foreco.2021.119885)
     assert not re.search(raw_float, text), re.findall(raw_float, text)[:5]
     assert "Mg/ha" in text and "<script" not in page.lower()  # self-contained, nothing to fetch or run
+
+
+def test_report_links_maps_to_explore(run):
+    """The report links an interactive page of all parcels and each project's page; the parcels page holds one
+    entry per parcel of the GeoPackage with its carbon and interval as the GeoPackage has them (rounded to
+    0.1 t C)."""
+    _, out, _ = run
+    page = (out / "report/index.html").read_text(encoding="utf-8")
+    hrefs = re.findall(r'<li><a href="([^"]+)">', page)
+    assert "parcels_map.html" in hrefs and any(h.startswith("../projects/") for h in hrefs)
+    for h in hrefs:
+        assert (out / "report" / h).resolve().exists(), h
+    html_map = (out / "report/parcels_map.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script id="fc-data" type="application/json">(.*?)</script>', html_map, re.S).group(1))
+    gdf = gpd.read_file(out / "parcels/parcels_carbon.gpkg", layer="parcels_carbon").set_index("parcel_id")
+    assert len(data["p"]) == len(gdf)
+    for row in data["p"][:50]:
+        g = gdf.loc[row[0]]
+        assert row[2] == pytest.approx(round(g["carbon_t"], 1), abs=0.051)
+        assert row[5] == pytest.approx(round(g["carbon_p05_t"], 1), abs=0.051)
+        assert row[6] == pytest.approx(round(g["carbon_p95_t"], 1), abs=0.051)
+    assert "http" not in html_map.replace("http://www.w3.org/2000/svg", "")

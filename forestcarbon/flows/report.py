@@ -236,6 +236,7 @@ def build_report(ctx) -> dict:
     if summary["forest_parcels_without_estimate"]:
         log.warning("report: %d forest parcels (%.1f ha) have no mapped pixel and are not in the totals",
                     summary["forest_parcels_without_estimate"], summary["forest_area_ha_without_estimate"])
+    summary["maps_to_explore"] = explorable_maps(parcels, out, cfg.name)
     write_json(summary, out.summary)
     _write_html(out.report_html, summary, pngs)
     return {k: summary[k] for k in ("parcels", "total_carbon_t", "total_co2e_t")} | (
@@ -344,6 +345,30 @@ def _conversion_html(conv: dict) -> str:
     return ("<h2>Carbon conversion</h2><table><tr><th>rule (species group)</th><th>carbon fraction above / below</th>"
             "<th>root-to-shoot ratio</th><th>mapped area (ha)</th><th>verified</th><th>sources</th></tr>"
             f"{rows}</table>")
+
+
+MAP_MAX_PARCELS = 50_000  # beyond this one page of parcels is too heavy to open; the GeoPackage serves instead
+
+
+def explorable_maps(parcels: gpd.GeoDataFrame, out, name: str) -> list[dict]:
+    """Self-contained interactive maps the report links (:func:`forestcarbon.vector.webmap.write_webmap_html`:
+    pan, zoom, click a parcel for its carbon, SD, 90 % interval, area): all parcels when there are at most
+    :data:`MAP_MAX_PARCELS`, and each project's map the projects stage wrote.  Paths relative to the report."""
+    from ..vector.webmap import write_webmap_html
+
+    maps = []
+    if 0 < len(parcels) <= MAP_MAX_PARCELS and {"carbon_t_ha", "carbon_t", "area_ha"} <= set(parcels.columns):
+        cols = {c: c if c in parcels else None for c in ("carbon_sd_t", "carbon_p05_t", "carbon_p95_t")}
+        write_webmap_html(parcels, out.report_dir / "parcels_map.html", density_col="carbon_t_ha", area_col="area_ha",
+                          carbon_col="carbon_t", sd_col=cols["carbon_sd_t"], lo_col=cols["carbon_p05_t"],
+                          hi_col=cols["carbon_p95_t"], title=f"{name}: parcel carbon")
+        maps.append({"title": f"All {len(parcels):,} parcels", "href": "parcels_map.html"})
+    elif len(parcels) > MAP_MAX_PARCELS:
+        log.info("report: %d parcels, more than %d for one interactive page; open parcels/parcels_carbon.gpkg in "
+                 "QGIS (styled)", len(parcels), MAP_MAX_PARCELS)
+    for p in sorted(out.projects_gpkg.parent.glob("*.html")):
+        maps.append({"title": f"Project {p.stem}", "href": f"../projects/{p.name}"})
+    return maps
 
 
 def _num(v, digits: int = 0) -> str:
