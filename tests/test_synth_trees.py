@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import rasterio
 import rasterio.features
-import shapely
 import yaml
 from affine import Affine
 from scipy import ndimage

@@ -261,9 +261,10 @@ def species_groups_of(trees: pd.DataFrame, parcels: pd.DataFrame | None, registr
         got = out["parcel_id"].map(by_parcel)
         has = got.notna()
         group[has], source[has] = got[has], "parcel_species"
-        unknown = out["parcel_id"].notna() & ~has
+        name_of = out["parcel_id"].map(pd.Series(names.to_numpy(), index=parcels["parcel_id"].to_numpy()))
+        unknown = out["parcel_id"].notna() & ~has & name_of.fillna("").ne("")  # a parcel without a species: default
         if unknown.any():
-            spp = out["parcel_id"][unknown].map(pd.Series(names.to_numpy(), index=parcels["parcel_id"].to_numpy()))
+            spp = name_of[unknown]
             log.warning("trees: %d trees stand in parcels whose dominant species has no group (%s); they get "
                         "trees.species_group %r", int(unknown.sum()), listing(sorted(set(spp.astype(str)))),
                         default_group)
