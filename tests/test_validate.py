@@ -111,6 +111,10 @@ def test_status_says_what_finished_and_what_is_stale(small_scene, tmp_path):
     assert st.returncode == 0, st.stderr
     line = next(ln for ln in st.stdout.splitlines() if ln.strip().startswith("plots"))
     assert "finished" in line and "current" in line
+    from forestcarbon.flows.run_state import inputs_fingerprint
+
+    h = inputs_fingerprint(load_config(small_scene).with_output(out))[:16]
+    assert f"inputs {h}" in line  # which inputs the stage was computed from
     assert "mosaic    not run" in st.stdout
     # the same configuration with another Monte Carlo seed: the plots stage is stale
     raw = _absolute(yaml.safe_load(small_scene.read_text()), small_scene.parent)

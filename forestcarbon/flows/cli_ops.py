@@ -81,8 +81,9 @@ def validate(config: Path = typer.Argument(..., help="configuration YAML"),
 @app.command()
 def status(out: Path = typer.Argument(..., help="an output folder"),
            config: Optional[Path] = typer.Option(None, help="the configuration: also say which stages are stale")):
-    """Which stages of an output folder finished, when, in which run, from which inputs, and (with --config)
-    whether each is current or stale."""
+    """Which stages of an output folder finished, when, in which run, from which inputs (the hash of the
+    configuration and of every input file's size and time), and (with --config) whether each is current or
+    stale."""
     from .pipeline import STAGES
     from .run_state import MANIFEST, inputs_fingerprint, read_manifest, stage_key
 
@@ -99,6 +100,7 @@ def status(out: Path = typer.Argument(..., help="an output folder"),
             _fail(err)
         h = inputs_fingerprint(cfg)
         keys = {s: stage_key(s, h, m, list(STAGES)) for s in STAGES}
+        typer.echo(f"{config}: inputs and configuration now {h[:16]}")
     runs = sorted({r.get("run_id") for r in m["stages"].values()})
     typer.echo(f"{out}: {len(m['stages'])} stages recorded by {len(runs)} run{'s' if len(runs) != 1 else ''}")
     for s in STAGES:
@@ -112,7 +114,7 @@ def status(out: Path = typer.Argument(..., help="an output folder"),
         if keys:
             fresh = "  current" if r.get("finished") and r.get("key") == keys[s] else "  STALE (inputs, configuration, " \
                 "code or an earlier stage changed since)"
-        typer.echo(f"  {s:9s} {state}, run {r.get('run_id')}{fresh}")
+        typer.echo(f"  {s:9s} {state}, run {r.get('run_id')}, inputs {r.get('inputs') or '?'}{fresh}")
     if len(runs) > 1:
         typer.echo("  note: the stages come from different runs; `forestcarbon run CONFIG --out OUT` re-runs what is stale")
     typer.echo(json.dumps({"last_run_id": m.get("last_run_id")}))

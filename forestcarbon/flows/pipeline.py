@@ -125,7 +125,7 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, runner=_plain, fo
                     continue
                 ran = True
                 ctx.stage_keys[name] = key
-                manifest.start(name, key)
+                manifest.start(name, key, inputs_hash)
                 _peak_rss_mb(reset=True)
                 t0 = time.perf_counter()
                 with stage_progress(f"stage {name}"):

@@ -183,8 +183,9 @@ class Manifest:
             return rec
         return None
 
-    def start(self, name: str, key: str) -> None:
-        self.data["stages"][name] = {"key": key, "run_id": self.run_id, "started": _now(), "finished": None}
+    def start(self, name: str, key: str, inputs_hash: str | None = None) -> None:
+        self.data["stages"][name] = {"key": key, "run_id": self.run_id, "started": _now(), "finished": None,
+                                     "inputs": inputs_hash[:16] if inputs_hash else None}
         self._write()
 
     def finish(self, name: str, result, seconds: float) -> None:
