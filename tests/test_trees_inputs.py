@@ -135,9 +135,12 @@ def test_trees_on_tile_edges_found_once(tmp_path, tile_px):
     assert len(trees) == len(TREES) and (d.min(axis=0) < 1.0).all()
 
 
-def test_streamed_file_detection_equals_the_in_memory_chain(tmp_path):
+@pytest.mark.parametrize("smooth,rough_m", [("median", 0.4), ("none", 3.0)])
+def test_streamed_file_detection_equals_the_in_memory_chain(tmp_path, smooth, rough_m):
     """detect_file reads tiles of 64 cells through rasterio windows; the trees, heights, crown areas and
-    outlines equal detect_trees on the whole array with its labels (crown_table, crown_polygons)."""
+    outlines equal detect_trees on the whole array with its labels (crown_table, crown_polygons).  The rough
+    unsmoothed case has lower tops within a higher one's window across tile edges: a pass-1 buffer short of
+    the largest window keeps them (1,060 tops against 1,013 on uniform noise before the fix)."""
     from forestcarbon.flows.single_trees import Detection, detect_file, top_heights
     from forestcarbon.rs.lidar.crowns import crown_polygons, crown_table
     from forestcarbon.rs.lidar.trees import detect_trees
@@ -149,20 +152,22 @@ def test_streamed_file_detection_equals_the_in_memory_chain(tmp_path):
     for tx, ty, h in zip(rng.uniform(0, n * RES, 160), rng.uniform(0, n * RES, 160), rng.uniform(6, 30, 160)):
         r = 0.15 * h + 1.0
         chm = np.maximum(chm, h * (1 - ((xx - tx) ** 2 + (yy - ty) ** 2) / r**2))
-    chm = np.round(np.clip(chm + rng.normal(0, 0.05, chm.shape), 0, None), 1)
+    chm = np.round(np.clip(chm + rng.normal(0, rough_m, chm.shape), 0, None), 1)
     tf = from_origin(X0, Y0, RES, RES)
     path = tmp_path / "forest.tif"
     with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32", crs="EPSG:4549",
                        transform=tf) as dst:
         dst.write(chm.astype("float32"), 1)
     chm = chm.astype("float32").astype("float64")
-    det = Detection(tile_px=64)
+    det = Detection(tile_px=64, smooth=smooth)
     trees, polys, _ = detect_file(path, det)
     ref, labels = detect_trees(chm, tf, det.window_m, det.min_height_m, tile_px=10_000,
-                               smooth={"size_px": 3, "method": "median"}, max_cr_m=det.max_crown_m)
+                               smooth={"size_px": 3, "method": "median"} if smooth == "median" else None,
+                               max_cr_m=det.max_crown_m)
     assert len(trees) == len(ref) > 100
     np.testing.assert_array_equal(trees[["x", "y"]].to_numpy(), ref[["x", "y"]].to_numpy())
-    np.testing.assert_allclose(trees["height_m"], top_heights(chm, ref["row"].to_numpy(), ref["col"].to_numpy(), 3))
+    size = 3 if smooth == "median" else 1
+    np.testing.assert_allclose(trees["height_m"], top_heights(chm, ref["row"].to_numpy(), ref["col"].to_numpy(), size))
     ct = crown_table(labels, chm, tf).set_index("label")
     np.testing.assert_allclose(trees["crown_area_m2"], ct["crown_area_m2"].reindex(ref["tree_index"] + 1).fillna(0))
     cp = crown_polygons(labels, tf).set_index("label").geometry

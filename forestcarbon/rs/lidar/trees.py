@@ -304,15 +304,16 @@ def match_detected_to_field(det_xy, det_h, field_xy, field_h, max_dist_m: float 
     return pd.DataFrame({"det_index": di[keep], "field_index": fi[keep], "dist_m": d[keep], "dh_m": dh[keep]})
 
 
-def _max_window_m(hmax_m: float, ws, hmin_m: float) -> float:
-    """Largest window diameter any cell can get, given the highest raw height (a smoothed CHM stays within
-    the raw range)."""
-    if not np.isfinite(hmax_m) or hmax_m < hmin_m:
-        return 0.0
+def _max_window_m(hmax_m: float | None, ws, hmin_m: float) -> float:
+    """Largest window diameter any cell can get: a fixed window, the upper clip of ``[a, b, min, max]``, or,
+    for a callable rule, its largest value over [hmin, the highest raw height] (a smoothed CHM stays within the
+    raw range; ``hmax_m`` NaN or below hmin: no cell can be a top)."""
     if np.ndim(ws) == 0 and not callable(ws):
         return float(ws)
     if not callable(ws):
         return float(max(ws[2], ws[3]))
+    if hmax_m is None or not np.isfinite(hmax_m) or hmax_m < hmin_m:
+        return 0.0
     grid = np.r_[hmin_m, hmax_m, np.linspace(hmin_m, hmax_m, 1001)]
     return float(window_size(grid, ws).max())
 
@@ -357,7 +358,7 @@ def iter_tree_tiles(read, shape_px, transform, ws, hmin_m: float = 2.0, tile_px:
     tiles = [(r0, r1, c0, c1) for r0, r1 in _tiles(nr, tile_px) for c0, c1 in _tiles(nc, tile_px)]
     if callable(ws) and hmax_m is None:
         hmax_m = max((_nanmax(read(*t)) for t in tiles), default=float("nan"))
-    k_ws = int(math.floor((_max_window_m(np.inf if hmax_m is None else hmax_m, ws, hmin_m) / 2 + EPSILON) / res)) + 1
+    k_ws = int(math.floor((_max_window_m(hmax_m, ws, hmin_m) / 2 + EPSILON) / res)) + 1
     max_cr_m = float(seg_kw.get("max_cr_m", 10.0))
     k_cr = int(math.ceil(max_cr_m / res))
     if buffer_px is None:
