@@ -437,15 +437,13 @@ def test_plots_without_mosaic_features_dropped_with_a_count_or_refused(run, tmp_
 def dask_cluster(tmp_path_factory):
     """A real ``dask scheduler`` and two ``dask worker`` processes on loopback."""
     import os
-    import signal
-    import socket
     import time
 
     from distributed import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.procs import free_port, stop
+
+    port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     bin_ = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -465,12 +463,7 @@ def dask_cluster(tmp_path_factory):
         yield addr
     finally:
         for p in procs[::-1]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop(p)
 
 
 def test_lidar_and_map_on_a_real_cluster_equal_the_local_run(run, dask_cluster, tmp_path):

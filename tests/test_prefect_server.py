@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +19,9 @@ import httpx
 import pytest
 import yaml
 
+from .procs import free_port, stop
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(pred, timeout: float, what: str, step: float = 1.0, procs=()):
@@ -43,20 +37,10 @@ def _wait(pred, timeout: float, what: str, step: float = 1.0, procs=()):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect_home")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -74,7 +58,7 @@ def server(tmp_path_factory):
         _wait(healthy, 120, "the Prefect server's /api/health", procs=[proc])
         yield api, env, home
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 
@@ -104,7 +88,7 @@ def served(server, small_scene, tmp_path_factory):
         deps = _wait(deployments, 120, "forestcarbon serve to register its deployments", procs=[proc])
         yield api, deps, out, raw["name"], home
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 

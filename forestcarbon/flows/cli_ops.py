@@ -69,6 +69,8 @@ def validate(config: Path = typer.Argument(..., help="configuration YAML"),
         preflight(cfg, names, problems)
     except ForestCarbonError as err:  # a check that could not run at all
         problems.append(str(err))
+    except Exception as err:  # noqa: BLE001 -- an unreadable file the checks did not foresee: still one line
+        problems.append(f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     secs = time.perf_counter() - t0
     if problems:
         for p in problems:

@@ -215,8 +215,8 @@ def boundary_flow(config_path: str, boundary: str, accounts_db: str | None = Non
                           "(forestcarbon accounts commit OUT --epoch ... --db DB)")
     with prefect_io.api_logs(), SQLiteStore(db, create=False) as store:
         res = boundary_carbon(store, boundary, epoch, level)
-    log.info("boundary: %.1f t C (90 %% interval %.1f - %.1f) in %.2f ha, epoch %s", res["carbon_t"],
-             res["carbon_lo_t"], res["carbon_hi_t"], res["area_ha"], res["epoch"])
+    log.info("boundary: %.1f t C (%.0f %% interval %.1f - %.1f) in %.2f ha, epoch %s", res["carbon_t"],
+             100 * res["level"], res["carbon_lo_t"], res["carbon_hi_t"], res["area_ha"], res["epoch"])
     prefect_io.publish_boundary(load_config(config_path).name, res)
     return res
 

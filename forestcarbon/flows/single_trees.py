@@ -157,8 +157,8 @@ def detect_file(path: Path, det: Detection, points=None) -> tuple[pd.DataFrame, 
             height[ids] = top_heights(raw, tr[ids] - w[0], tc[ids] - w[2], det.smooth_px if smooth else 1)
             lab, cnt = np.unique(own[own > 0], return_counts=True)
             cells[lab - 1] = cnt
-            for label, geom in zip(*(lambda g: (g["label"].to_numpy(), g.geometry.to_numpy()))(
-                    crown_polygons(own, wt))):
+            outlines = crown_polygons(own, wt)
+            for label, geom in zip(outlines["label"].to_numpy(), outlines.geometry.to_numpy()):
                 polys[label - 1] = geom
             if points is not None:
                 x, y, h = points(_window_bounds(w, wt))

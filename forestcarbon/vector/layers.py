@@ -80,6 +80,12 @@ def read_layer(path: Path | str, layer: str | None, id_field: str, to_crs) -> gp
     check_layer(path, layer, (id_field,))
     gdf = gpd.read_file(path, layer=layer)
     check_features(gdf, _where(path, layer), id_field)
+    return _in_crs_repaired(gdf, to_crs)
+
+
+def _in_crs_repaired(gdf: gpd.GeoDataFrame, to_crs) -> gpd.GeoDataFrame:
+    """``gdf`` in ``to_crs`` (reprojected only when the CRS differs), invalid geometries repaired by
+    ``make_valid``."""
     target = CRS.from_user_input(to_crs)
     if not CRS.from_user_input(gdf.crs).equals(target):
         gdf = gdf.to_crs(target)
@@ -98,10 +104,4 @@ def read_attribute_layer(path: Path | str, layer: str | None, fields: tuple[str,
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     if not len(gdf):
         raise FieldError(f"{_where(path, layer)}: the layer has no features with a geometry")
-    target = CRS.from_user_input(to_crs)
-    if not CRS.from_user_input(gdf.crs).equals(target):
-        gdf = gdf.to_crs(target)
-    invalid = ~gdf.geometry.is_valid
-    if invalid.any():
-        gdf.loc[invalid, "geometry"] = gdf.geometry[invalid].make_valid()
-    return gdf
+    return _in_crs_repaired(gdf, to_crs)
